@@ -1,0 +1,115 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+// Block layouts of the patch matrix (SPEC §3): which patch column feeds which feature of which
+// covariance statistic.
+//
+// A patch row has C*K columns (K = kh*kw, channel-major). A plan has count() statistics of
+// F = K*B features each; every patch row contributes rows_per_patch() rows of length F to every
+// statistic; row g of statistic s takes feature f from patch column column(s, g, f):
+//   interleaved_shared  1 statistic, G = C/B rows per patch:       column = f*G + g
+//   contiguous_shared   1 statistic, G = C/B rows per patch (K=1): column = g*B + f
+//   grouped             `groups` statistics (B = C/groups), 1 row: column = s*F + f
+//   independent         C/B statistics, 1 row:                     column = s*F + f
+// Output channel o of a conv with `groups` groups reads columns [group(o)*C*K/groups, ...), so the
+// (s, g) pieces that lie in that range are the ones that fold into its weights (see fold.hpp).
+
+#include <algorithm>
+#include <numeric>
+#include <ostream>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "error.hpp"
+
+namespace netdeconv {
+
+enum class block_layout {
+  interleaved_shared,  ///< reference conv layers (groups == 1): strided channel interleave, one shared statistic
+  contiguous_shared,   ///< reference linear layer: consecutive chunks of B features, one shared statistic
+  grouped,             ///< one statistic per conv group (B = C/groups)
+  independent,         ///< contiguous channel blocks, each with its own statistic (the paper's text)
+};
+
+inline std::ostream& operator<<(std::ostream& os, block_layout layout) {
+  constexpr const char* names[] = {"interleaved_shared", "contiguous_shared", "grouped", "independent"};
+  return os << names[static_cast<int>(layout)];
+}
+
+struct block_plan {
+  block_layout layout = block_layout::independent;
+  index_t channels = 0;     ///< C (input features for a linear layer)
+  index_t kernel_area = 1;  ///< K = kh*kw (1 for a linear layer)
+  index_t groups = 1;       ///< conv groups
+  index_t block = 0;        ///< B after adjustment
+
+  index_t features() const { return kernel_area * block; }
+  index_t count() const {
+    switch (layout) {
+      case block_layout::interleaved_shared:
+      case block_layout::contiguous_shared: return 1;
+      case block_layout::grouped: return groups;
+      case block_layout::independent: return channels / block;
+    }
+    return 0;
+  }
+  index_t rows_per_patch() const {
+    const bool shared = layout == block_layout::interleaved_shared || layout == block_layout::contiguous_shared;
+    return shared ? channels / block : 1;
+  }
+  index_t column(index_t s, index_t g, index_t f) const {
+    switch (layout) {
+      case block_layout::interleaved_shared: return f * (channels / block) + g;
+      case block_layout::contiguous_shared: return g * block + f;
+      case block_layout::grouped:
+      case block_layout::independent: return s * features() + f;
+    }
+    return 0;
+  }
+};
+
+/// Builds the plan for C channels, kernel area K, requested block B and conv groups, applying the
+/// adjustment rule of SPEC §3: B = min(B, C); B = gcd(B, C) if B does not divide C (shared layouts);
+/// B = C/groups for `grouped`. `independent` requires B | (C/groups) and throws otherwise;
+/// interleaved_shared and contiguous_shared require groups == 1, grouped requires groups > 1.
+inline block_plan make_block_plan(block_layout layout, index_t channels, index_t kernel_area, index_t block,
+                                  index_t groups = 1) {
+  constexpr const char* fn = "make_block_plan";
+  NETDECONV_REQUIRE(channels >= 1, fn, "channels must be >= 1, got ", channels);
+  NETDECONV_REQUIRE(kernel_area >= 1, fn, "kernel area must be >= 1, got ", kernel_area);
+  NETDECONV_REQUIRE(groups >= 1, fn, "groups must be >= 1, got ", groups);
+  NETDECONV_REQUIRE(channels % groups == 0, fn, "groups ", groups, " does not divide C=", channels);
+  NETDECONV_REQUIRE(block >= 1, fn, "block must be >= 1, got ", block);
+  block_plan plan{layout, channels, kernel_area, groups, std::min(block, channels)};
+  switch (layout) {
+    case block_layout::interleaved_shared:
+    case block_layout::contiguous_shared:
+      NETDECONV_REQUIRE(groups == 1, fn, "layout ", layout, " needs groups == 1, got groups=", groups,
+                        " (use grouped or independent)");
+      NETDECONV_REQUIRE(layout == block_layout::interleaved_shared || kernel_area == 1, fn,
+                        "layout contiguous_shared is for linear layers (kernel area 1), got ", kernel_area);
+      if (channels % plan.block != 0) plan.block = std::gcd(plan.block, channels);
+      break;
+    case block_layout::grouped:
+      NETDECONV_REQUIRE(groups > 1, fn, "layout grouped needs groups > 1, got groups=", groups);
+      plan.block = channels / groups;
+      break;
+    case block_layout::independent:
+      NETDECONV_REQUIRE((channels / groups) % plan.block == 0, fn, "block ", plan.block, " does not divide C/groups=",
+                        channels / groups, " in independent mode");
+      break;
+  }
+  detail::checked_mul(fn, "features K*B", kernel_area, plan.block);
+  return plan;
+}
+
+/// Whitening statistics of a plan: per statistic s, the mean (F) and D_s ~ Cov_s^(-1/2) (F x F).
+/// What a conv/linear layer folds into its weights, and what whiten() returns for reuse.
+template <class T>
+struct block_statistics {
+  block_plan plan;
+  std::vector<Eigen::Matrix<T, Eigen::Dynamic, 1>> mean;
+  std::vector<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>> D;
+};
+
+}  // namespace netdeconv

@@ -1,0 +1,50 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+// Execution policies: every entry point takes one as its first argument and the policy's *type*
+// selects the backend at compile time (Thrust style). Policies inherit from the one they fall back
+// to, so a backend that lacks a kernel uses its ancestor's through ordinary overload resolution:
+//
+//   sequential_policy            scalar reference code: the oracle every other backend is tested against
+//     └─ omp_policy              OpenMP threads over rows / blocks (falls back to sequential)
+//
+// Later backends (SIMD, CUDA) add their own policy types and `detail::` overloads; the public headers
+// only validate arguments and dispatch.
+//
+//   netdeconv::inverse_sqrt(netdeconv::seq, A, D, options);   // single-threaded reference
+//   netdeconv::inverse_sqrt(netdeconv::par, A, D, options);   // OpenMP
+
+#include <type_traits>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace netdeconv {
+
+struct sequential_policy {};
+
+/// OpenMP backend. `threads == 0` uses the OpenMP default (OMP_NUM_THREADS or all cores).
+struct omp_policy : sequential_policy {
+  int threads = 0;
+};
+
+inline constexpr sequential_policy seq{};
+inline constexpr omp_policy par{};
+
+template <class Policy>
+inline constexpr bool is_execution_policy_v = std::is_base_of_v<sequential_policy, Policy>;
+
+namespace detail {
+
+/// Number of threads an omp_policy region runs with (1 without OpenMP).
+inline int thread_count(const omp_policy& policy) {
+#ifdef _OPENMP
+  return policy.threads > 0 ? policy.threads : omp_get_max_threads();
+#else
+  (void)policy;
+  return 1;
+#endif
+}
+
+}  // namespace detail
+}  // namespace netdeconv

@@ -1,0 +1,119 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+// Inverse square root D ~ A^(-1/2) of a symmetric positive definite F x F matrix (SPEC §5).
+//
+// Coupled Newton-Schulz (Denman-Beavers form), computed in the scalar type T:
+//   s = ||A||_F (or tr A);  Y_0 = A/s;  Z_0 = I
+//   P_k = Z_k Y_k;  T_k = (3I - P_k)/2;  Y_{k+1} = Y_k T_k;  Z_{k+1} = T_k Z_k
+//   D = Z_n / sqrt(s)            (Y_n * sqrt(s) ~ A^(1/2) is a by-product)
+// Fixed mode (tolerance == 0) runs exactly `iterations` steps: the truncated iteration of the
+// reference layers, which is deliberately NOT converged for eigenvalues far below s. Converged mode
+// (tolerance > 0) stops as soon as residual <= tolerance, after at most `iterations` steps.
+// residual = ||I - Z_n Y_n||_F / sqrt(F), which equals ||D A D - I||_F / sqrt(F) in exact arithmetic.
+//
+// inverse_sqrt_exact is the float64 verification path: D = V diag(w^-1/2) V^T from Eigen's
+// SelfAdjointEigenSolver.
+//
+// Failures are statuses, not exceptions: non_finite (NaN/Inf in A or in the result),
+// not_positive_definite (Cholesky fails or a pivot is below F*epsilon(T) times the largest
+// diagonal entry: singular to working precision), not_converged (tolerance not reached). For the
+// first two, D is filled with NaN so it cannot be used by accident.
+//
+//   Eigen::MatrixXf D;
+//   auto report = netdeconv::inverse_sqrt(netdeconv::seq, cov, D, netdeconv::isqrt_options::converged(1e-4));
+//   if (report.status != netdeconv::isqrt_status::ok) { ... }
+
+#include <ostream>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "error.hpp"
+#include "execution.hpp"
+
+namespace netdeconv {
+
+enum class isqrt_method { newton_schulz, exact };
+enum class isqrt_scaling { frobenius, trace };
+enum class isqrt_status { ok, not_converged, non_finite, not_positive_definite };
+
+inline std::ostream& operator<<(std::ostream& os, isqrt_status s) {
+  constexpr const char* names[] = {"ok", "not_converged", "non_finite", "not_positive_definite"};
+  return os << names[static_cast<int>(s)];
+}
+
+struct isqrt_options {
+  isqrt_method method = isqrt_method::newton_schulz;
+  int iterations = 5;      ///< fixed mode: the step count; converged mode: the cap
+  double tolerance = 0.0;  ///< 0: fixed mode; > 0: stop when residual <= tolerance
+  isqrt_scaling scaling = isqrt_scaling::frobenius;
+
+  static isqrt_options fixed(int iterations) { return {isqrt_method::newton_schulz, iterations, 0.0}; }
+  static isqrt_options converged(double tolerance, int max_iterations = 100) {
+    return {isqrt_method::newton_schulz, max_iterations, tolerance};
+  }
+  /// The float64 eigendecomposition path (inverse_sqrt_exact).
+  static isqrt_options exact() { return {isqrt_method::exact, 0, 0.0}; }
+};
+
+struct isqrt_report {
+  int iterations = 0;      ///< Newton-Schulz steps taken (0 for the exact path)
+  double residual = 0.0;   ///< ||I - Z Y||_F / sqrt(F) (exact path: ||D A D - I||_F / sqrt(F))
+  isqrt_status status = isqrt_status::ok;
+};
+
+template <class T>
+using square_matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+
+namespace detail {
+
+inline void check_isqrt_options(const char* fn, const isqrt_options& o) {
+  NETDECONV_REQUIRE(o.iterations >= 0, fn, "iterations (n_iter) must be >= 0, got ", o.iterations);
+  NETDECONV_REQUIRE(o.tolerance >= 0, fn, "tolerance must be >= 0, got ", o.tolerance);
+}
+
+template <class T>
+void check_square(const char* fn, const char* name, const Eigen::Ref<const square_matrix<T>>& A) {
+  NETDECONV_REQUIRE(A.rows() == A.cols(), fn, name, " must be square, got ", A.rows(), "x", A.cols());
+  NETDECONV_REQUIRE(A.rows() >= 1, fn, name, " must be at least 1x1, got ", A.rows(), "x", A.cols());
+}
+
+}  // namespace detail
+}  // namespace netdeconv
+
+#include "sequential/inverse_sqrt.hpp"
+#include "omp/inverse_sqrt.hpp"
+
+namespace netdeconv {
+
+/// D (resized to F x F) ~ A^(-1/2) by the coupled Newton-Schulz iteration in T (or the exact path
+/// when options.method is exact). A is not modified.
+template <class Policy, class T>
+isqrt_report inverse_sqrt(const Policy& policy, const Eigen::Ref<const square_matrix<T>>& A, square_matrix<T>& D,
+                          const isqrt_options& options = {}) {
+  static_assert(is_execution_policy_v<Policy>, "first argument must be an execution policy");
+  detail::check_isqrt_options("inverse_sqrt", options);
+  detail::check_square<T>("inverse_sqrt", "A", A);
+  return detail::inverse_sqrt_impl(policy, A, D, options);
+}
+
+/// Batched form: D[i] ~ A[i]^(-1/2) for every block (sizes may differ); one report per block.
+template <class Policy, class T>
+std::vector<isqrt_report> inverse_sqrt(const Policy& policy, const std::vector<square_matrix<T>>& A,
+                                       std::vector<square_matrix<T>>& D, const isqrt_options& options = {}) {
+  static_assert(is_execution_policy_v<Policy>, "first argument must be an execution policy");
+  detail::check_isqrt_options("inverse_sqrt", options);
+  for (const auto& a : A) detail::check_square<T>("inverse_sqrt", "A[i]", a);
+  D.resize(A.size());
+  return detail::inverse_sqrt_batched_impl(policy, A, D, options);
+}
+
+/// Exact float64 path: D = V diag(w^-1/2) V^T (eigendecomposition of A in double), converted to T.
+/// not_positive_definite when the smallest eigenvalue is <= F * 2^-52 times the largest.
+template <class T>
+isqrt_report inverse_sqrt_exact(const Eigen::Ref<const square_matrix<T>>& A, square_matrix<T>& D) {
+  detail::check_square<T>("inverse_sqrt_exact", "A", A);
+  return detail::inverse_sqrt_exact_impl<T>(A, D);
+}
+
+}  // namespace netdeconv

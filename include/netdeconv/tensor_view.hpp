@@ -1,0 +1,131 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+// Non-owning strided views over caller memory (pointer + shape + strides in elements), so that a
+// tensor of any framework (PyTorch, JAX, NumPy via DLPack; Eigen) is read in place, without copies.
+//
+//   image_view<const float> x = nchw(ptr, N, C, H, W);    // logical axes are always (N, C, H, W)
+//   image_view<const float> y = nhwc(ptr, N, H, W, C);    // channels-last memory, same logical axes
+//   matrix_view<const double> m = view(eigen_matrix);      // any Eigen dense object with direct access
+//   auto e = as_eigen(m);                                  // Eigen::Map with run-time strides
+
+#include <array>
+#include <type_traits>
+
+#include <Eigen/Core>
+
+#include "error.hpp"
+
+namespace netdeconv {
+
+/// Rank-R strided view. `shape[i] >= 0`; strides may be any value (including 0 or negative).
+/// An empty view (`data == nullptr`, all extents 0) stands for "argument not given" where a
+/// function documents it (e.g. an absent bias).
+template <class T, int Rank>
+struct tensor_view {
+  static_assert(Rank >= 1, "tensor_view needs rank >= 1");
+  using value_type = T;
+  static constexpr int rank = Rank;
+
+  T* data = nullptr;
+  std::array<index_t, Rank> shape{};
+  std::array<index_t, Rank> stride{};
+
+  template <class... I>
+  T& operator()(I... i) const {
+    static_assert(sizeof...(I) == Rank, "wrong number of indices");
+    const std::array<index_t, Rank> idx{static_cast<index_t>(i)...};
+    index_t offset = 0;
+    for (int a = 0; a < Rank; ++a) offset += idx[a] * stride[a];
+    return data[offset];
+  }
+
+  index_t extent(int axis) const { return shape[axis]; }
+  bool empty() const { return data == nullptr; }
+
+  /// Number of elements, checked against index_t overflow.
+  index_t size() const {
+    index_t n = 1;
+    for (int a = 0; a < Rank; ++a) n = detail::checked_mul("tensor_view::size", "element count", n, shape[a]);
+    return n;
+  }
+
+  /// Views of T convert to views of const T.
+  template <class U = T, class = std::enable_if_t<!std::is_const_v<U>>>
+  operator tensor_view<const U, Rank>() const {
+    return {data, shape, stride};
+  }
+};
+
+template <class T> using vector_view = tensor_view<T, 1>;
+/// (rows, cols).
+template <class T> using matrix_view = tensor_view<T, 2>;
+/// Logical axes (N, C, H, W) for images, (Cout, C/groups, kh, kw) for conv weights.
+template <class T> using image_view = tensor_view<T, 4>;
+
+/// Contiguous NCHW tensor of shape (n, c, h, w).
+template <class T>
+image_view<T> nchw(T* data, index_t n, index_t c, index_t h, index_t w) {
+  return {data, {n, c, h, w}, {c * h * w, h * w, w, 1}};
+}
+
+/// Contiguous NHWC (channels-last) tensor of memory shape (n, h, w, c), viewed with axes (N, C, H, W).
+template <class T>
+image_view<T> nhwc(T* data, index_t n, index_t h, index_t w, index_t c) {
+  return {data, {n, c, h, w}, {h * w * c, 1, w * c, c}};
+}
+
+/// Contiguous row-major matrix.
+template <class T>
+matrix_view<T> row_major(T* data, index_t rows, index_t cols) {
+  return {data, {rows, cols}, {cols, 1}};
+}
+
+/// Contiguous vector.
+template <class T>
+vector_view<T> contiguous(T* data, index_t n) {
+  return {data, {n}, {1}};
+}
+
+/// View of an Eigen dense object with direct access (Matrix, Map, Block, Ref), in place.
+template <class Derived>
+auto view(const Eigen::DenseBase<Derived>& m) {
+  using Scalar = typename Derived::Scalar;
+  static_assert(bool(Eigen::internal::traits<Derived>::Flags & Eigen::DirectAccessBit),
+                "netdeconv::view needs an Eigen object with direct memory access (evaluate expressions first)");
+  const index_t inner = m.innerStride(), outer = m.outerStride();
+  return matrix_view<const Scalar>{m.derived().data(), {m.rows(), m.cols()},
+                                   Derived::IsRowMajor ? std::array<index_t, 2>{outer, inner}
+                                                       : std::array<index_t, 2>{inner, outer}};
+}
+
+/// Mutable view of an Eigen dense object with direct access.
+template <class Derived>
+auto view_mut(Eigen::DenseBase<Derived>& m) {
+  using Scalar = typename Derived::Scalar;
+  const auto v = view(m);
+  return matrix_view<Scalar>{const_cast<Scalar*>(v.data), v.shape, v.stride};
+}
+
+/// Eigen::Map of a matrix view with run-time strides (column-major Map; stride order (outer, inner)).
+template <class T>
+auto as_eigen(const matrix_view<T>& m) {
+  using Plain = Eigen::Matrix<std::remove_const_t<T>, Eigen::Dynamic, Eigen::Dynamic>;
+  using MapT = Eigen::Map<std::conditional_t<std::is_const_v<T>, const Plain, Plain>, 0,
+                          Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>>;
+  return MapT(m.data, m.shape[0], m.shape[1], Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>(m.stride[1], m.stride[0]));
+}
+
+namespace detail {
+
+/// Validates that no extent is negative, that the element count fits index_t, and that data is
+/// present when there are elements. `name` is the argument's name in the message.
+template <class T, int R>
+void check_view(const char* function, const char* name, const tensor_view<T, R>& v) {
+  for (int a = 0; a < R; ++a)
+    NETDECONV_REQUIRE(v.shape[a] >= 0, function, name, " has negative extent ", v.shape[a], " on axis ", a);
+  const index_t n = v.size();
+  NETDECONV_REQUIRE(n == 0 || v.data != nullptr, function, name, " is null but has ", n, " elements");
+}
+
+}  // namespace detail
+}  // namespace netdeconv

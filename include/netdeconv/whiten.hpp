@@ -1,0 +1,103 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+// ZCA whitening of an arbitrary matrix (SPEC §8).
+//
+// X: n x F with rows as samples (or F x n with columns_are_samples), any strides.
+//   mu = column mean, Cov = (X - mu)^T (X - mu) / n + eps I, D = Cov^(-1/2) (symmetric),
+//   output = (X - mu) D, same orientation as X.
+// With block = B > 0 the features are split into F/B contiguous blocks, each whitened on its own
+// (block-diagonal D). The exact method (the default; options.isqrt selects Newton-Schulz)'s output has covariance Cov0 (Cov0 + eps I)^-1 ~ I, where
+// Cov0 is the covariance without eps.
+//
+//   auto w = netdeconv::whiten(netdeconv::par, netdeconv::view(X));     // X: Eigen n x F matrix
+//   w.data;                       // whitened n x F (row-major)
+//   netdeconv::apply_whitening(netdeconv::par, w.statistics, view(X_new), view_mut(out));
+
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "blocks.hpp"
+#include "covariance.hpp"
+#include "error.hpp"
+#include "execution.hpp"
+#include "inverse_sqrt.hpp"
+#include "statistics_step.hpp"
+#include "tensor_view.hpp"
+
+namespace netdeconv {
+
+struct whiten_options {
+  double eps = 1e-5;
+  isqrt_options isqrt = isqrt_options::exact();  ///< or Newton-Schulz, fixed or converged
+  index_t block = 0;                             ///< 0: one block of all features
+  bool columns_are_samples = false;
+};
+
+template <class T>
+struct whitening : estimated_statistics<T> {
+  /// Whitened data, same orientation as the input (n x F, or F x n with columns_are_samples).
+  Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> data;
+};
+
+namespace detail {
+
+template <class T>
+matrix_view<T> transposed(const matrix_view<T>& m) {
+  return {m.data, {m.shape[1], m.shape[0]}, {m.stride[1], m.stride[0]}};
+}
+
+}  // namespace detail
+
+/// out = (X - mu_s) D_s block by block, with the statistics of a previous whiten() (or any
+/// block_statistics with K = 1). X and out have the same shape and orientation; X is not modified.
+template <class Policy, class T>
+void apply_whitening(const Policy& policy, const block_statistics<T>& stats, matrix_view<const T> X, matrix_view<T> out,
+                     bool columns_are_samples = false) {
+  static_assert(is_execution_policy_v<Policy>, "first argument must be an execution policy");
+  (void)policy;
+  constexpr const char* fn = "apply_whitening";
+  detail::check_view(fn, "X", X);
+  detail::check_view(fn, "out", out);
+  NETDECONV_REQUIRE(out.shape == X.shape, fn, "out is ", out.shape[0], "x", out.shape[1], " but X is ", X.shape[0],
+                    "x", X.shape[1]);
+  if (columns_are_samples) {
+    X = detail::transposed(X);
+    out = detail::transposed(out);
+  }
+  const block_plan& plan = stats.plan;
+  NETDECONV_REQUIRE(plan.kernel_area == 1 && plan.rows_per_patch() == 1, fn,
+                    "statistics must come from independent or single-block whitening");
+  NETDECONV_REQUIRE(X.shape[1] == plan.channels, fn, "X has ", X.shape[1], " features, the statistics have ",
+                    plan.channels);
+  const auto x = as_eigen(X);
+  auto y = as_eigen(out);
+  const index_t F = plan.features();
+  for (index_t s = 0; s < plan.count(); ++s) {
+    const auto cols = Eigen::seqN(s * F, F);
+    const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> centred = x(Eigen::all, cols).rowwise() - stats.mean[s].transpose();
+    y(Eigen::all, cols).noalias() = centred * stats.D[s];
+  }
+}
+
+/// Whitens X (see file comment); returns the data, mu and D per block, and the isqrt reports.
+template <class Policy, class T>
+whitening<T> whiten(const Policy& policy, matrix_view<const T> X, const whiten_options& options = {}) {
+  static_assert(is_execution_policy_v<Policy>, "first argument must be an execution policy");
+  constexpr const char* fn = "whiten";
+  detail::check_view(fn, "X", X);
+  NETDECONV_REQUIRE(options.eps >= 0, fn, "eps must be >= 0, got ", options.eps);
+  NETDECONV_REQUIRE(options.block >= 0, fn, "block must be >= 0, got ", options.block);
+  const matrix_view<const T> samples = options.columns_are_samples ? detail::transposed(X) : X;
+  const index_t F = samples.shape[1];
+  NETDECONV_REQUIRE(F >= 1, fn, "X has no features");
+  const block_plan plan = make_block_plan(block_layout::independent, F, 1, options.block == 0 ? F : options.block);
+  whitening<T> out;
+  static_cast<estimated_statistics<T>&>(out) =
+      estimate_statistics<T>(policy, matrix_rows<T>(samples), plan, options.eps, options.isqrt);
+  out.data.resize(X.shape[0], X.shape[1]);
+  apply_whitening(policy, out.statistics, X, view_mut(out.data), options.columns_are_samples);
+  return out;
+}
+
+}  // namespace netdeconv
