@@ -1,0 +1,72 @@
+// SPDX-License-Identifier: MIT
+#include <doctest/doctest.h>
+
+#include <set>
+
+#include <netdeconv/blocks.hpp>
+
+using namespace netdeconv;
+
+TEST_CASE("block size adjustment follows SPEC section 3") {
+  SUBCASE("B = min(B, C)") {
+    const auto p = make_block_plan(block_layout::interleaved_shared, 3, 9, 64);
+    CHECK(p.block == 3);
+    CHECK(p.features() == 27);
+    CHECK(p.count() == 1);
+    CHECK(p.rows_per_patch() == 1);
+  }
+  SUBCASE("B = gcd(B, C) when B does not divide C") {
+    const auto p = make_block_plan(block_layout::interleaved_shared, 6, 9, 4);
+    CHECK(p.block == 2);
+    CHECK(p.rows_per_patch() == 3);
+    CHECK(make_block_plan(block_layout::contiguous_shared, 100, 1, 64).block == 4);
+  }
+  SUBCASE("grouped: B = C/groups") {
+    const auto p = make_block_plan(block_layout::grouped, 12, 9, 64, 4);
+    CHECK(p.block == 3);
+    CHECK(p.count() == 4);
+    CHECK(p.features() == 27);
+  }
+  SUBCASE("independent: contiguous blocks, one statistic each") {
+    const auto p = make_block_plan(block_layout::independent, 12, 9, 4);
+    CHECK(p.block == 4);
+    CHECK(p.count() == 3);
+    CHECK(make_block_plan(block_layout::independent, 12, 1, 100).block == 12);
+  }
+}
+
+TEST_CASE("every patch column feeds exactly one (statistic, row, feature) slot") {
+  for (const auto& p : {make_block_plan(block_layout::interleaved_shared, 12, 4, 3),
+                        make_block_plan(block_layout::contiguous_shared, 12, 1, 4),
+                        make_block_plan(block_layout::grouped, 12, 4, 1, 3),
+                        make_block_plan(block_layout::independent, 12, 4, 6, 2)}) {
+    CAPTURE(p.layout);
+    std::set<index_t> seen;
+    for (index_t s = 0; s < p.count(); ++s)
+      for (index_t g = 0; g < p.rows_per_patch(); ++g)
+        for (index_t f = 0; f < p.features(); ++f) seen.insert(p.column(s, g, f));
+    CHECK(index_t(seen.size()) == p.channels * p.kernel_area);
+    CHECK(*seen.begin() == 0);
+    CHECK(*seen.rbegin() == p.channels * p.kernel_area - 1);
+  }
+}
+
+TEST_CASE("invalid block configurations are rejected with the offending values") {
+  CHECK_THROWS_WITH_AS(make_block_plan(block_layout::independent, 64, 9, 48),
+                       doctest::Contains("block 48 does not divide C/groups=64 in independent mode"), invalid_argument);
+  CHECK_THROWS_WITH_AS(make_block_plan(block_layout::interleaved_shared, 8, 9, 4, 2),
+                       doctest::Contains("needs groups == 1, got groups=2"), invalid_argument);
+  CHECK_THROWS_WITH_AS(make_block_plan(block_layout::grouped, 8, 9, 4, 1), doctest::Contains("groups > 1"),
+                       invalid_argument);
+  CHECK_THROWS_WITH_AS(make_block_plan(block_layout::grouped, 8, 9, 4, 3), doctest::Contains("groups 3 does not divide C=8"),
+                       invalid_argument);
+  CHECK_THROWS_WITH_AS(make_block_plan(block_layout::independent, 8, 9, 0), doctest::Contains("block must be >= 1, got 0"),
+                       invalid_argument);
+  CHECK_THROWS_WITH_AS(make_block_plan(block_layout::independent, 0, 9, 4), doctest::Contains("channels must be >= 1, got 0"),
+                       invalid_argument);
+  CHECK_THROWS_WITH_AS(make_block_plan(block_layout::contiguous_shared, 8, 9, 4),
+                       doctest::Contains("kernel area 1"), invalid_argument);
+  const index_t huge = index_t(1) << 40;
+  CHECK_THROWS_WITH_AS(make_block_plan(block_layout::independent, huge, huge, huge), doctest::Contains("overflows"),
+                       invalid_argument);
+}
