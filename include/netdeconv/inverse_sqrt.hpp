@@ -88,13 +88,15 @@ namespace netdeconv {
 
 /// D (resized to F x F) ~ A^(-1/2) by the coupled Newton-Schulz iteration in T (or the exact path
 /// when options.method is exact). A is not modified.
-template <class Policy, class T>
-isqrt_report inverse_sqrt(const Policy& policy, const Eigen::Ref<const square_matrix<T>>& A, square_matrix<T>& D,
-                          const isqrt_options& options = {}) {
+template <class Policy, class Derived>
+isqrt_report inverse_sqrt(const Policy& policy, const Eigen::MatrixBase<Derived>& A,
+                          square_matrix<typename Derived::Scalar>& D, const isqrt_options& options = {}) {
   static_assert(is_execution_policy_v<Policy>, "first argument must be an execution policy");
+  using T = typename Derived::Scalar;
   detail::check_isqrt_options("inverse_sqrt", options);
-  detail::check_square<T>("inverse_sqrt", "A", A);
-  return detail::inverse_sqrt_impl(policy, A, D, options);
+  const Eigen::Ref<const square_matrix<T>> a(A.derived());
+  detail::check_square<T>("inverse_sqrt", "A", a);
+  return detail::inverse_sqrt_impl<T>(policy, a, D, options);
 }
 
 /// Batched form: D[i] ~ A[i]^(-1/2) for every block (sizes may differ); one report per block.
@@ -110,10 +112,12 @@ std::vector<isqrt_report> inverse_sqrt(const Policy& policy, const std::vector<s
 
 /// Exact float64 path: D = V diag(w^-1/2) V^T (eigendecomposition of A in double), converted to T.
 /// not_positive_definite when the smallest eigenvalue is <= F * 2^-52 times the largest.
-template <class T>
-isqrt_report inverse_sqrt_exact(const Eigen::Ref<const square_matrix<T>>& A, square_matrix<T>& D) {
-  detail::check_square<T>("inverse_sqrt_exact", "A", A);
-  return detail::inverse_sqrt_exact_impl<T>(A, D);
+template <class Derived>
+isqrt_report inverse_sqrt_exact(const Eigen::MatrixBase<Derived>& A, square_matrix<typename Derived::Scalar>& D) {
+  using T = typename Derived::Scalar;
+  const Eigen::Ref<const square_matrix<T>> a(A.derived());
+  detail::check_square<T>("inverse_sqrt_exact", "A", a);
+  return detail::inverse_sqrt_exact_impl<T>(a, D);
 }
 
 }  // namespace netdeconv

@@ -64,6 +64,12 @@ isqrt_report newton_schulz(const Eigen::Ref<const square_matrix<T>>& A, square_m
 }
 
 template <class T>
+isqrt_report inverse_sqrt_impl(const sequential_policy&, const Eigen::Ref<const square_matrix<T>>& A,
+                               square_matrix<T>& D, const isqrt_options& options) {
+  return options.method == isqrt_method::exact ? inverse_sqrt_exact_impl<T>(A, D) : newton_schulz<T>(A, D, options);
+}
+
+template <class T>
 std::vector<isqrt_report> inverse_sqrt_batched_impl(const sequential_policy& policy, const std::vector<square_matrix<T>>& A,
                                                     std::vector<square_matrix<T>>& D, const isqrt_options& options) {
   std::vector<isqrt_report> reports(A.size());

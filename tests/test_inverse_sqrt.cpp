@@ -1,0 +1,176 @@
+// SPDX-License-Identifier: MIT
+#include <doctest/doctest.h>
+
+#include <netdeconv/inverse_sqrt.hpp>
+
+#include "oracle.hpp"
+
+using namespace netdeconv;
+using oracle::MatrixXd;
+
+namespace {
+
+/// ||D A D - I||_F / sqrt(F), in float64.
+template <class T>
+double whitening_residual(const square_matrix<T>& D, const MatrixXd& A) {
+  const MatrixXd d = D.template cast<double>();
+  return (d * A * d - MatrixXd::Identity(A.rows(), A.cols())).norm() / std::sqrt(double(A.rows()));
+}
+
+}  // namespace
+
+TEST_CASE("fixed iterations reproduce the float64 recurrence (float32 rounding only)") {
+  std::mt19937_64 rng(31);
+  struct tolerance_case {
+    int iterations;
+    double tol;  // measured float32 rounding of this recurrence: ~1e-6 (5 steps), ~1.4e-4 (15 steps)
+  };
+  for (const tolerance_case tc : {tolerance_case{5, 1e-5}, tolerance_case{15, 5e-4}})
+    for (const index_t F : {1, 9, 64, 150, 576})
+      for (const double cond : {1.0, 1e2, 1e4}) {
+        if (F == 576 && cond < 1e4) continue;  // keep the largest size to the hardest case
+        CAPTURE(tc.iterations);
+        CAPTURE(F);
+        CAPTURE(cond);
+        const MatrixXd A = oracle::random_spd(F, cond, rng, 3.0);
+        const MatrixXd ref = oracle::newton_schulz(A, tc.iterations);
+        square_matrix<float> Df;
+        const auto rf = inverse_sqrt(seq, square_matrix<float>(A.cast<float>()), Df, isqrt_options::fixed(tc.iterations));
+        CHECK(rf.status == isqrt_status::ok);
+        CHECK(rf.iterations == tc.iterations);
+        CHECK(oracle::rel_err(Df, ref) < tc.tol);
+        square_matrix<double> Dd;
+        inverse_sqrt(seq, A, Dd, isqrt_options::fixed(tc.iterations));
+        CHECK(oracle::rel_err(Dd, ref) < 1e-12);
+      }
+}
+
+TEST_CASE("the truncated reference iteration is not the exact root; the converged mode is") {
+  std::mt19937_64 rng(32);
+  const MatrixXd A = oracle::random_spd(40, 1e4, rng);
+  square_matrix<double> D5, Dconv;
+  const auto r5 = inverse_sqrt(seq, A, D5, isqrt_options::fixed(5));
+  const auto rc = inverse_sqrt(seq, A, Dconv, isqrt_options::converged(1e-12));
+  CHECK(r5.residual > 0.1);  // small eigenvalues far from converged after 5 steps
+  CHECK(whitening_residual(D5, A) > 0.1);
+  CHECK(rc.status == isqrt_status::ok);
+  CHECK(rc.iterations > 5);
+  CHECK(rc.residual <= 1e-12);
+}
+
+TEST_CASE_TEMPLATE("converged mode whitens: ||D Cov D - I||_F / sqrt(F) within the documented bounds", T, float, double) {
+  std::mt19937_64 rng(33);
+  const bool single = std::is_same_v<T, float>;
+  for (const index_t F : {2, 27, 100, 200})
+    for (const double cond : {1.0, 1e2, 1e4})
+      for (const auto scaling : {isqrt_scaling::frobenius, isqrt_scaling::trace}) {
+        CAPTURE(F);
+        CAPTURE(cond);
+        const MatrixXd A = oracle::random_spd(F, cond, rng, 0.01);
+        isqrt_options options = isqrt_options::converged(single ? 1e-5 : 1e-12, 40);
+        options.scaling = scaling;
+        square_matrix<T> D;
+        const auto report = inverse_sqrt(seq, square_matrix<T>(A.cast<T>()), D, options);
+        const double bound = single ? (cond <= 1e2 ? 2e-5 : 3e-4) : 1e-10;
+        const double res = whitening_residual(D, A.cast<T>().template cast<double>());
+        CHECK(res <= bound);
+        CHECK(report.residual <= options.tolerance + (report.status == isqrt_status::not_converged));
+        CHECK((report.status == isqrt_status::ok || (single && report.status == isqrt_status::not_converged)));
+      }
+}
+
+TEST_CASE_TEMPLATE("batched inverse square roots equal the looped ones, sequential and OpenMP", T, float, double) {
+  std::mt19937_64 rng(34);
+  std::vector<square_matrix<T>> A;
+  for (const index_t F : {5, 27, 27, 1, 64, 9, 9}) A.push_back(oracle::random_spd(F, 1e3, rng).cast<T>());
+  for (const auto& options : {isqrt_options::fixed(7), isqrt_options::converged(1e-4), isqrt_options::exact()}) {
+    std::vector<square_matrix<T>> Dseq, Dpar;
+    const auto rseq = inverse_sqrt(seq, A, Dseq, options);
+    const auto rpar = inverse_sqrt(omp_policy{{}, 2}, A, Dpar, options);
+    REQUIRE(Dseq.size() == A.size());
+    for (std::size_t i = 0; i < A.size(); ++i) {
+      square_matrix<T> D;
+      const auto r = inverse_sqrt(seq, A[i], D, options);
+      CHECK(Dseq[i] == D);  // same code, same inputs: bit-identical
+      CHECK(Dpar[i] == D);
+      CHECK(rseq[i].iterations == r.iterations);
+      CHECK(rpar[i].status == r.status);
+    }
+  }
+}
+
+TEST_CASE("the exact float64 path is D = V diag(w^-1/2) V^T") {
+  std::mt19937_64 rng(35);
+  const MatrixXd A = oracle::random_spd(50, 1e6, rng, 2.0);
+  square_matrix<double> D;
+  const auto r = inverse_sqrt_exact(A, D);
+  CHECK(r.status == isqrt_status::ok);
+  CHECK(r.residual < 1e-10);
+  CHECK(whitening_residual(D, A) < 1e-10);
+  CHECK((D - D.transpose()).norm() < 1e-12 * D.norm());
+  // and it agrees with the converged iteration
+  square_matrix<double> Dns;
+  inverse_sqrt(seq, A, Dns, isqrt_options::converged(1e-13));
+  CHECK(oracle::rel_err(Dns, D) < 1e-8);
+}
+
+TEST_CASE("the uncoupled iteration diverges where the coupled one stays bounded (paper, appendix A.3)") {
+  std::mt19937_64 rng(36);
+  const index_t F = 20;
+  const MatrixXd A = oracle::random_spd(F, 1e3, rng);
+  // uncoupled Newton-Schulz for A^(-1/2): Z <- (3Z - Z^3 A)/2 on A/||A||, Z_0 = I
+  const MatrixXd As = A / A.norm();
+  MatrixXd Z = MatrixXd::Identity(F, F);
+  int blew_up_at = -1;
+  for (int k = 1; k <= 200 && blew_up_at < 0; ++k) {
+    Z = 0.5 * (3.0 * Z - Z * Z * Z * As);
+    if (!Z.allFinite() || Z.norm() > 1e6) blew_up_at = k;
+  }
+  MESSAGE("uncoupled iteration blew up at step " << blew_up_at);
+  CHECK(blew_up_at > 0);
+  square_matrix<double> D;
+  const auto r = inverse_sqrt(seq, A, D, isqrt_options::fixed(2000));
+  CHECK(r.status == isqrt_status::ok);
+  CHECK(r.residual < 1e-12);
+  CHECK(whitening_residual(D, A) < 1e-10);
+}
+
+TEST_CASE_TEMPLATE("failures are statuses: non-finite, indefinite, singular, not converged", T, float, double) {
+  std::mt19937_64 rng(37);
+  const square_matrix<T> A = oracle::random_spd(6, 10, rng).cast<T>();
+  square_matrix<T> D;
+  for (const auto& options : {isqrt_options::fixed(5), isqrt_options::exact()}) {
+    square_matrix<T> bad = A;
+    bad(2, 3) = std::numeric_limits<T>::quiet_NaN();
+    CHECK(inverse_sqrt(seq, bad, D, options).status == isqrt_status::non_finite);
+    CHECK(D.array().isNaN().all());
+    bad = A;
+    bad(1, 1) = std::numeric_limits<T>::infinity();
+    CHECK(inverse_sqrt(seq, bad, D, options).status == isqrt_status::non_finite);
+    const square_matrix<T> indefinite = A - T(2) * square_matrix<T>::Identity(6, 6) * A.diagonal().maxCoeff();
+    CHECK(inverse_sqrt(seq, indefinite, D, options).status == isqrt_status::not_positive_definite);
+    CHECK(D.array().isNaN().all());
+    // covariance of rank-deficient data, no eps: singular to working precision
+    oracle::MatrixXd X = oracle::MatrixXd::Random(100, 6);
+    X.col(5) = X.col(0) - 2.0 * X.col(1);
+    const square_matrix<T> singular = oracle::covariance(X, 0.0).cast<T>();
+    CHECK(inverse_sqrt(seq, singular, D, options).status == isqrt_status::not_positive_definite);
+  }
+  const auto r = inverse_sqrt(seq, A, D, isqrt_options::converged(1e-30, 3));
+  CHECK(r.status == isqrt_status::not_converged);
+  CHECK(r.iterations == 3);
+  CHECK(D.allFinite());  // the last iterate is still returned
+}
+
+TEST_CASE("invalid arguments throw with their values") {
+  square_matrix<float> D;
+  CHECK_THROWS_WITH_AS(inverse_sqrt(seq, square_matrix<float>::Identity(3, 4), D), doctest::Contains("A must be square, got 3x4"),
+                       invalid_argument);
+  CHECK_THROWS_WITH_AS(inverse_sqrt(seq, square_matrix<float>(0, 0), D), doctest::Contains("at least 1x1"), invalid_argument);
+  CHECK_THROWS_WITH_AS(inverse_sqrt(seq, square_matrix<float>::Identity(3, 3), D, isqrt_options::fixed(-1)),
+                       doctest::Contains("iterations (n_iter) must be >= 0, got -1"), invalid_argument);
+  CHECK_THROWS_WITH_AS(inverse_sqrt(seq, square_matrix<float>::Identity(3, 3), D, isqrt_options::converged(-1e-3)),
+                       doctest::Contains("tolerance must be >= 0"), invalid_argument);
+  CHECK_THROWS_WITH_AS(inverse_sqrt_exact(square_matrix<float>(square_matrix<float>::Identity(2, 3)), D), doctest::Contains("2x3"),
+                       invalid_argument);
+}
