@@ -1,0 +1,146 @@
+// SPDX-License-Identifier: MIT
+#include <doctest/doctest.h>
+
+#include <netdeconv/fold.hpp>
+
+#include "oracle.hpp"
+
+using namespace netdeconv;
+
+namespace {
+
+struct fold_case {
+  block_layout layout;
+  index_t C, block, groups;
+};
+
+/// Random statistics for a plan: means and symmetric D (SPD, so D = D^T as the iteration's limit).
+template <class T>
+block_statistics<T> random_statistics(const block_plan& plan, std::mt19937_64& rng) {
+  block_statistics<T> stats{plan, {}, {}};
+  std::normal_distribution<double> normal;
+  for (index_t s = 0; s < plan.count(); ++s) {
+    Eigen::Matrix<T, Eigen::Dynamic, 1> mu(plan.features());
+    for (auto& v : mu) v = T(normal(rng));
+    stats.mean.push_back(mu);
+    stats.D.push_back(oracle::random_spd(plan.features(), 50, rng).cast<T>());
+  }
+  return stats;
+}
+
+/// y = Z W^T + b where Z is the whitened patch matrix: Z[r, column(s,g,:)] = (X[r, column(s,g,:)] - mu_s) D_s.
+/// W is expanded to a dense (Cout, C*K) matrix with zeros outside each output's group.
+template <class T>
+std::vector<double> conv_on_whitened_patches(const oracle::MatrixXd& X, const block_statistics<T>& stats,
+                                             const std::vector<double>& W, const std::vector<double>& b, index_t cout,
+                                             index_t Ho, index_t Wo) {
+  const block_plan& plan = stats.plan;
+  oracle::MatrixXd Z = oracle::MatrixXd::Zero(X.rows(), X.cols());
+  for (index_t s = 0; s < plan.count(); ++s)
+    for (index_t g = 0; g < plan.rows_per_patch(); ++g)
+      for (index_t r = 0; r < X.rows(); ++r) {
+        Eigen::RowVectorXd piece(plan.features());
+        for (index_t f = 0; f < plan.features(); ++f) piece[f] = X(r, plan.column(s, g, f)) - double(stats.mean[s][f]);
+        const Eigen::RowVectorXd white = piece * stats.D[s].template cast<double>();
+        for (index_t f = 0; f < plan.features(); ++f) Z(r, plan.column(s, g, f)) = white[f];
+      }
+  const index_t group_cols = X.cols() / plan.groups;
+  oracle::MatrixXd Wd = oracle::MatrixXd::Zero(cout, X.cols());
+  for (index_t o = 0; o < cout; ++o)
+    for (index_t j = 0; j < group_cols; ++j) Wd(o, (o / (cout / plan.groups)) * group_cols + j) = W[o * group_cols + j];
+  const oracle::MatrixXd Y = Z * Wd.transpose();  // rows (n, oy, ox), columns o
+  std::vector<double> y(Y.size());
+  const index_t per_image = Ho * Wo;
+  for (index_t r = 0; r < Y.rows(); ++r)
+    for (index_t o = 0; o < cout; ++o)
+      y[((r / per_image) * cout + o) * per_image + r % per_image] = Y(r, o) + (b.empty() ? 0.0 : b[o]);
+  return y;
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("conv(x, W', b') equals the conv of the whitened patches, for every layout", T, float, double) {
+  std::mt19937_64 rng(41);
+  const double tol = std::is_same_v<T, float> ? 2e-5 : 1e-12;  // a few float32 roundings per output
+  const fold_case cases[] = {
+      {block_layout::interleaved_shared, 6, 64, 1}, {block_layout::interleaved_shared, 8, 2, 1},
+      {block_layout::interleaved_shared, 6, 4, 1},  {block_layout::grouped, 6, 64, 2},
+      {block_layout::grouped, 6, 1, 6},             {block_layout::independent, 6, 2, 1},
+      {block_layout::independent, 8, 2, 2},         {block_layout::independent, 4, 1, 4},
+  };
+  for (const auto& fc : cases)
+    for (const bool with_bias : {true, false}) {
+      const conv_geometry g{3, 2, 1, 2, 1, 0, 1, 2};
+      const index_t cout = 2 * fc.groups, N = 2, H = 7, W = 8;
+      CAPTURE(fc.layout);
+      CAPTURE(fc.groups);
+      CAPTURE(with_bias);
+      const block_plan plan = make_block_plan(fc.layout, fc.C, g.kernel_area(), fc.block, fc.groups);
+      const auto stats = random_statistics<T>(plan, rng);
+      oracle::image<T> x(N, fc.C, H, W, 1);
+      oracle::fill_normal(x, rng);
+      std::normal_distribution<double> normal;
+      std::vector<T> weight(cout * (fc.C / fc.groups) * g.kernel_area()), bias(with_bias ? cout : 0);
+      for (auto& v : weight) v = T(normal(rng));
+      for (auto& v : bias) v = T(normal(rng));
+      const std::vector<T> weight_before = weight;
+      std::vector<T> folded(weight.size()), folded_bias(cout, T(123));
+      fold(seq, stats, nchw<const T>(weight.data(), cout, fc.C / fc.groups, g.kernel_h, g.kernel_w),
+           with_bias ? contiguous<const T>(bias.data(), cout) : vector_view<const T>{},
+           nchw(folded.data(), cout, fc.C / fc.groups, g.kernel_h, g.kernel_w), contiguous(folded_bias.data(), cout));
+      CHECK(weight == weight_before);
+      const std::vector<double> wd(weight.begin(), weight.end()), bd(bias.begin(), bias.end());
+      const std::vector<double> fd(folded.begin(), folded.end()), fbd(folded_bias.begin(), folded_bias.end());
+      const auto ref = conv_on_whitened_patches(oracle::im2col(x, g), stats, wd, bd, cout, g.out_h(H), g.out_w(W));
+      const auto got = oracle::conv2d(x, fd, fbd, cout, g, fc.groups);
+      CHECK(oracle::rel_err(got, ref) < tol);
+    }
+}
+
+TEST_CASE("linear folding: W' = W viewed as (Cout*Fin/B, B) times D, for shared and independent blocks") {
+  std::mt19937_64 rng(42);
+  const index_t cout = 3, fin = 8, rows = 5;
+  for (const auto layout : {block_layout::contiguous_shared, block_layout::independent}) {
+    CAPTURE(layout);
+    const block_plan plan = make_block_plan(layout, fin, 1, 4);
+    const auto stats = random_statistics<double>(plan, rng);
+    const Eigen::MatrixXd Wm = Eigen::MatrixXd::Random(cout, fin), X = Eigen::MatrixXd::Random(rows, fin);
+    const Eigen::VectorXd b = Eigen::VectorXd::Random(cout);
+    Eigen::MatrixXd Wf(cout, fin);
+    Eigen::VectorXd bf(cout);
+    fold(seq, stats, view(Wm), contiguous<const double>(b.data(), cout), view_mut(Wf), contiguous(bf.data(), cout));
+    // explicit: whiten each chunk of B features of every row, then the ordinary linear layer
+    Eigen::MatrixXd Z(rows, fin);
+    for (index_t c = 0; c < 2; ++c) {
+      const index_t s = layout == block_layout::independent ? c : 0;
+      Z.middleCols(4 * c, 4) = (X.middleCols(4 * c, 4).rowwise() - stats.mean[s].transpose()) * stats.D[s];
+    }
+    const Eigen::MatrixXd ref = (Z * Wm.transpose()).rowwise() + b.transpose();
+    const Eigen::MatrixXd got = (X * Wf.transpose()).rowwise() + bf.transpose();
+    CHECK(oracle::rel_err(got, ref) < 1e-13);
+  }
+}
+
+TEST_CASE("fold rejects weights and statistics that do not fit the plan") {
+  const block_plan plan = make_block_plan(block_layout::grouped, 4, 9, 1, 2);
+  std::mt19937_64 rng(43);
+  auto stats = random_statistics<float>(plan, rng);
+  std::vector<float> w(4 * 2 * 9), wo(w.size()), b(4), bo(4);
+  const auto W = nchw<const float>(w.data(), 4, 2, 3, 3);
+  const auto Wo = nchw(wo.data(), 4, 2, 3, 3);
+  CHECK_NOTHROW(fold(seq, stats, W, vector_view<const float>{}, Wo, contiguous(bo.data(), 4)));
+  CHECK_THROWS_WITH_AS(fold(seq, stats, nchw<const float>(w.data(), 4, 4, 3, 3), {}, Wo, contiguous(bo.data(), 4)),
+                       doctest::Contains("weight has 4 input channels per group, the plan needs C/groups = 4/2"),
+                       invalid_argument);
+  CHECK_THROWS_WITH_AS(fold(seq, stats, nchw<const float>(w.data(), 3, 2, 3, 3), {}, Wo, contiguous(bo.data(), 4)),
+                       doctest::Contains("Cout=3"), invalid_argument);
+  CHECK_THROWS_WITH_AS(fold(seq, stats, nchw<const float>(w.data(), 4, 2, 2, 3), {}, Wo, contiguous(bo.data(), 4)),
+                       doctest::Contains("kernel 2x3 does not match the plan's kernel area 9"), invalid_argument);
+  CHECK_THROWS_WITH_AS(fold(seq, stats, W, contiguous<const float>(b.data(), 3), Wo, contiguous(bo.data(), 4)),
+                       doctest::Contains("bias has 3 entries"), invalid_argument);
+  CHECK_THROWS_WITH_AS(fold(seq, stats, W, {}, Wo, contiguous(bo.data(), 2)), doctest::Contains("bias_out has 2"),
+                       invalid_argument);
+  stats.D.pop_back();
+  CHECK_THROWS_WITH_AS(fold(seq, stats, W, {}, Wo, contiguous(bo.data(), 4)), doctest::Contains("the plan needs 2"),
+                       invalid_argument);
+}
