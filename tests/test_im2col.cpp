@@ -32,12 +32,15 @@ Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> run_im2col(con
   const index_t rows = x.view.shape[0] * g.out_h(x.view.shape[2]) * g.out_w(x.view.shape[3]);
   Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> cols(rows, x.view.shape[1] * g.kernel_area());
   im2col(seq, x.cview(), g, view_mut(cols));
+  Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> threaded(cols.rows(), cols.cols());
+  im2col(omp_policy{{}, 2}, x.cview(), g, view_mut(threaded));
+  CHECK(threaded == cols);
   return cols;
 }
 
 }  // namespace
 
-TEST_CASE_TEMPLATE("im2col equals the definition on random geometries, in every memory layout", T, float, double) {
+TEST_CASE_TEMPLATE("im2col (sequential and OpenMP) equals the definition on random geometries, in every memory layout", T, float, double) {
   std::mt19937_64 rng(11);
   for (int trial = 0; trial < 60; ++trial) {
     const random_case c = draw(rng);
@@ -70,7 +73,7 @@ TEST_CASE("im2col writes into a strided (column-major) output view") {
   CHECK(cols == oracle::im2col(x, g));
 }
 
-TEST_CASE_TEMPLATE("col2im is the adjoint of im2col: <im2col(x), Y> == <x, col2im(Y)>", T, float, double) {
+TEST_CASE_TEMPLATE("col2im (sequential and OpenMP) is the adjoint of im2col: <im2col(x), Y> == <x, col2im(Y)>", T, float, double) {
   std::mt19937_64 rng(5);
   for (int trial = 0; trial < 40; ++trial) {
     const random_case c = draw(rng);
@@ -84,6 +87,12 @@ TEST_CASE_TEMPLATE("col2im is the adjoint of im2col: <im2col(x), Y> == <x, col2i
     oracle::image<T> back(c.N, c.C, c.H, c.W, (trial + 1) % 3);
     oracle::fill_normal(back, rng);  // garbage that col2im must overwrite
     col2im(seq, view(Y), c.g, back.view);
+    oracle::image<T> threaded(c.N, c.C, c.H, c.W, trial % 3);
+    col2im(omp_policy{{}, 2}, view(Y), c.g, threaded.view);
+    for (index_t n = 0; n < c.N; ++n)
+      for (index_t ch = 0; ch < c.C; ++ch)
+        for (index_t y = 0; y < c.H; ++y)
+          for (index_t xx = 0; xx < c.W; ++xx) CHECK(threaded(n, ch, y, xx) == back(n, ch, y, xx));
     double lhs = 0, rhs = 0, scale = 0;
     for (index_t i = 0; i < Y.size(); ++i) {
       lhs += double(cols.data()[i]) * double(Y.data()[i]);

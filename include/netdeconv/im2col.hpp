@@ -59,6 +59,24 @@ std::array<index_t, 2> patch_matrix_shape(const char* function, const image_view
   return {rows, cols};
 }
 
+/// Calls f(j, n, c, y, x, inside) for the C*kh*kw entries of patch row r = (n, oy, ox) of x under g
+/// (Ho x Wo output positions per image), j = (c*kh + ky)*kw + kx in order; inside says whether
+/// pixel (y, x) lies in the image (else the entry is zero padding).
+template <class T, class F>
+void visit_patch_row(const image_view<T>& x, const conv_geometry& g, index_t out_h, index_t out_w, index_t r, F&& f) {
+  const index_t C = x.shape[1], H = x.shape[2], W = x.shape[3];
+  const index_t n = r / (out_h * out_w), oy = (r / out_w) % out_h, ox = r % out_w;
+  index_t j = 0;
+  for (index_t c = 0; c < C; ++c)
+    for (index_t ky = 0; ky < g.kernel_h; ++ky) {
+      const index_t y = oy * g.stride_h - g.pad_h + ky * g.dilation_h;
+      for (index_t kx = 0; kx < g.kernel_w; ++kx, ++j) {
+        const index_t xx = ox * g.stride_w - g.pad_w + kx * g.dilation_w;
+        f(j, n, c, y, xx, y >= 0 && y < H && xx >= 0 && xx < W);
+      }
+    }
+}
+
 }  // namespace detail
 
 /// The rows of the patch matrix that statistics are estimated from, with sampling stride S (SPEC §2):
@@ -101,16 +119,9 @@ class patch_sampler {
       for (index_t c = 0; c < C; ++c) out[c] = static_cast<Out>(x_(n, c, y, xx));
       return;
     }
-    const index_t n = r / (out_h_ * out_w_), oy = (r / out_w_) % out_h_, ox = r % out_w_;
-    index_t j = 0;
-    for (index_t c = 0; c < C; ++c)
-      for (index_t ky = 0; ky < g_.kernel_h; ++ky) {
-        const index_t y = oy * g_.stride_h - g_.pad_h + ky * g_.dilation_h;
-        for (index_t kx = 0; kx < g_.kernel_w; ++kx, ++j) {
-          const index_t xx = ox * g_.stride_w - g_.pad_w + kx * g_.dilation_w;
-          out[j] = (y >= 0 && y < H && xx >= 0 && xx < W) ? static_cast<Out>(x_(n, c, y, xx)) : Out(0);
-        }
-      }
+    detail::visit_patch_row(x_, g_, out_h_, out_w_, r, [&](index_t j, index_t n, index_t c, index_t y, index_t xx, bool inside) {
+      out[j] = inside ? static_cast<Out>(x_(n, c, y, xx)) : Out(0);
+    });
   }
 
  private:
@@ -123,6 +134,7 @@ class patch_sampler {
 }  // namespace netdeconv
 
 #include "sequential/im2col.hpp"
+#include "omp/im2col.hpp"
 
 namespace netdeconv {
 
