@@ -29,15 +29,15 @@ class moments {
   /// Centred scatter sum (x - mu)(x - mu)^T; only the lower triangle is meaningful.
   const matrix& scatter() const { return scatter_; }
 
-  /// Adds the rows of `samples` (m x F, rows are samples): their own centred moments, then a merge.
+  /// Adds the rows of `samples` (m x F, rows are samples): the merge above with b = the tile,
+  /// in place (M += centred tile scatter + d d^T * na*m/n), no F x F temporary.
   void add(const rows_matrix& samples) {
-    if (samples.rows() == 0) return;
-    moments tile(features());
-    tile.count_ = samples.rows();
-    tile.mean_ = samples.colwise().mean().transpose();
-    const rows_matrix centred = samples.rowwise() - tile.mean_.transpose();
-    tile.scatter_.template selfadjointView<Eigen::Lower>().rankUpdate(centred.transpose());
-    merge(tile);
+    const index_t m = samples.rows();
+    if (m == 0) return;
+    const vector tile_mean = samples.colwise().mean().transpose();
+    const rows_matrix centred = samples.rowwise() - tile_mean.transpose();
+    scatter_.template selfadjointView<Eigen::Lower>().rankUpdate(centred.transpose());
+    update_mean(m, tile_mean);
   }
 
   /// this <- moments of the union of this set and `other`.
@@ -47,13 +47,8 @@ class moments {
       *this = other;
       return;
     }
-    const index_t n = count_ + other.count_;
-    const vector delta = other.mean_ - mean_;
-    const Acc weight = Acc(count_) * Acc(other.count_) / Acc(n);
-    mean_ += delta * (Acc(other.count_) / Acc(n));
     scatter_ += other.scatter_;
-    scatter_.template selfadjointView<Eigen::Lower>().rankUpdate(delta, weight);
-    count_ = n;
+    update_mean(other.count_, other.mean_);
   }
 
   /// Cov = M/n + eps*I, full symmetric, converted to T.
@@ -67,6 +62,16 @@ class moments {
   }
 
  private:
+  /// Merges in the count and mean of a set b whose scatter is already added:
+  /// d = mu_b - mu, mu += d*nb/n, M += d d^T * na*nb/n.
+  void update_mean(index_t count_b, const vector& mean_b) {
+    const index_t n = count_ + count_b;
+    const vector delta = mean_b - mean_;
+    scatter_.template selfadjointView<Eigen::Lower>().rankUpdate(delta, Acc(count_) * Acc(count_b) / Acc(n));
+    mean_ += delta * (Acc(count_b) / Acc(n));
+    count_ = n;
+  }
+
   index_t count_ = 0;
   vector mean_;
   matrix scatter_;

@@ -17,7 +17,9 @@ std::vector<moments<double>> block_moments_impl(const omp_policy& policy, const 
   std::vector<std::vector<moments<double>>> partial(threads,
                                                     std::vector<moments<double>>(plan.count(), moments<double>(plan.features())));
   const index_t rows = source.rows();
+#ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) schedule(static, 1)
+#endif
   for (int t = 0; t < threads; ++t)
     accumulate_rows(source, plan, rows * t / threads, rows * (t + 1) / threads, partial[t]);
   for (int t = 1; t < threads; ++t)

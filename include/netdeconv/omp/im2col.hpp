@@ -12,13 +12,17 @@ template <class T>
 void im2col_impl(const omp_policy& policy, image_view<const T> x, const conv_geometry& g, matrix_view<T> cols) {
   const int threads = thread_count(policy);
   const index_t rows = cols.shape[0];
+#ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) schedule(static, 1)
+#endif
   for (int t = 0; t < threads; ++t) im2col_rows(x, g, cols, rows * t / threads, rows * (t + 1) / threads);
 }
 
 template <class T>
 void col2im_impl(const omp_policy& policy, matrix_view<const T> cols, const conv_geometry& g, image_view<T> x) {
+#ifdef _OPENMP
 #pragma omp parallel for num_threads(thread_count(policy)) schedule(static)
+#endif
   for (index_t n = 0; n < x.shape[0]; ++n) col2im_image(cols, g, x, n);
 }
 

@@ -14,7 +14,9 @@ std::vector<isqrt_report> inverse_sqrt_batched_impl(const omp_policy& policy, co
                                                     std::vector<square_matrix<T>>& D, const isqrt_options& options) {
   std::vector<isqrt_report> reports(A.size());
   const index_t count = static_cast<index_t>(A.size());
+#ifdef _OPENMP
 #pragma omp parallel for num_threads(thread_count(policy)) schedule(dynamic)
+#endif
   for (index_t i = 0; i < count; ++i) reports[i] = inverse_sqrt_impl<T>(seq, A[i], D[i], options);
   return reports;
 }
