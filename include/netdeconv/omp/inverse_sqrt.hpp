@@ -10,7 +10,7 @@
 namespace netdeconv::detail {
 
 template <class T>
-std::vector<isqrt_report> inverse_sqrt_batched_impl(const omp_policy& policy, const std::vector<square_matrix<T>>& A,
+std::vector<isqrt_report> inverse_sqrt_batched_impl([[maybe_unused]] const omp_policy& policy, const std::vector<square_matrix<T>>& A,
                                                     std::vector<square_matrix<T>>& D, const isqrt_options& options) {
   std::vector<isqrt_report> reports(A.size());
   const index_t count = static_cast<index_t>(A.size());

@@ -1,0 +1,275 @@
+// SPDX-License-Identifier: MIT
+// Parity with the reference layers' training forward pass: the golden files of tests/reference/goldens
+// (written by tests/reference/generate_goldens.py, an independent float64 PyTorch implementation of
+// SPEC §2-7) hold x, W, b and the reference mean, D, W', b' and layer output y. The statistics step
+// of the library, run in float32 and float64 with the matching configuration (interleaved_shared for
+// groups == 1, grouped for groups > 1, contiguous_shared for linear layers), must reproduce them.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <netdeconv/statistics_step.hpp>
+
+#include "oracle.hpp"
+
+#ifndef NETDECONV_GOLDEN_DIR
+#error "NETDECONV_GOLDEN_DIR must name the goldens directory (see tests/meson.build)"
+#endif
+
+using namespace netdeconv;
+
+namespace {
+
+/// Number of cases generate_goldens.py writes; update both together.
+constexpr std::size_t expected_cases = 16;
+
+struct golden {
+  std::string file;
+  std::map<std::string, std::string> header;
+  std::map<std::string, std::vector<double>> arrays;
+
+  const std::string& name() const { return header.at("name"); }
+  index_t get(const std::string& key) const {
+    const auto it = header.find(key);
+    REQUIRE_MESSAGE(it != header.end(), file, ": header key '", key, "' missing");
+    return std::stoll(it->second);
+  }
+  double get_double(const std::string& key) const {
+    const auto it = header.find(key);
+    REQUIRE_MESSAGE(it != header.end(), file, ": header key '", key, "' missing");
+    return std::strtod(it->second.c_str(), nullptr);
+  }
+  const std::vector<double>& array(const std::string& key) const {
+    const auto it = arrays.find(key);
+    REQUIRE_MESSAGE(it != arrays.end(), file, ": array '", key, "' missing");
+    return it->second;
+  }
+  bool has_bias() const { return get("bias") != 0; }
+};
+
+/// Tokens: `key value` header pairs, then `array name count v_1 ... v_count` blocks.
+golden parse(const std::filesystem::path& path) {
+  golden g;
+  g.file = path.filename().string();
+  std::ifstream in(path);
+  REQUIRE_MESSAGE(in.good(), "cannot open ", path.string());
+  std::string token;
+  while (in >> token) {
+    if (token == "array") {
+      std::string name;
+      std::size_t count = 0;
+      REQUIRE_MESSAGE(bool(in >> name >> count), g.file, ": malformed array header");
+      std::vector<double> values(count);
+      for (auto& v : values) {
+        std::string t;
+        REQUIRE_MESSAGE(bool(in >> t), g.file, ": array ", name, " is truncated");
+        char* end = nullptr;
+        v = std::strtod(t.c_str(), &end);
+        REQUIRE_MESSAGE(*end == '\0', g.file, ": bad number '", t, "' in array ", name);
+      }
+      g.arrays[name] = std::move(values);
+    } else {
+      std::string value;
+      REQUIRE_MESSAGE(bool(in >> value), g.file, ": header key ", token, " has no value");
+      g.header[token] = value;
+    }
+  }
+  REQUIRE_MESSAGE(g.header.count("name") == 1, g.file, ": no name");
+  REQUIRE_MESSAGE(g.header.count("kind") == 1, g.file, ": no kind");
+  return g;
+}
+
+std::vector<golden> load_goldens() {
+  const std::filesystem::path dir(NETDECONV_GOLDEN_DIR);
+  REQUIRE_MESSAGE(std::filesystem::is_directory(dir), "goldens directory ", dir.string(),
+                  " is missing: run tests/reference/generate_goldens.py");
+  std::vector<std::filesystem::path> files;
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    if (e.is_regular_file() && e.path().extension() == ".txt") files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  std::vector<golden> out;
+  for (const auto& f : files) out.push_back(parse(f));
+  return out;
+}
+
+const std::vector<golden>& goldens() {
+  static const std::vector<golden> all = load_goldens();
+  return all;
+}
+
+template <class T, class U>
+std::vector<T> cast(const std::vector<U>& v) {
+  return std::vector<T>(v.begin(), v.end());
+}
+
+/// Exact float32 check of an input array (the generator rounds its inputs to float32).
+bool float32_exact(const std::vector<double>& v) {
+  return std::all_of(v.begin(), v.end(), [](double a) { return double(float(a)) == a; });
+}
+
+/// Largest relative error seen per (type, quantity), reported at the end of each type's run.
+template <class T>
+std::map<std::string, double>& worst() {
+  static std::map<std::string, double> m;
+  return m;
+}
+
+template <class T>
+void compare(const golden& g, const std::string& quantity, const std::vector<double>& out, double tol) {
+  const auto& ref = g.array(quantity);
+  CAPTURE(quantity);
+  REQUIRE(out.size() == ref.size());
+  const double err = oracle::rel_err(out, ref);
+  auto& w = worst<T>()[quantity];
+  w = std::max(w, err);
+  CHECK_MESSAGE(err <= tol, g.name(), ": ", quantity, " relative error ", err, " > ", tol);
+}
+
+template <class T>
+void compare_step(const golden& g, const statistics_step_result<T>& step, double tol) {
+  CHECK(step.statistics.plan.block == g.get("block_adjusted"));
+  CHECK(step.statistics.plan.count() == g.get("statistics"));
+  CHECK(step.statistics.plan.features() == g.get("features"));
+  CHECK(step.samples == g.get("samples"));
+  REQUIRE(step.reports.size() == std::size_t(g.get("statistics")));
+  for (const auto& r : step.reports) {
+    CHECK(r.status == isqrt_status::ok);
+    CHECK(r.iterations == g.get("n_iter"));
+  }
+  std::vector<double> mean, D;
+  for (const auto& m : step.statistics.mean)
+    for (index_t i = 0; i < m.size(); ++i) mean.push_back(double(m[i]));
+  for (const auto& d : step.statistics.D)
+    for (index_t i = 0; i < d.rows(); ++i)
+      for (index_t j = 0; j < d.cols(); ++j) D.push_back(double(d(i, j)));
+  compare<T>(g, "mean", mean, tol);
+  compare<T>(g, "D", D, tol);
+  compare<T>(g, "weight_folded", cast<double>(step.weight), tol);
+  compare<T>(g, "bias_folded", cast<double>(step.bias), tol);
+}
+
+template <class T, class Policy>
+void run_conv(const golden& g, const Policy& policy, int layout, double tol) {
+  const index_t N = g.get("N"), C = g.get("C"), H = g.get("H"), W = g.get("W"), cout = g.get("Cout");
+  const index_t k = g.get("kernel"), groups = g.get("groups");
+  conv_deconv_config cfg;
+  cfg.geometry = conv_geometry::square(k, g.get("stride"), g.get("padding"), g.get("dilation"));
+  cfg.groups = groups;
+  cfg.layout = groups == 1 ? block_layout::interleaved_shared : block_layout::grouped;
+  cfg.block = g.get("block");
+  cfg.sampling_stride = g.get("sampling_stride");
+  cfg.eps = g.get_double("eps");
+  cfg.isqrt = isqrt_options::fixed(int(g.get("n_iter")));
+
+  const auto& xr = g.array("x");
+  REQUIRE(index_t(xr.size()) == N * C * H * W);
+  oracle::image<T> x(N, C, H, W, layout);
+  for (index_t n = 0, i = 0; n < N; ++n)
+    for (index_t c = 0; c < C; ++c)
+      for (index_t y = 0; y < H; ++y)
+        for (index_t xx = 0; xx < W; ++xx, ++i) x(n, c, y, xx) = T(xr[i]);
+  const auto weight = cast<T>(g.array("weight"));
+  REQUIRE(index_t(weight.size()) == cout * (C / groups) * k * k);
+  const auto bias = g.has_bias() ? cast<T>(g.array("bias")) : std::vector<T>{};
+  const vector_view<const T> bias_view = bias.empty() ? vector_view<const T>{} : contiguous(bias.data(), cout);
+
+  const auto step = conv_statistics_step(policy, x.cview(), nchw(weight.data(), cout, C / groups, k, k), bias_view, cfg);
+  compare_step(g, step, tol);
+  // The layer output: the host framework's conv with (W', b'), here the float64 oracle conv.
+  const auto y = oracle::conv2d(x, cast<double>(step.weight), cast<double>(step.bias), cout, cfg.geometry, groups);
+  compare<T>(g, "y", y, tol);
+}
+
+template <class T, class Policy>
+void run_linear(const golden& g, const Policy& policy, double tol) {
+  const index_t rows = g.get("rows"), fin = g.get("Fin"), cout = g.get("Cout");
+  linear_deconv_config cfg;
+  cfg.layout = block_layout::contiguous_shared;
+  cfg.block = g.get("block");
+  cfg.eps = g.get_double("eps");
+  cfg.isqrt = isqrt_options::fixed(int(g.get("n_iter")));
+  const auto x = cast<T>(g.array("x"));
+  const auto weight = cast<T>(g.array("weight"));
+  REQUIRE(index_t(x.size()) == rows * fin);
+  REQUIRE(index_t(weight.size()) == cout * fin);
+  const auto bias = g.has_bias() ? cast<T>(g.array("bias")) : std::vector<T>{};
+  const vector_view<const T> bias_view = bias.empty() ? vector_view<const T>{} : contiguous(bias.data(), cout);
+
+  const auto step = linear_statistics_step(policy, row_major(x.data(), rows, fin),
+                                           row_major(weight.data(), cout, fin), bias_view, cfg);
+  compare_step(g, step, tol);
+  std::vector<double> y(rows * cout);
+  for (index_t r = 0; r < rows; ++r)
+    for (index_t o = 0; o < cout; ++o) {
+      double acc = double(step.bias[o]);
+      for (index_t f = 0; f < fin; ++f) acc += double(x[r * fin + f]) * double(step.weight[o * fin + f]);
+      y[r * cout + o] = acc;
+    }
+  compare<T>(g, "y", y, tol);
+}
+
+template <class T>
+constexpr double tolerance() {
+  return std::is_same_v<T, float> ? 1e-4 : 1e-9;
+}
+
+}  // namespace
+
+TEST_CASE("the golden files are all there and well formed") {
+  const auto& all = goldens();
+  CHECK_MESSAGE(all.size() == expected_cases, "found ", all.size(), " golden files in " NETDECONV_GOLDEN_DIR
+                ", expected ", expected_cases, " (regenerate with tests/reference/generate_goldens.py)");
+  for (const auto& g : all) {
+    CAPTURE(g.file);
+    CHECK(g.file == g.name() + ".txt");
+    const std::string kind = g.header.at("kind");
+    CHECK((kind == "conv" || kind == "linear"));
+    CHECK(float32_exact(g.array("x")));
+    CHECK(float32_exact(g.array("weight")));
+    CHECK(g.arrays.count("bias") == std::size_t(g.has_bias()));
+    if (g.has_bias()) CHECK(float32_exact(g.array("bias")));
+    for (const char* key : {"mean", "D", "weight_folded", "bias_folded", "y"}) CHECK(g.arrays.count(key) == 1);
+  }
+}
+
+TEST_CASE_TEMPLATE("the statistics step reproduces the reference layers' training forward", T, float, double) {
+  const auto& all = goldens();
+  REQUIRE_MESSAGE(!all.empty(), "no golden files in " NETDECONV_GOLDEN_DIR);
+  worst<T>().clear();
+  for (const auto& g : all) {
+    const std::string name = g.name();
+    CAPTURE(name);
+    for (int policy = 0; policy < 2; ++policy) {
+      CAPTURE(policy);  // 0 = seq, 1 = par
+      if (g.header.at("kind") == "conv") {
+        for (int layout = 0; layout < 3; ++layout) {
+          CAPTURE(layout);  // oracle::image: 0 NCHW, 1 NHWC, 2 strided
+          if (policy == 0)
+            run_conv<T>(g, seq, layout, tolerance<T>());
+          else
+            run_conv<T>(g, par, layout, tolerance<T>());
+        }
+      } else if (policy == 0) {
+        run_linear<T>(g, seq, tolerance<T>());
+      } else {
+        run_linear<T>(g, par, tolerance<T>());
+      }
+    }
+  }
+  std::string summary;
+  for (const auto& [quantity, err] : worst<T>()) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.3g", err);
+    summary += " " + quantity + "=" + buf;
+  }
+  MESSAGE((std::is_same_v<T, float> ? "float32" : "float64"), " max relative errors over ", all.size(),
+          " cases:", summary);
+}
