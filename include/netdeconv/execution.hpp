@@ -5,6 +5,7 @@
 // to, so a backend that lacks a kernel uses its ancestor's through ordinary overload resolution:
 //
 //   sequential_policy            scalar reference code: the oracle every other backend is tested against
+//                                (netdeconv starts no threads; Eigen's own GEMM may, if built with OpenMP)
 //     └─ omp_policy              OpenMP threads over rows / blocks (falls back to sequential)
 //
 // Later backends (SIMD, CUDA) add their own policy types and `detail::` overloads; the public headers

@@ -113,9 +113,8 @@ statistics_step_result<T> conv_statistics_step(const Policy& policy, image_view<
   NETDECONV_REQUIRE(weight.shape[2] == config.geometry.kernel_h && weight.shape[3] == config.geometry.kernel_w, fn,
                     "weight kernel ", weight.shape[2], "x", weight.shape[3], " differs from the geometry's ",
                     config.geometry.kernel_h, "x", config.geometry.kernel_w);
-  statistics_step_result<T> out;
-  static_cast<estimated_statistics<T>&>(out) = estimate_statistics<T>(
-      policy, patch_sampler<T>(x, config.geometry, config.sampling_stride), plan, config.eps, config.isqrt);
+  statistics_step_result<T> out{estimate_statistics<T>(
+      policy, patch_sampler<T>(x, config.geometry, config.sampling_stride), plan, config.eps, config.isqrt), {}, {}};
   detail::fold_into(out, policy, weight, bias);
   return out;
 }
@@ -133,9 +132,7 @@ statistics_step_result<T> linear_statistics_step(const Policy& policy, matrix_vi
                     " features");
   const block_plan plan = make_block_plan(config.layout, x.shape[1], 1, config.block);
   detail::check_weight(fn, plan, detail::as_conv_weight(weight), bias);
-  statistics_step_result<T> out;
-  static_cast<estimated_statistics<T>&>(out) =
-      estimate_statistics<T>(policy, matrix_rows<T>(x), plan, config.eps, config.isqrt);
+  statistics_step_result<T> out{estimate_statistics<T>(policy, matrix_rows<T>(x), plan, config.eps, config.isqrt), {}, {}};
   detail::fold_into(out, policy, detail::as_conv_weight(weight), bias);
   return out;
 }

@@ -92,9 +92,7 @@ whitening<T> whiten(const Policy& policy, matrix_view<const T> X, const whiten_o
   const index_t F = samples.shape[1];
   NETDECONV_REQUIRE(F >= 1, fn, "X has no features");
   const block_plan plan = make_block_plan(block_layout::independent, F, 1, options.block == 0 ? F : options.block);
-  whitening<T> out;
-  static_cast<estimated_statistics<T>&>(out) =
-      estimate_statistics<T>(policy, matrix_rows<T>(samples), plan, options.eps, options.isqrt);
+  whitening<T> out{estimate_statistics<T>(policy, matrix_rows<T>(samples), plan, options.eps, options.isqrt), {}};
   out.data.resize(X.shape[0], X.shape[1]);
   apply_whitening(policy, out.statistics, X, view_mut(out.data), options.columns_are_samples);
   return out;
