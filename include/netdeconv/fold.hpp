@@ -8,6 +8,9 @@
 // Conv weights are (Cout, C/groups, kh, kw); linear weights (Cout, Fin) are the case kh = kw = 1.
 // An absent bias (empty view) counts as 0.
 
+#include <algorithm>
+#include <vector>
+
 #include "blocks.hpp"
 #include "error.hpp"
 #include "execution.hpp"
@@ -75,11 +78,35 @@ void fold(const Policy& policy, const block_statistics<T>& stats, image_view<con
   detail::fold_impl(policy, stats, weight, bias, weight_out, bias_out);
 }
 
+/// W' and b' in new contiguous buffers.
+template <class T>
+struct folded_weights {
+  std::vector<T> weight;  ///< W', contiguous in the weight's logical shape (OIHW, or (Cout, Fin))
+  std::vector<T> bias;    ///< b', Cout entries
+};
+
+/// Returning form of fold: W' (contiguous OIHW) and b'.
+template <class Policy, class T>
+folded_weights<T> fold(const Policy& policy, const block_statistics<T>& stats, image_view<const T> weight,
+                       vector_view<const T> bias) {
+  const auto& s = weight.shape;
+  folded_weights<T> out{std::vector<T>(std::max<index_t>(weight.size(), 0)), std::vector<T>(std::max<index_t>(s[0], 0))};
+  fold(policy, stats, weight, bias, nchw(out.weight.data(), s[0], s[1], s[2], s[3]), contiguous(out.bias.data(), s[0]));
+  return out;
+}
+
 /// Linear layer form: weight (Cout, Fin).
 template <class Policy, class T>
 void fold(const Policy& policy, const block_statistics<T>& stats, matrix_view<const T> weight,
           vector_view<const T> bias, matrix_view<T> weight_out, vector_view<T> bias_out) {
   fold(policy, stats, detail::as_conv_weight(weight), bias, detail::as_conv_weight(weight_out), bias_out);
+}
+
+/// Returning linear form: W' (contiguous (Cout, Fin)) and b'.
+template <class Policy, class T>
+folded_weights<T> fold(const Policy& policy, const block_statistics<T>& stats, matrix_view<const T> weight,
+                       vector_view<const T> bias) {
+  return fold(policy, stats, detail::as_conv_weight(weight), bias);
 }
 
 }  // namespace netdeconv

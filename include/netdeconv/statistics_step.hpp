@@ -57,11 +57,9 @@ struct estimated_statistics {
   index_t samples = 0;  ///< rows per statistic (sampled rows x rows_per_patch)
 };
 
+/// mu, D, reports and the folded weights W' (contiguous OIHW / (Cout, Fin)) and b'.
 template <class T>
-struct statistics_step_result : estimated_statistics<T> {
-  std::vector<T> weight;  ///< W', contiguous in the weight's logical shape (OIHW / (Cout, Fin))
-  std::vector<T> bias;    ///< b', Cout entries
-};
+struct statistics_step_result : estimated_statistics<T>, folded_weights<T> {};
 
 /// Moments of `source` under `plan`, covariances Cov_s + eps I and their inverse square roots.
 template <class T, class Policy, class Source>
@@ -89,16 +87,6 @@ inline block_plan conv_plan(const char* fn, index_t channels, const conv_deconv_
   return make_block_plan(config.layout, channels, config.geometry.kernel_area(), config.block, config.groups);
 }
 
-template <class Policy, class T>
-void fold_into(statistics_step_result<T>& out, const Policy& policy, image_view<const T> weight,
-               vector_view<const T> bias) {
-  const auto& s = weight.shape;
-  out.weight.resize(weight.size());
-  out.bias.resize(s[0]);
-  fold(policy, out.statistics, weight, bias, nchw(out.weight.data(), s[0], s[1], s[2], s[3]),
-       contiguous(out.bias.data(), s[0]));
-}
-
 }  // namespace detail
 
 /// Conv statistics step (see file comment).
@@ -113,10 +101,10 @@ statistics_step_result<T> conv_statistics_step(const Policy& policy, image_view<
   NETDECONV_REQUIRE(weight.shape[2] == config.geometry.kernel_h && weight.shape[3] == config.geometry.kernel_w, fn,
                     "weight kernel ", weight.shape[2], "x", weight.shape[3], " differs from the geometry's ",
                     config.geometry.kernel_h, "x", config.geometry.kernel_w);
-  statistics_step_result<T> out{estimate_statistics<T>(
-      policy, patch_sampler<T>(x, config.geometry, config.sampling_stride), plan, config.eps, config.isqrt), {}, {}};
-  detail::fold_into(out, policy, weight, bias);
-  return out;
+  auto estimate = estimate_statistics<T>(policy, patch_sampler<T>(x, config.geometry, config.sampling_stride), plan,
+                                         config.eps, config.isqrt);
+  auto folded = fold(policy, estimate.statistics, weight, bias);
+  return {std::move(estimate), std::move(folded)};
 }
 
 /// Linear statistics step (see file comment).
@@ -132,9 +120,9 @@ statistics_step_result<T> linear_statistics_step(const Policy& policy, matrix_vi
                     " features");
   const block_plan plan = make_block_plan(config.layout, x.shape[1], 1, config.block);
   detail::check_weight(fn, plan, detail::as_conv_weight(weight), bias);
-  statistics_step_result<T> out{estimate_statistics<T>(policy, matrix_rows<T>(x), plan, config.eps, config.isqrt), {}, {}};
-  detail::fold_into(out, policy, detail::as_conv_weight(weight), bias);
-  return out;
+  auto estimate = estimate_statistics<T>(policy, matrix_rows<T>(x), plan, config.eps, config.isqrt);
+  auto folded = fold(policy, estimate.statistics, weight, bias);
+  return {std::move(estimate), std::move(folded)};
 }
 
 }  // namespace netdeconv
