@@ -1,0 +1,72 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+// Conv deconvolution layer (SPEC §7): the state object a framework keeps next to its conv weights.
+// Weights are passed in as views, never owned; the training rule is in layer_state.hpp.
+//
+//   netdeconv::conv_deconv_config cfg;                 // reference defaults
+//   cfg.geometry = netdeconv::conv_geometry::square(3, 1, 1);
+//   netdeconv::conv_deconv_layer<float> layer(/*in_channels*/ 64, cfg);            // compatible mode
+//   auto wb = layer.train_step(netdeconv::par, x, W, b);  // training forward: conv(x, wb.weight, wb.bias)
+//   auto ev = layer.eval(netdeconv::par, W, b);           // evaluation / export: an ordinary conv
+//   std::vector<std::uint8_t> ckpt = layer.state();  layer.load_state(ckpt);
+//
+// x: (N, C, H, W) any layout; W: (Cout, C/groups, kh, kw); b: (Cout) or empty.
+
+#include "fold.hpp"
+#include "layer_state.hpp"
+#include "statistics_step.hpp"
+
+namespace netdeconv {
+
+template <class T>
+class conv_deconv_layer : public detail::folding_layer<T, layer_kind::conv> {
+  using base = detail::folding_layer<T, layer_kind::conv>;
+
+ public:
+  conv_deconv_layer(index_t in_channels, const conv_deconv_config& config, const layer_options& options = {})
+      : base(detail::conv_plan("conv_deconv_layer", in_channels, config), config.eps, config.sampling_stride,
+             config.isqrt, options),
+        geometry_(config.geometry) {
+    detail::check_geometry("conv_deconv_layer", config.geometry);
+    NETDECONV_REQUIRE(config.sampling_stride >= 1, "conv_deconv_layer", "sampling_stride must be >= 1, got ",
+                      config.sampling_stride);
+  }
+
+  /// Training step: statistics of x (or the running ones when frozen or kept), state update, W' and b'.
+  template <class Policy>
+  folded_weights<T> train_step(const Policy& policy, image_view<const T> x, image_view<const T> weight,
+                               vector_view<const T> bias) {
+    check("train_step", weight, bias);
+    NETDECONV_REQUIRE(x.shape[1] == this->plan().channels, "train_step", "x has C=", x.shape[1], ", the layer has ",
+                      this->plan().channels);
+    const auto stats = this->core_.train(policy, patch_sampler<T>(x, geometry_, this->sampling_stride_));
+    return fold(policy, stats, weight, bias);
+  }
+
+  /// Evaluation: W' and b' from the running statistics (an ordinary conv).
+  template <class Policy>
+  folded_weights<T> eval(const Policy& policy, image_view<const T> weight, vector_view<const T> bias) const {
+    check("eval", weight, bias);
+    return fold(policy, this->core_.evaluation(policy), weight, bias);
+  }
+
+  /// Export for inference: writes eval()'s W' and b' into the caller's tensors.
+  template <class Policy>
+  void export_weights(const Policy& policy, image_view<const T> weight, vector_view<const T> bias,
+                      image_view<T> weight_out, vector_view<T> bias_out) const {
+    check("export_weights", weight, bias);
+    fold(policy, this->core_.evaluation(policy), weight, bias, weight_out, bias_out);
+  }
+
+ private:
+  void check(const char* fn, image_view<const T> weight, vector_view<const T> bias) const {
+    detail::check_weight(fn, this->plan(), weight, bias);
+    NETDECONV_REQUIRE(weight.shape[2] == geometry_.kernel_h && weight.shape[3] == geometry_.kernel_w, fn,
+                      "weight kernel ", weight.shape[2], "x", weight.shape[3], " differs from the layer's ",
+                      geometry_.kernel_h, "x", geometry_.kernel_w);
+  }
+
+  conv_geometry geometry_;
+};
+
+}  // namespace netdeconv

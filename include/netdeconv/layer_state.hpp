@@ -1,0 +1,330 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+// Training state shared by the deconvolution layers (SPEC §7): running statistics, the reference
+// freeze counter, the failure policy and the per-step diagnostic.
+//
+// One training step (running mean r_mu, running D r_D per statistic, momentum m):
+//   frozen = freeze && counter > freeze_iter;  counter = (counter + 1) mod (10 * freeze_iter)
+//   frozen:      fold with (r_mu, r_D); nothing else changes
+//   otherwise:   moments of the batch -> Cov_s = M_s/n + eps_s I -> D_s = Cov_s^(-1/2)
+//                on failure (NaN/Inf, not positive definite, not converged) apply options.on_failure
+//                r <- (1 - m) r + m value for mu and D (or Cov, with average_covariance);
+//                r <- value on the first step with first_step_copy
+// A step that throws leaves the state exactly as it was.
+
+#include <cmath>
+#include <ostream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "blocks.hpp"
+#include "checkpoint.hpp"
+#include "covariance.hpp"
+#include "error.hpp"
+#include "inverse_sqrt.hpp"
+#include "moments.hpp"
+
+namespace netdeconv {
+
+/// What a layer does when a step's statistics fail (NaN/Inf, not positive definite, not converged).
+enum class failure_policy {
+  throw_error,     ///< throw numerical_error; the state is unchanged
+  keep_previous,   ///< fold with the running statistics; do not update them
+  exact_fallback,  ///< recompute the failed blocks with the exact float64 path (then keep_previous)
+  raise_eps,       ///< multiply eps by 10 and retry, at most max_eps_raises times (then keep_previous)
+};
+
+enum class step_outcome { computed, frozen, kept_previous, exact_fallback, eps_raised };
+
+inline std::ostream& operator<<(std::ostream& os, step_outcome o) {
+  constexpr const char* names[] = {"computed", "frozen", "kept_previous", "exact_fallback", "eps_raised"};
+  return os << names[static_cast<int>(o)];
+}
+
+/// Thrown by failure_policy::throw_error.
+class numerical_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// Layer options. The defaults are the reference layers' behaviour (reference-compatible mode);
+/// improved() turns on the documented improvements.
+struct layer_options {
+  double momentum = 0.1;
+  bool freeze = false;
+  index_t freeze_iter = 100;
+  /// Copy the first step's statistics into the running ones instead of averaging with (0, I).
+  /// The reference does this only in the channel layer.
+  bool first_step_copy = false;
+  /// Keep a running average of Cov instead of D; evaluation takes the inverse square root of it.
+  bool average_covariance = false;
+  /// eps_s = eps * tr(Cov0_s)/F (scale-free) instead of eps.
+  bool relative_eps = false;
+  failure_policy on_failure = failure_policy::throw_error;
+  int max_eps_raises = 3;
+
+  /// First-step copy, running covariance, trace-relative eps, keep previous statistics on failure.
+  static layer_options improved() {
+    layer_options o;
+    o.first_step_copy = true;
+    o.average_covariance = true;
+    o.relative_eps = true;
+    o.on_failure = failure_policy::keep_previous;
+    return o;
+  }
+};
+
+/// What the last training step did.
+struct step_diagnostic {
+  step_outcome outcome = step_outcome::computed;
+  std::vector<isqrt_report> reports;  ///< one per statistic, as finally used (empty when frozen)
+  int eps_raises = 0;                 ///< tenfold eps increases this step (raise_eps)
+  index_t failures = 0;               ///< steps so far whose statistics failed (saved in checkpoints)
+};
+
+namespace detail {
+
+/// Running statistics of one plan and the step logic above; used by every layer.
+template <class T>
+class deconv_core {
+ public:
+  using vector = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+
+  deconv_core(const block_plan& plan, double eps, const isqrt_options& isqrt, const layer_options& options,
+              bool uncentred = false)
+      : plan_(plan), eps_(eps), isqrt_(isqrt), options_(options), uncentred_(uncentred) {
+    constexpr const char* fn = "layer";
+    NETDECONV_REQUIRE(eps >= 0, fn, "eps must be >= 0, got ", eps);
+    check_isqrt_options(fn, isqrt);
+    NETDECONV_REQUIRE(options.momentum >= 0 && options.momentum <= 1, fn, "momentum must be in [0, 1], got ",
+                      options.momentum);
+    NETDECONV_REQUIRE(options.freeze_iter >= 1, fn, "freeze_iter must be >= 1, got ", options.freeze_iter);
+    NETDECONV_REQUIRE(options.max_eps_raises >= 0, fn, "max_eps_raises must be >= 0, got ", options.max_eps_raises);
+    const index_t F = plan.features();
+    running_.plan = plan;
+    running_.mean.assign(plan.count(), vector::Zero(F));
+    running_.D.assign(plan.count(), square_matrix<T>::Identity(F, F));
+    if (options.average_covariance) running_cov_.assign(plan.count(), square_matrix<T>::Identity(F, F));
+  }
+
+  const block_plan& plan() const { return plan_; }
+  const layer_options& options() const { return options_; }
+  const block_statistics<T>& running() const { return running_; }
+  const step_diagnostic& diagnostic() const { return diagnostic_; }
+  index_t steps() const { return steps_; }
+  index_t counter() const { return counter_; }
+
+  /// One training step over the rows of `source`; returns the statistics to fold with this step.
+  template <class Policy, class Source>
+  block_statistics<T> train(const Policy& policy, const Source& source) {
+    const bool frozen = options_.freeze && counter_ > options_.freeze_iter;
+    step_diagnostic diag;
+    diag.failures = diagnostic_.failures;
+    if (frozen) {
+      diag.outcome = step_outcome::frozen;
+      commit(diag);
+      return evaluation(policy);
+    }
+    const auto moments = block_moments(policy, source, plan_);
+    std::vector<square_matrix<double>> cov0;  // Cov without eps, in double
+    std::vector<double> eps(plan_.count(), eps_);
+    block_statistics<T> batch{plan_, {}, {}};
+    for (index_t s = 0; s < plan_.count(); ++s) {
+      const auto& m = moments[s];
+      batch.mean.push_back(m.mean().template cast<T>());
+      cov0.push_back(m.template covariance<double>(0.0));
+      if (uncentred_) cov0.back() += m.mean() * m.mean().transpose();
+      if (options_.relative_eps) eps[s] = eps_ * cov0.back().trace() / double(plan_.features());
+    }
+    std::vector<square_matrix<T>> cov = with_eps(cov0, eps, 1.0);
+    diag.reports = inverse_sqrt(policy, cov, batch.D, isqrt_);
+    if (!all_ok(diag.reports)) {
+      ++diag.failures;
+      switch (options_.on_failure) {
+        case failure_policy::throw_error: throw numerical_error(describe_failure(diag.reports));
+        case failure_policy::keep_previous: break;
+        case failure_policy::exact_fallback:
+          diag.outcome = step_outcome::exact_fallback;
+          for (std::size_t s = 0; s < cov.size(); ++s)
+            if (diag.reports[s].status != isqrt_status::ok) diag.reports[s] = inverse_sqrt_exact(cov[s], batch.D[s]);
+          break;
+        case failure_policy::raise_eps:
+          diag.outcome = step_outcome::eps_raised;
+          for (double scale = 10.0; !all_ok(diag.reports) && diag.eps_raises < options_.max_eps_raises; scale *= 10.0) {
+            ++diag.eps_raises;
+            cov = with_eps(cov0, eps, scale);
+            diag.reports = inverse_sqrt(policy, cov, batch.D, isqrt_);
+          }
+          break;
+      }
+      if (!all_ok(diag.reports) || !all_finite(batch.mean)) {
+        diag.outcome = step_outcome::kept_previous;
+        commit(diag);
+        return evaluation(policy);
+      }
+    }
+    const bool copy = options_.first_step_copy && steps_ == 0;
+    const T m = T(options_.momentum);
+    for (index_t s = 0; s < plan_.count(); ++s) {
+      average(running_.mean[s], batch.mean[s], copy, m);
+      average(running_.D[s], batch.D[s], copy, m);
+      if (options_.average_covariance) average(running_cov_[s], cov[s], copy, m);
+    }
+    commit(diag);
+    return batch;
+  }
+
+  /// Statistics for evaluation: running mean with running D, or (average_covariance) the inverse
+  /// square root of the running covariance.
+  template <class Policy>
+  block_statistics<T> evaluation(const Policy& policy) const {
+    if (!options_.average_covariance || steps_ == 0) return running_;
+    block_statistics<T> out{plan_, running_.mean, {}};
+    inverse_sqrt(policy, running_cov_, out.D, isqrt_);
+    return out;
+  }
+
+  /// Records a step whose statistics are not used (e.g. a failed part of a composite layer).
+  void keep_previous_step() {
+    step_diagnostic diag;
+    diag.outcome = step_outcome::kept_previous;
+    diag.failures = diagnostic_.failures + 1;
+    commit(diag);
+  }
+
+  void save(byte_writer& w) const {
+    w.i64(std::int64_t(plan_.layout));
+    w.i64(plan_.channels);
+    w.i64(plan_.kernel_area);
+    w.i64(plan_.groups);
+    w.i64(plan_.block);
+    w.i64(options_.average_covariance);
+    w.i64(steps_);
+    w.i64(counter_);
+    w.i64(diagnostic_.failures);
+    for (index_t s = 0; s < plan_.count(); ++s) {
+      w.scalars(running_.mean[s].data(), running_.mean[s].size());
+      w.scalars(running_.D[s].data(), running_.D[s].size());
+      if (options_.average_covariance) w.scalars(running_cov_[s].data(), running_cov_[s].size());
+    }
+  }
+
+  /// This state with what save() wrote; throws checkpoint_error (and changes nothing) on mismatch.
+  deconv_core loaded(byte_reader& r) const {
+    deconv_core copy = *this;
+    r.expect_i64(std::int64_t(plan_.layout), "block layout");
+    r.expect_i64(plan_.channels, "channels");
+    r.expect_i64(plan_.kernel_area, "kernel area");
+    r.expect_i64(plan_.groups, "groups");
+    r.expect_i64(plan_.block, "block");
+    r.expect_i64(options_.average_covariance, "average_covariance");
+    copy.steps_ = r.i64();
+    copy.counter_ = r.i64();
+    copy.diagnostic_ = {};
+    copy.diagnostic_.failures = r.i64();
+    for (index_t s = 0; s < plan_.count(); ++s) {
+      r.scalars(copy.running_.mean[s].data(), copy.running_.mean[s].size(), "running mean");
+      r.scalars(copy.running_.D[s].data(), copy.running_.D[s].size(), "running D");
+      if (options_.average_covariance) r.scalars(copy.running_cov_[s].data(), copy.running_cov_[s].size(), "running Cov");
+    }
+    return copy;
+  }
+
+ private:
+  static bool all_ok(const std::vector<isqrt_report>& reports) {
+    for (const auto& r : reports)
+      if (r.status != isqrt_status::ok) return false;
+    return true;
+  }
+  static bool all_finite(const std::vector<vector>& v) {
+    for (const auto& e : v)
+      if (!e.allFinite()) return false;
+    return true;
+  }
+  static std::string describe_failure(const std::vector<isqrt_report>& reports) {
+    std::ostringstream os;
+    os << "netdeconv: layer statistics failed:";
+    for (std::size_t s = 0; s < reports.size(); ++s)
+      if (reports[s].status != isqrt_status::ok)
+        os << " block " << s << ' ' << reports[s].status << " (residual " << reports[s].residual << " after "
+           << reports[s].iterations << " iterations)";
+    return os.str();
+  }
+  /// Cov0_s + scale*eps_s I in T.
+  std::vector<square_matrix<T>> with_eps(const std::vector<square_matrix<double>>& cov0, const std::vector<double>& eps,
+                                         double scale) const {
+    std::vector<square_matrix<T>> cov;
+    for (std::size_t s = 0; s < cov0.size(); ++s) {
+      square_matrix<double> c = cov0[s];
+      c.diagonal().array() += scale * eps[s];
+      cov.push_back(c.template cast<T>());
+    }
+    return cov;
+  }
+  template <class M>
+  static void average(M& running, const M& value, bool copy, T m) {
+    if (copy)
+      running = value;
+    else
+      running = (T(1) - m) * running + m * value;
+  }
+  void commit(const step_diagnostic& diag) {
+    counter_ = (counter_ + 1) % (10 * options_.freeze_iter);
+    ++steps_;
+    diagnostic_ = diag;
+  }
+
+  block_plan plan_;
+  double eps_;
+  isqrt_options isqrt_;
+  layer_options options_;
+  bool uncentred_;
+  block_statistics<T> running_;
+  std::vector<square_matrix<T>> running_cov_;
+  index_t counter_ = 0, steps_ = 0;
+  step_diagnostic diagnostic_;
+};
+
+/// What conv and linear layers share: the core, accessors and checkpoints. The configuration fields
+/// that shape the statistics beyond the plan (eps, sampling stride) are saved and checked too.
+template <class T, layer_kind Kind>
+class folding_layer {
+ public:
+  /// Running statistics (mean and D per statistic of plan()).
+  const block_statistics<T>& running() const { return core_.running(); }
+  const block_plan& plan() const { return core_.plan(); }
+  const step_diagnostic& diagnostic() const { return core_.diagnostic(); }
+  index_t steps() const { return core_.steps(); }
+
+  /// Checkpoint bytes (see checkpoint.hpp).
+  std::vector<std::uint8_t> state() const {
+    byte_writer w(Kind, sizeof(T));
+    w.f64(eps_);
+    w.i64(sampling_stride_);
+    core_.save(w);
+    return w.finish();
+  }
+  /// Restores a checkpoint of a layer with the same configuration; throws checkpoint_error, and
+  /// changes nothing, otherwise.
+  void load_state(const std::vector<std::uint8_t>& bytes) {
+    byte_reader r(bytes, Kind, sizeof(T));
+    r.expect_f64(eps_, "eps");
+    r.expect_i64(sampling_stride_, "sampling_stride");
+    auto loaded = core_.loaded(r);
+    r.expect_end();
+    core_ = std::move(loaded);
+  }
+
+ protected:
+  folding_layer(const block_plan& plan, double eps, index_t sampling_stride, const isqrt_options& isqrt,
+                const layer_options& options)
+      : eps_(eps), sampling_stride_(sampling_stride), core_(plan, eps, isqrt, options) {}
+
+  double eps_;
+  index_t sampling_stride_;
+  deconv_core<T> core_;
+};
+
+}  // namespace detail
+}  // namespace netdeconv

@@ -1,0 +1,54 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+// Linear deconvolution layer (SPEC §7): all rows of the (rows, Fin) input, contiguous blocks
+// (shared as in the reference, or independent), no sampling. Training rule: layer_state.hpp.
+//
+//   netdeconv::linear_deconv_layer<float> layer(/*in_features*/ 64, netdeconv::linear_deconv_config{});
+//   auto wb = layer.train_step(netdeconv::par, x, W, b);  // then y = x wb.weight^T + wb.bias
+//
+// x: (rows, Fin); W: (Cout, Fin); b: (Cout) or empty.
+
+#include "fold.hpp"
+#include "layer_state.hpp"
+#include "statistics_step.hpp"
+
+namespace netdeconv {
+
+template <class T>
+class linear_deconv_layer : public detail::folding_layer<T, layer_kind::linear> {
+  using base = detail::folding_layer<T, layer_kind::linear>;
+
+ public:
+  linear_deconv_layer(index_t in_features, const linear_deconv_config& config, const layer_options& options = {})
+      : base(make_block_plan(config.layout, in_features, 1, config.block), config.eps, 1, config.isqrt, options) {}
+
+  template <class Policy>
+  folded_weights<T> train_step(const Policy& policy, matrix_view<const T> x, matrix_view<const T> weight,
+                               vector_view<const T> bias) {
+    check("train_step", weight, bias);
+    detail::check_view("train_step", "x", x);
+    NETDECONV_REQUIRE(x.shape[1] == this->plan().channels, "train_step", "x has ", x.shape[1],
+                      " features, the layer has ", this->plan().channels);
+    return fold(policy, this->core_.train(policy, matrix_rows<T>(x)), weight, bias);
+  }
+
+  template <class Policy>
+  folded_weights<T> eval(const Policy& policy, matrix_view<const T> weight, vector_view<const T> bias) const {
+    check("eval", weight, bias);
+    return fold(policy, this->core_.evaluation(policy), weight, bias);
+  }
+
+  template <class Policy>
+  void export_weights(const Policy& policy, matrix_view<const T> weight, vector_view<const T> bias,
+                      matrix_view<T> weight_out, vector_view<T> bias_out) const {
+    check("export_weights", weight, bias);
+    fold(policy, this->core_.evaluation(policy), weight, bias, weight_out, bias_out);
+  }
+
+ private:
+  void check(const char* fn, matrix_view<const T> weight, vector_view<const T> bias) const {
+    detail::check_weight(fn, this->plan(), detail::as_conv_weight(weight), bias);
+  }
+};
+
+}  // namespace netdeconv
