@@ -1,0 +1,213 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+// Channel-only deconvolution (SPEC §7, last bullet): whitens the channels of a feature map, e.g.
+// the last one before a classifier. It rewrites the data (there are no weights to fold into).
+//
+// With c = floor(C/B)*B, the first c channels form B feature rows: row f is channels
+// [f*c/B, (f+1)*c/B) concatenated, each in (n, y, x) order, so one "sample" is the B values at the
+// same position of channel f*c/B + cc for f = 0..B-1. Statistics use every S^2-th sample when
+// H >= S and W >= S (else all). Output, for channel f*c/B + cc:
+//   y = sum_g D[f, g] (x[channel g*c/B + cc] - mu[g])
+// The remaining C - c channels are standardised with one scalar mean m and one unbiased variance v
+// of their sampled values (per image, every S^2-th value of the flattened (C-c, H, W) block):
+//   y = (x - m) / sqrt(v + eps)
+// Reference-compatible mode (the defaults, reference_options()): the B x B matrix is the
+// UNcentred second moment x_s x_s^T / n_s + eps I (a quirk of the reference; set
+// uncentred_covariance = false for the centred covariance), and the first step copies its
+// statistics into the running ones. Training rule and failure policies: layer_state.hpp (the
+// freeze options do not apply to this layer).
+//
+//   netdeconv::channel_deconv_layer<float> layer(/*C*/ 512, netdeconv::channel_deconv_config{/*block*/ 16});
+//   layer.train_step(netdeconv::par, x, y);    // x, y: (N, C, H, W) views, any layout
+//   layer.eval(netdeconv::par, x, y);
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "blocks.hpp"
+#include "checkpoint.hpp"
+#include "layer_state.hpp"
+#include "tensor_view.hpp"
+
+namespace netdeconv {
+
+struct channel_deconv_config {
+  index_t block = 16;
+  index_t sampling_stride = 3;
+  double eps = 1e-2;
+  isqrt_options isqrt = isqrt_options::fixed(5);
+  bool uncentred_covariance = true;  ///< the reference's quirk; false: centred covariance
+};
+
+template <class T>
+class channel_deconv_layer {
+ public:
+  /// The reference channel layer's options: first-step copy, momentum 0.1.
+  static layer_options reference_options() {
+    layer_options o;
+    o.first_step_copy = true;
+    return o;
+  }
+
+  channel_deconv_layer(index_t channels, const channel_deconv_config& config,
+                       const layer_options& options = reference_options())
+      : config_(config),
+        whitened_(checked_block(channels, config.block) * config.block),
+        core_(make_block_plan(block_layout::independent, config.block, 1, config.block), config.eps, config.isqrt,
+              options, config.uncentred_covariance),
+        channels_(channels) {
+    NETDECONV_REQUIRE(config.sampling_stride >= 1, "channel_deconv_layer", "sampling_stride must be >= 1, got ",
+                      config.sampling_stride);
+  }
+
+  /// Training forward: y = whitened x with the batch statistics; updates the running statistics.
+  /// x and y are (N, C, H, W) views of the same shape and must not overlap.
+  template <class Policy>
+  void train_step(const Policy& policy, image_view<const T> x, image_view<T> y) {
+    check("train_step", x, y);
+    const index_t step = sampling_step(x);
+    scalar_stats batch = remaining_stats(x, step);
+    if (!std::isfinite(batch.mean) || !std::isfinite(batch.var)) {
+      if (core_.options().on_failure == failure_policy::throw_error)
+        throw numerical_error("netdeconv: channel layer statistics failed: the remaining channels' mean or variance is not finite");
+      core_.keep_previous_step();
+      apply(x, y, core_.evaluation(policy), running_scalars_);
+      return;
+    }
+    const auto stats = core_.train(policy, sample_source{x, whitened_ / config_.block, config_.block, step});
+    if (core_.diagnostic().outcome == step_outcome::kept_previous) {
+      batch = running_scalars_;
+    } else {
+      const T m = T(core_.options().momentum);
+      const bool copy = core_.options().first_step_copy && core_.steps() == 1;
+      running_scalars_.mean = copy ? batch.mean : (T(1) - m) * running_scalars_.mean + m * batch.mean;
+      running_scalars_.var = copy ? batch.var : (T(1) - m) * running_scalars_.var + m * batch.var;
+    }
+    apply(x, y, stats, batch);
+  }
+
+  /// Evaluation forward with the running statistics.
+  template <class Policy>
+  void eval(const Policy& policy, image_view<const T> x, image_view<T> y) const {
+    check("eval", x, y);
+    apply(x, y, core_.evaluation(policy), running_scalars_);
+  }
+
+  /// Running mean (B) and D (B x B) of the whitened channels.
+  const block_statistics<T>& running() const { return core_.running(); }
+  /// Running mean and variance of the remaining C - c channels (0 and 1 before training).
+  T running_remaining_mean() const { return running_scalars_.mean; }
+  T running_remaining_var() const { return running_scalars_.var; }
+  const step_diagnostic& diagnostic() const { return core_.diagnostic(); }
+  index_t steps() const { return core_.steps(); }
+
+  std::vector<std::uint8_t> state() const {
+    detail::byte_writer w(layer_kind::channel, sizeof(T));
+    w.i64(channels_);
+    w.f64(config_.eps);
+    w.i64(config_.sampling_stride);
+    w.i64(config_.uncentred_covariance);
+    core_.save(w);
+    const T scalars[2] = {running_scalars_.mean, running_scalars_.var};
+    w.scalars(scalars, 2);
+    return w.finish();
+  }
+
+  void load_state(const std::vector<std::uint8_t>& bytes) {
+    detail::byte_reader r(bytes, layer_kind::channel, sizeof(T));
+    r.expect_i64(channels_, "channels");
+    r.expect_f64(config_.eps, "eps");
+    r.expect_i64(config_.sampling_stride, "sampling_stride");
+    r.expect_i64(config_.uncentred_covariance, "uncentred_covariance");
+    auto loaded = core_.loaded(r);
+    T scalars[2];
+    r.scalars(scalars, 2, "remaining-channel statistics");
+    r.expect_end();
+    core_ = std::move(loaded);
+    running_scalars_ = {scalars[0], scalars[1]};
+  }
+
+ private:
+  struct scalar_stats {
+    T mean = T(0), var = T(1);
+  };
+
+  /// Row source: sample r is position j = r*step of the concatenated rows, one value per row f.
+  struct sample_source {
+    image_view<const T> x;
+    index_t per_row, block, step;  // per_row = c/B channels in each feature row
+    index_t rows() const {
+      const index_t length = per_row * x.shape[0] * x.shape[2] * x.shape[3];
+      return length == 0 ? 0 : (length - 1) / step + 1;
+    }
+    index_t width() const { return block; }
+    template <class Out>
+    void gather(index_t r, Out* out) const {
+      const index_t j = r * step, plane = x.shape[0] * x.shape[2] * x.shape[3], p = j % plane;
+      const index_t cc = j / plane, n = p / (x.shape[2] * x.shape[3]), yy = (p / x.shape[3]) % x.shape[2],
+                    xx = p % x.shape[3];
+      for (index_t f = 0; f < block; ++f) out[f] = static_cast<Out>(x(n, f * per_row + cc, yy, xx));
+    }
+  };
+
+  static index_t checked_block(index_t channels, index_t block) {
+    NETDECONV_REQUIRE(block >= 1, "channel_deconv_layer", "block must be >= 1, got ", block);
+    NETDECONV_REQUIRE(channels >= block, "channel_deconv_layer", "block ", block, " is larger than C=", channels);
+    return channels / block;
+  }
+
+  void check(const char* fn, const image_view<const T>& x, const image_view<T>& y) const {
+    detail::check_view(fn, "x", x);
+    detail::check_view(fn, "y", y);
+    NETDECONV_REQUIRE(x.shape[1] == channels_, fn, "x has C=", x.shape[1], ", the layer has ", channels_);
+    NETDECONV_REQUIRE(y.shape == x.shape, fn, "y must have x's shape");
+  }
+
+  index_t sampling_step(const image_view<const T>& x) const {
+    const index_t S = config_.sampling_stride;
+    return S > 1 && x.shape[2] >= S && x.shape[3] >= S ? S * S : 1;
+  }
+
+  /// Mean and unbiased variance of every step-th value of x[n, c:, :, :] flattened, per image (double).
+  scalar_stats remaining_stats(const image_view<const T>& x, index_t step) const {
+    if (whitened_ == channels_) return running_scalars_;
+    const index_t H = x.shape[2], W = x.shape[3], length = (channels_ - whitened_) * H * W;
+    moments<double> m(1);
+    Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> values((length - 1) / step + 1, 1);
+    for (index_t n = 0; n < x.shape[0]; ++n) {
+      index_t i = 0;
+      for (index_t k = 0; k < length; k += step, ++i)
+        values(i, 0) = double(x(n, whitened_ + k / (H * W), (k / W) % H, k % W));
+      m.add(values);
+    }
+    const double var = m.count() > 1 ? m.scatter()(0, 0) / double(m.count() - 1) : std::nan("");
+    return {T(m.mean()[0]), T(var)};
+  }
+
+  void apply(const image_view<const T>& x, const image_view<T>& y, const block_statistics<T>& stats,
+             const scalar_stats& scalars) const {
+    const index_t B = config_.block, per_row = whitened_ / B;
+    const auto& D = stats.D[0];
+    const auto& mu = stats.mean[0];
+    const T inv_sd = T(1) / std::sqrt(scalars.var + T(config_.eps));
+    Eigen::Matrix<T, Eigen::Dynamic, 1> centred(B);
+    for (index_t n = 0; n < x.shape[0]; ++n)
+      for (index_t yy = 0; yy < x.shape[2]; ++yy)
+        for (index_t xx = 0; xx < x.shape[3]; ++xx) {
+          for (index_t cc = 0; cc < per_row; ++cc) {
+            for (index_t g = 0; g < B; ++g) centred[g] = x(n, g * per_row + cc, yy, xx) - mu[g];
+            for (index_t f = 0; f < B; ++f) y(n, f * per_row + cc, yy, xx) = D.row(f).dot(centred);
+          }
+          for (index_t c = whitened_; c < channels_; ++c) y(n, c, yy, xx) = (x(n, c, yy, xx) - scalars.mean) * inv_sd;
+        }
+  }
+
+  channel_deconv_config config_;
+  index_t whitened_;  ///< c = floor(C/B)*B
+  detail::deconv_core<T> core_;
+  index_t channels_;
+  scalar_stats running_scalars_;
+};
+
+}  // namespace netdeconv
