@@ -1,0 +1,228 @@
+// SPDX-License-Identifier: MIT
+// The training rule shared by the layers (layer_state.hpp): momentum, first-step copy, the
+// reference freeze counter, running covariance, relative eps, failure policies, resume.
+#include <doctest/doctest.h>
+
+#include <netdeconv/conv_deconv_layer.hpp>
+#include <netdeconv/linear_deconv_layer.hpp>
+
+#include "oracle.hpp"
+
+using namespace netdeconv;
+
+namespace {
+
+template <class T>
+std::vector<T> random_vector(index_t n, std::mt19937_64& rng, double mean = 0.0) {
+  std::normal_distribution<double> normal(mean, 1.0);
+  std::vector<T> v(n);
+  for (auto& e : v) e = T(normal(rng));
+  return v;
+}
+
+struct linear_fixture {
+  static constexpr index_t rows = 64, fin = 6, cout = 3;
+  std::mt19937_64 rng{71};
+  std::vector<float> W = random_vector<float>(cout * fin, rng), b = random_vector<float>(cout, rng);
+  matrix_view<const float> weight() const { return row_major<const float>(W.data(), cout, fin); }
+  vector_view<const float> bias() const { return contiguous<const float>(b.data(), cout); }
+  std::vector<float> batch(double mean = 0.0) { return random_vector<float>(rows * fin, rng, mean); }
+  static matrix_view<const float> view_of(const std::vector<float>& x) { return row_major<const float>(x.data(), rows, fin); }
+};
+
+linear_deconv_config small_linear() {
+  linear_deconv_config c;
+  c.block = 6;
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("running statistics: r <- (1 - m) r + m value from (0, I), or a copy on the first step") {
+  linear_fixture f;
+  const auto x = f.batch(2.0);
+  const auto step = linear_statistics_step(seq, f.view_of(x), f.weight(), f.bias(), small_linear());
+  linear_deconv_layer<float> reference(6, small_linear());
+  const auto wb = reference.train_step(seq, f.view_of(x), f.weight(), f.bias());
+  CHECK(wb.weight == step.weight);  // training folds with the batch statistics
+  const Eigen::MatrixXf I = Eigen::MatrixXf::Identity(6, 6);
+  CHECK(oracle::rel_err(reference.running().mean[0], 0.1f * step.statistics.mean[0]) < 1e-6);
+  CHECK(oracle::rel_err(reference.running().D[0], 0.9f * I + 0.1f * step.statistics.D[0]) < 1e-6);
+  layer_options copy;
+  copy.first_step_copy = true;
+  linear_deconv_layer<float> copying(6, small_linear(), copy);
+  copying.train_step(seq, f.view_of(x), f.weight(), f.bias());
+  CHECK(copying.running().mean[0] == step.statistics.mean[0]);
+  CHECK(copying.running().D[0] == step.statistics.D[0]);
+  const auto x2 = f.batch(-1.0);
+  const auto step2 = linear_statistics_step(seq, f.view_of(x2), f.weight(), f.bias(), small_linear());
+  copying.train_step(seq, f.view_of(x2), f.weight(), f.bias());
+  CHECK(oracle::rel_err(copying.running().mean[0], 0.9f * step.statistics.mean[0] + 0.1f * step2.statistics.mean[0]) < 1e-6);
+}
+
+TEST_CASE("reference freeze counter: frozen while counter > freeze_iter, wrapping at 10 * freeze_iter") {
+  std::mt19937_64 rng(72);
+  conv_deconv_config cfg;
+  cfg.geometry = conv_geometry::square(3, 1, 1);
+  cfg.sampling_stride = 1;
+  layer_options options;
+  options.freeze = true;
+  options.freeze_iter = 2;
+  conv_deconv_layer<double> layer(3, cfg, options);
+  const auto W = random_vector<double>(4 * 27, rng);
+  const auto Wv = nchw<const double>(W.data(), 4, 3, 3, 3);
+  for (int k = 0; k < 24; ++k) {
+    CAPTURE(k);
+    const auto x = random_vector<double>(2 * 3 * 6 * 6, rng);
+    const auto before = layer.running();
+    const auto wb = layer.train_step(seq, nchw<const double>(x.data(), 2, 3, 6, 6), Wv, {});
+    const bool frozen = k % 20 > 2;  // counter before step k is k mod 20
+    CHECK(layer.diagnostic().outcome == (frozen ? step_outcome::frozen : step_outcome::computed));
+    if (frozen) {
+      CHECK(layer.running().D[0] == before.D[0]);
+      CHECK(wb.weight == layer.eval(seq, Wv, {}).weight);
+    } else {
+      CHECK(layer.running().D[0] != before.D[0]);
+    }
+  }
+}
+
+TEST_CASE("average_covariance: evaluation takes the inverse square root of the running covariance") {
+  linear_fixture f;
+  layer_options options;
+  options.average_covariance = true;
+  auto cfg = small_linear();
+  cfg.isqrt = isqrt_options::exact();
+  linear_deconv_layer<float> layer(6, cfg, options);
+  Eigen::MatrixXd running = Eigen::MatrixXd::Identity(6, 6);
+  for (int k = 0; k < 3; ++k) {
+    const auto x = f.batch(1.0);
+    layer.train_step(seq, f.view_of(x), f.weight(), f.bias());
+    oracle::MatrixXd X(f.rows, f.fin);
+    for (index_t i = 0; i < X.size(); ++i) X(i / f.fin, i % f.fin) = x[i];
+    running = 0.9 * running + 0.1 * oracle::covariance(X, cfg.eps);
+  }
+  Eigen::MatrixXd D;
+  inverse_sqrt_exact(running, D);
+  const auto ev = layer.eval(seq, f.weight(), {});
+  const Eigen::MatrixXd W = as_eigen(f.weight()).cast<double>();
+  const Eigen::Map<const Eigen::Matrix<float, -1, -1, Eigen::RowMajor>> got(ev.weight.data(), 3, 6);
+  CHECK(oracle::rel_err(got, W * D) < 1e-5);
+}
+
+TEST_CASE("relative eps makes the layer scale-free: D(c x) = D(x) / c") {
+  linear_fixture f;
+  layer_options options;
+  options.relative_eps = true;
+  auto x = f.batch();
+  linear_deconv_layer<double> a(6, small_linear(), options), b(6, small_linear(), options);
+  std::vector<double> xd(x.begin(), x.end()), xs(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) xs[i] = 1000.0 * xd[i];
+  const std::vector<double> W(f.W.begin(), f.W.end());
+  const auto Wv = row_major<const double>(W.data(), 3, 6);
+  a.train_step(seq, row_major<const double>(xd.data(), 64, 6), Wv, {});
+  b.train_step(seq, row_major<const double>(xs.data(), 64, 6), Wv, {});
+  const Eigen::MatrixXd I = Eigen::MatrixXd::Identity(6, 6);
+  // running D = 0.9 I + 0.1 D_batch
+  CHECK(oracle::rel_err(Eigen::MatrixXd((b.running().D[0] - 0.9 * I) * 1000.0), Eigen::MatrixXd(a.running().D[0] - 0.9 * I)) < 1e-9);
+}
+
+TEST_CASE("failure policies: throw, keep previous, exact fallback, raise eps") {
+  linear_fixture f;
+  auto good = f.batch();
+  auto nan_batch = f.batch();
+  nan_batch[7] = std::numeric_limits<float>::quiet_NaN();
+
+  SUBCASE("throw_error leaves the state exactly as before") {
+    linear_deconv_layer<float> layer(6, small_linear());
+    layer.train_step(seq, f.view_of(good), f.weight(), f.bias());
+    const auto saved = layer.state();
+    CHECK_THROWS_WITH_AS(layer.train_step(seq, f.view_of(nan_batch), f.weight(), f.bias()),
+                         doctest::Contains("block 0 non_finite"), numerical_error);
+    CHECK(layer.state() == saved);
+    CHECK(layer.steps() == 1);
+  }
+  for (const auto policy : {failure_policy::keep_previous, failure_policy::exact_fallback, failure_policy::raise_eps}) {
+    CAPTURE(int(policy));
+    layer_options options;
+    options.on_failure = policy;
+    linear_deconv_layer<float> layer(6, small_linear(), options);
+    layer.train_step(seq, f.view_of(good), f.weight(), f.bias());
+    const auto running = layer.running();
+    const auto wb = layer.train_step(seq, f.view_of(nan_batch), f.weight(), f.bias());  // NaN: nothing can fix it
+    CHECK(layer.diagnostic().outcome == step_outcome::kept_previous);
+    CHECK(layer.diagnostic().failures == 1);
+    CHECK(layer.running().D[0] == running.D[0]);
+    CHECK(layer.running().mean[0] == running.mean[0]);
+    CHECK(wb.weight == layer.eval(seq, f.weight(), f.bias()).weight);
+    CHECK(layer.steps() == 2);
+  }
+  SUBCASE("exact_fallback repairs a Newton-Schulz run that misses its tolerance") {
+    layer_options options;
+    options.on_failure = failure_policy::exact_fallback;
+    auto cfg = small_linear();
+    cfg.isqrt = isqrt_options::converged(1e-12, 2);  // unreachable in 2 steps
+    linear_deconv_layer<double> layer(6, cfg, options);
+    const std::vector<double> x(good.begin(), good.end()), W(f.W.begin(), f.W.end());
+    const auto wb = layer.train_step(seq, row_major<const double>(x.data(), 64, 6), row_major<const double>(W.data(), 3, 6), {});
+    CHECK(layer.diagnostic().outcome == step_outcome::exact_fallback);
+    CHECK(layer.diagnostic().reports[0].status == isqrt_status::ok);
+    auto exact_cfg = small_linear();
+    exact_cfg.isqrt = isqrt_options::exact();
+    const auto ref = linear_statistics_step(seq, row_major<const double>(x.data(), 64, 6),
+                                            row_major<const double>(W.data(), 3, 6), {}, exact_cfg);
+    CHECK(oracle::rel_err(Eigen::Map<const Eigen::VectorXd>(wb.weight.data(), 18),
+                          Eigen::Map<const Eigen::VectorXd>(ref.weight.data(), 18)) < 1e-12);
+  }
+  SUBCASE("raise_eps retries a rank-deficient batch with 10x, 100x, ... eps") {
+    layer_options options;
+    options.on_failure = failure_policy::raise_eps;
+    options.max_eps_raises = 10;
+    auto cfg = small_linear();
+    cfg.eps = 1e-12;
+    linear_deconv_layer<float> layer(6, cfg, options);
+    auto deficient = good;
+    for (index_t r = 0; r < 64; ++r) deficient[r * 6 + 5] = deficient[r * 6 + 0];  // duplicate feature
+    layer.train_step(seq, f.view_of(deficient), f.weight(), f.bias());
+    CHECK(layer.diagnostic().outcome == step_outcome::eps_raised);
+    CHECK(layer.diagnostic().eps_raises >= 1);
+    CHECK(layer.diagnostic().reports[0].status == isqrt_status::ok);
+    options.max_eps_raises = 1;  // too few raises: the step keeps the previous statistics
+    linear_deconv_layer<float> capped(6, cfg, options);
+    capped.train_step(seq, f.view_of(deficient), f.weight(), f.bias());
+    CHECK(capped.diagnostic().outcome == step_outcome::kept_previous);
+    CHECK(capped.running().D[0] == Eigen::MatrixXf::Identity(6, 6));
+  }
+}
+
+TEST_CASE("a run resumed from a checkpoint equals the uninterrupted run, freeze counter included") {
+  std::mt19937_64 rng(73);
+  conv_deconv_config cfg;
+  cfg.geometry = conv_geometry::square(3, 1, 1);
+  cfg.sampling_stride = 2;
+  layer_options options;
+  options.freeze = true;
+  options.freeze_iter = 1;  // steps 0, 1 computed, 2..9 frozen, 10 computed again
+  std::vector<std::vector<float>> batches;
+  for (int k = 0; k < 12; ++k) batches.push_back(random_vector<float>(2 * 4 * 7 * 7, rng));
+  const auto W = random_vector<float>(5 * 4 * 9, rng), b = random_vector<float>(5, rng);
+  const auto Wv = nchw<const float>(W.data(), 5, 4, 3, 3);
+  const auto bv = contiguous<const float>(b.data(), 5);
+  auto run = [&](conv_deconv_layer<float>& layer, int from, int to) {
+    std::vector<std::vector<float>> out;
+    for (int k = from; k < to; ++k) out.push_back(layer.train_step(par, nchw<const float>(batches[k].data(), 2, 4, 7, 7), Wv, bv).weight);
+    return out;
+  };
+  conv_deconv_layer<float> whole(4, cfg, options);
+  const auto all = run(whole, 0, 12);
+  for (const int k : {1, 3, 9}) {
+    CAPTURE(k);
+    conv_deconv_layer<float> first(4, cfg, options);
+    run(first, 0, k);
+    conv_deconv_layer<float> resumed(4, cfg, options);
+    resumed.load_state(first.state());
+    const auto rest = run(resumed, k, 12);
+    for (int i = 0; i < 12 - k; ++i) CHECK(rest[i] == all[k + i]);
+    CHECK(resumed.state() == whole.state());
+  }
+}
