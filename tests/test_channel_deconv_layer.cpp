@@ -1,0 +1,92 @@
+// SPDX-License-Identifier: MIT
+// Behaviour of the channel-only layer from its definition; parity with the reference's numbers is
+// in test_layer_parity.cpp.
+#include <doctest/doctest.h>
+
+#include <netdeconv/channel_deconv_layer.hpp>
+
+#include "oracle.hpp"
+
+using namespace netdeconv;
+
+namespace {
+
+/// The B feature rows of the whitened output (row f = channels [f*c/B, (f+1)*c/B), each in (n,y,x) order).
+oracle::MatrixXd feature_rows(const oracle::image<double>& y, index_t B, index_t c) {
+  const auto& s = y.view.shape;
+  const index_t per_row = c / B, plane = s[0] * s[2] * s[3];
+  oracle::MatrixXd rows(B, per_row * plane);
+  for (index_t f = 0; f < B; ++f)
+    for (index_t cc = 0; cc < per_row; ++cc)
+      for (index_t p = 0; p < plane; ++p)
+        rows(f, cc * plane + p) = y(p / (s[2] * s[3]), f * per_row + cc, (p / s[3]) % s[2], p % s[3]);
+  return rows;
+}
+
+}  // namespace
+
+TEST_CASE("centred, exact, unsampled: the whitened rows have identity covariance; the rest is standardised") {
+  std::mt19937_64 rng(81);
+  const index_t N = 3, C = 7, H = 5, W = 4, B = 3, c = 6;
+  oracle::image<double> x(N, C, H, W, 1), y(N, C, H, W, 2);
+  oracle::fill_normal(x, rng, 1.5);
+  for (index_t n = 0; n < N; ++n)  // correlate channels 0 and 2 (rows 0 and 1 of the feature matrix)
+    for (index_t yy = 0; yy < H; ++yy)
+      for (index_t xx = 0; xx < W; ++xx) x(n, 2, yy, xx) += 0.8 * x(n, 0, yy, xx);
+  channel_deconv_config cfg{B, 1, 0.0, isqrt_options::exact(), false};
+  channel_deconv_layer<double> layer(C, cfg);
+  layer.train_step(seq, x.cview(), y.view);
+  const oracle::MatrixXd rows = feature_rows(y, B, c);
+  const oracle::MatrixXd cov = oracle::covariance(rows.transpose(), 0.0);
+  CHECK((cov - oracle::MatrixXd::Identity(B, B)).norm() < 1e-10);
+  CHECK(rows.rowwise().mean().norm() < 1e-12);
+  double sum = 0, sq = 0;
+  const index_t count = N * H * W;
+  for (index_t n = 0; n < N; ++n)
+    for (index_t yy = 0; yy < H; ++yy)
+      for (index_t xx = 0; xx < W; ++xx) sum += y(n, 6, yy, xx), sq += y(n, 6, yy, xx) * y(n, 6, yy, xx);
+  CHECK(std::abs(sum / double(count)) < 1e-12);
+  CHECK(std::abs(sq / double(count - 1) - 1.0) < 1e-12);  // unbiased variance 1 (eps = 0)
+  // the first step copies: evaluation on the same batch reproduces the training output
+  oracle::image<double> y_eval(N, C, H, W, 0);
+  layer.eval(seq, x.cview(), y_eval.view);
+  CHECK(oracle::rel_err(feature_rows(y_eval, B, c), rows) < 1e-12);
+}
+
+TEST_CASE("the reference quirk: the B x B matrix is the uncentred second moment") {
+  std::mt19937_64 rng(82);
+  oracle::image<double> x(2, 4, 6, 6, 0), y(2, 4, 6, 6, 0);
+  oracle::fill_normal(x, rng, 3.0);
+  channel_deconv_config quirk{2, 1, 0.0, isqrt_options::exact(), true};
+  channel_deconv_layer<double> layer(4, quirk);
+  layer.train_step(seq, x.cview(), y.view);
+  const oracle::MatrixXd raw = feature_rows(x, 2, 4);
+  const oracle::MatrixXd second = raw * raw.transpose() / double(raw.cols());
+  Eigen::MatrixXd D;
+  inverse_sqrt_exact(second, D);
+  CHECK(oracle::rel_err(layer.running().D[0], D) < 1e-12);  // first-step copy
+  const oracle::MatrixXd centred = raw.colwise() - raw.rowwise().mean();
+  CHECK(oracle::rel_err(feature_rows(y, 2, 4), oracle::MatrixXd(D * centred)) < 1e-12);
+}
+
+TEST_CASE("channel layer: bad arguments and non-finite remaining channels") {
+  std::vector<float> x(2 * 5 * 4 * 4, 0.5f), y(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(std::sin(0.91 * double(i * i % 97)));
+  CHECK_THROWS_WITH_AS(channel_deconv_layer<float>(5, channel_deconv_config{6}), doctest::Contains("block 6 is larger than C=5"),
+                       invalid_argument);
+  channel_deconv_layer<float> layer(5, channel_deconv_config{2});
+  CHECK_THROWS_WITH_AS(layer.train_step(seq, nchw<const float>(x.data(), 2, 4, 5, 4), nchw(y.data(), 2, 4, 5, 4)),
+                       doctest::Contains("x has C=4, the layer has 5"), invalid_argument);
+  CHECK_THROWS_WITH_AS(layer.train_step(seq, nchw<const float>(x.data(), 2, 5, 4, 4), nchw(y.data(), 2, 5, 2, 8)),
+                       doctest::Contains("y must have x's shape"), invalid_argument);
+  x[4 * 16 + 9] = std::numeric_limits<float>::infinity();  // channel 4 of image 0 (remaining), a sampled value
+  CHECK_THROWS_AS(layer.train_step(seq, nchw<const float>(x.data(), 2, 5, 4, 4), nchw(y.data(), 2, 5, 4, 4)),
+                  numerical_error);
+  CHECK(layer.steps() == 0);
+  layer_options keep = channel_deconv_layer<float>::reference_options();
+  keep.on_failure = failure_policy::keep_previous;
+  channel_deconv_layer<float> tolerant(5, channel_deconv_config{2}, keep);
+  tolerant.train_step(seq, nchw<const float>(x.data(), 2, 5, 4, 4), nchw(y.data(), 2, 5, 4, 4));
+  CHECK(tolerant.diagnostic().outcome == step_outcome::kept_previous);
+  CHECK(tolerant.running_remaining_var() == 1.0f);
+}
