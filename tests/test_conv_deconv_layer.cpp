@@ -1,0 +1,75 @@
+// SPDX-License-Identifier: MIT
+#include <doctest/doctest.h>
+
+#include <netdeconv/conv_deconv_layer.hpp>
+
+#include "oracle.hpp"
+
+using namespace netdeconv;
+
+TEST_CASE_TEMPLATE("conv layer: training folds the batch statistics, eval and export fold the running ones", T, float,
+                   double) {
+  std::mt19937_64 rng(91);
+  for (const auto layout : {block_layout::interleaved_shared, block_layout::grouped, block_layout::independent}) {
+    CAPTURE(layout);
+    conv_deconv_config cfg;
+    cfg.geometry = conv_geometry::square(3, 2, 1);
+    cfg.layout = layout;
+    cfg.groups = layout == block_layout::grouped ? 2 : 1;
+    cfg.block = 2;
+    cfg.sampling_stride = 1;
+    oracle::image<T> x(2, 4, 9, 8, 1);
+    oracle::fill_normal(x, rng);
+    std::vector<T> W(6 * (4 / cfg.groups) * 9), b(6);
+    for (auto& v : W) v = T(std::normal_distribution<double>()(rng));
+    for (auto& v : b) v = T(std::normal_distribution<double>()(rng));
+    const auto Wv = nchw<const T>(W.data(), 6, 4 / cfg.groups, 3, 3);
+    const auto bv = contiguous<const T>(b.data(), 6);
+    conv_deconv_layer<T> layer(4, cfg);
+    const auto wb = layer.train_step(seq, x.cview(), Wv, bv);
+    const auto step = conv_statistics_step(seq, x.cview(), Wv, bv, cfg);
+    CHECK(wb.weight == step.weight);
+    CHECK(wb.bias == step.bias);
+    // eval folds r_mu = 0.1 mu, r_D = 0.9 I + 0.1 D
+    block_statistics<T> running = step.statistics;
+    for (std::size_t s = 0; s < running.D.size(); ++s) {
+      running.mean[s] *= T(0.1);
+      running.D[s] = T(0.9) * square_matrix<T>::Identity(running.D[s].rows(), running.D[s].cols()) + T(0.1) * running.D[s];
+    }
+    const auto ev = layer.eval(seq, Wv, bv);
+    const auto ref = fold(seq, running, Wv, bv);
+    const double tol = std::is_same_v<T, float> ? 1e-6 : 1e-14;
+    CHECK(oracle::rel_err(std::vector<double>(ev.weight.begin(), ev.weight.end()),
+                          std::vector<double>(ref.weight.begin(), ref.weight.end())) < tol);
+    std::vector<T> Wout(W.size()), bout(6);
+    layer.export_weights(seq, Wv, bv, nchw(Wout.data(), 6, 4 / cfg.groups, 3, 3), contiguous(bout.data(), 6));
+    CHECK(Wout == ev.weight);
+    CHECK(bout == ev.bias);
+  }
+}
+
+TEST_CASE("conv layer rejects inputs and weights that do not match its configuration") {
+  conv_deconv_config cfg;
+  cfg.geometry = conv_geometry::square(3, 1, 1);
+  conv_deconv_layer<float> layer(4, cfg);
+  std::vector<float> x(2 * 4 * 6 * 6, 1.0f), W(3 * 4 * 25);
+  const auto W3 = nchw<const float>(W.data(), 3, 4, 3, 3);
+  CHECK_THROWS_WITH_AS(layer.train_step(seq, nchw<const float>(x.data(), 2, 3, 6, 6), W3, {}),
+                       doctest::Contains("x has C=3, the layer has 4"), invalid_argument);
+  CHECK_THROWS_WITH_AS(layer.eval(seq, nchw<const float>(W.data(), 3, 4, 1, 9), {}),
+                       doctest::Contains("weight kernel 1x9 differs from the layer's 3x3"), invalid_argument);
+  CHECK_THROWS_WITH_AS(layer.eval(seq, nchw<const float>(W.data(), 3, 2, 3, 3), {}),
+                       doctest::Contains("input channels per group"), invalid_argument);
+  auto bad = cfg;
+  bad.sampling_stride = 0;
+  CHECK_THROWS_WITH_AS(conv_deconv_layer<float>(4, bad), doctest::Contains("sampling_stride must be >= 1, got 0"),
+                       invalid_argument);
+  layer_options options;
+  options.momentum = 1.5;
+  CHECK_THROWS_WITH_AS(conv_deconv_layer<float>(4, cfg, options), doctest::Contains("momentum must be in [0, 1], got 1.5"),
+                       invalid_argument);
+  options = {};
+  options.freeze_iter = 0;
+  CHECK_THROWS_WITH_AS(conv_deconv_layer<float>(4, cfg, options), doctest::Contains("freeze_iter must be >= 1"),
+                       invalid_argument);
+}

@@ -1,0 +1,51 @@
+// SPDX-License-Identifier: MIT
+#include <doctest/doctest.h>
+
+#include <netdeconv/linear_deconv_layer.hpp>
+
+#include "oracle.hpp"
+
+using namespace netdeconv;
+
+TEST_CASE("linear layer: exported weights reproduce the whitened layer on new data") {
+  std::mt19937_64 rng(92);
+  std::normal_distribution<double> normal;
+  const index_t rows = 200, fin = 8, cout = 3;
+  linear_deconv_config cfg;
+  cfg.block = 4;
+  cfg.isqrt = isqrt_options::converged(1e-13);
+  layer_options options;
+  options.first_step_copy = true;  // running = batch after one step
+  linear_deconv_layer<double> layer(fin, cfg, options);
+  Eigen::Matrix<double, -1, -1, Eigen::RowMajor> X(rows, fin), W(cout, fin), Xnew(7, fin);
+  for (auto* m : {&X, &W, &Xnew})
+    for (index_t i = 0; i < m->size(); ++i) m->data()[i] = normal(rng) + 0.5;
+  X.col(3) += 2.0 * X.col(1);
+  const Eigen::VectorXd b = Eigen::VectorXd::Random(cout);
+  layer.train_step(seq, view(X), view(W), contiguous<const double>(b.data(), cout));
+  Eigen::Matrix<double, -1, -1, Eigen::RowMajor> Wout(cout, fin);
+  Eigen::VectorXd bout(cout);
+  layer.export_weights(seq, view(W), contiguous<const double>(b.data(), cout), view_mut(Wout), contiguous(bout.data(), cout));
+  // explicit: whiten the chunks of 4 features of each row with the shared (mu, D), then W
+  const auto& mu = layer.running().mean[0];
+  const auto& D = layer.running().D[0];
+  Eigen::MatrixXd Z(Xnew.rows(), fin);
+  for (index_t c = 0; c < 2; ++c) Z.middleCols(4 * c, 4) = (Xnew.middleCols(4 * c, 4).rowwise() - mu.transpose()) * D;
+  const Eigen::MatrixXd ref = (Z * W.transpose()).rowwise() + b.transpose();
+  const Eigen::MatrixXd got = (Xnew * Wout.transpose()).rowwise() + bout.transpose();
+  CHECK(oracle::rel_err(got, ref) < 1e-12);
+  // and D whitens the stacked chunks of the training batch
+  oracle::MatrixXd stacked(2 * rows, 4);
+  for (index_t r = 0; r < rows; ++r) stacked.row(2 * r) = X.row(r).head(4), stacked.row(2 * r + 1) = X.row(r).tail(4);
+  CHECK((D * oracle::covariance(stacked, cfg.eps) * D - Eigen::MatrixXd::Identity(4, 4)).norm() < 1e-10);
+}
+
+TEST_CASE("linear layer rejects mismatched shapes") {
+  linear_deconv_layer<float> layer(10, linear_deconv_config{});
+  CHECK(layer.plan().block == 10);  // min(512, 10)
+  std::vector<float> x(40), W(30);
+  CHECK_THROWS_WITH_AS(layer.train_step(seq, row_major<const float>(x.data(), 4, 10), row_major<const float>(W.data(), 3, 9), {}),
+                       doctest::Contains("weight has 9 input channels per group, the plan needs C/groups = 10/1"), invalid_argument);
+  CHECK_THROWS_WITH_AS(layer.train_step(seq, row_major<const float>(x.data(), 5, 8), row_major<const float>(W.data(), 3, 10), {}),
+                       doctest::Contains("x has 8 features, the layer has 10"), invalid_argument);
+}
