@@ -77,6 +77,7 @@ TEST_CASE("reference freeze counter: frozen while counter > freeze_iter, wrappin
     const auto before = layer.running();
     const auto wb = layer.train_step(seq, nchw<const double>(x.data(), 2, 3, 6, 6), Wv, {});
     const bool frozen = k % 20 > 2;  // counter before step k is k mod 20
+    CHECK(layer.freeze_counter() == (k + 1) % 20);
     CHECK(layer.diagnostic().outcome == (frozen ? step_outcome::frozen : step_outcome::computed));
     if (frozen) {
       CHECK(layer.running().D[0] == before.D[0]);

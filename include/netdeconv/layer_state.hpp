@@ -295,7 +295,9 @@ class folding_layer {
   const block_statistics<T>& running() const { return core_.running(); }
   const block_plan& plan() const { return core_.plan(); }
   const step_diagnostic& diagnostic() const { return core_.diagnostic(); }
+  /// Training steps seen, and the reference freeze counter (steps mod 10 * freeze_iter).
   index_t steps() const { return core_.steps(); }
+  index_t freeze_counter() const { return core_.counter(); }
 
   /// Checkpoint bytes (see checkpoint.hpp).
   std::vector<std::uint8_t> state() const {
