@@ -25,9 +25,8 @@
 // Gradient (all three): dL/dW = dL/dy^T z, dL/db = column sums of dL/dy, with the statistics (mu,
 // var, D) held constant. The paper (§4.2, A.8) back-propagates through D with autograd; for this
 // one-layer model that changes nothing: mu and D are functions of the data batch only, not of W or
-// b, so dL/dW = dL/dy^T (x - mu) D is the exact gradient. train_step returns only W', b', so the
-// example gets z = (x - mu) D from the same call: it folds the stacked weight [W; I] (74 x 64) with
-// bias [b; 0]; the rows of I come back as D (and -D mu), W's rows as W'.
+// b, so dL/dW = dL/dy^T (x - mu) D is the exact gradient; train_step returns the mu and D it folded
+// with, so z = (x - mu) D.
 // Evaluation: eval-mode weights (running statistics; deconv: layer.eval) on the training and the test
 // set, printed as loss and accuracy after the last step.
 // Output: the loss table on stdout, DIR/losses.csv (step, one column per method and learning rate) and
@@ -265,9 +264,6 @@ run_result train(method m, double lr, const dataset& tr, const dataset& te,
   nd::layer_options lopt;  // reference-compatible defaults (momentum 0.1, running D from I) ...
   lopt.on_failure = nd::failure_policy::keep_previous;  // ... but a failed batch does not stop training
   nd::linear_deconv_layer<float> layer(features, cfg, lopt);
-  matrix stacked(classes + features, features);  // [W; I]
-  row_vector stacked_bias = row_vector::Zero(classes + features);
-  stacked.bottomRows(features).setIdentity();
 
   matrix x, z, y, G;
   std::vector<int> label;
@@ -300,14 +296,12 @@ run_result train(method m, double lr, const dataset& tr, const dataset& te,
         break;
       }
       case method::deconv: {
-        stacked.topRows(classes) = W;
-        stacked_bias.head(classes) = b;
-        const auto folded = layer.train_step(nd::seq, nd::view(x), nd::view(stacked),
-                                             nd::contiguous<const float>(stacked_bias.data(), classes + features));
-        const Eigen::Map<const matrix> Wf(folded.weight.data(), classes + features, features);
-        const Eigen::Map<const row_vector> bf(folded.bias.data(), classes + features);
-        y = (x * Wf.topRows(classes).transpose()).rowwise() + bf.head(classes);       // x W'^T + b'
-        z = (x * Wf.bottomRows(features).transpose()).rowwise() + bf.tail(features);  // (x - mu) D
+        const auto step = layer.train_step(nd::seq, nd::view(x), nd::view(W),
+                                           nd::contiguous<const float>(b.data(), classes));
+        const Eigen::Map<const matrix> Wf(step.weight.data(), classes, features);
+        const Eigen::Map<const row_vector> bf(step.bias.data(), classes);
+        y = (x * Wf.transpose()).rowwise() + bf;  // x W'^T + b'
+        z = (x.rowwise() - step.statistics.mean[0].transpose()) * step.statistics.D[0];  // (x - mu) D
         r.fold_check = std::max(r.fold_check, double((y - ((z * W.transpose()).rowwise() + b)).cwiseAbs().maxCoeff()));
         break;
       }

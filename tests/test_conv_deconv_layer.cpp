@@ -30,6 +30,10 @@ TEST_CASE_TEMPLATE("conv layer: training folds the batch statistics, eval and ex
     const auto step = conv_statistics_step(seq, x.cview(), Wv, bv, cfg);
     CHECK(wb.weight == step.weight);
     CHECK(wb.bias == step.bias);
+    for (std::size_t s = 0; s < step.statistics.D.size(); ++s) {  // the statistics a backward pass needs
+      CHECK(wb.statistics.D[s] == step.statistics.D[s]);
+      CHECK(wb.statistics.mean[s] == step.statistics.mean[s]);
+    }
     // eval folds r_mu = 0.1 mu, r_D = 0.9 I + 0.1 D
     block_statistics<T> running = step.statistics;
     for (std::size_t s = 0; s < running.D.size(); ++s) {

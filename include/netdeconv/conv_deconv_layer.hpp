@@ -32,15 +32,17 @@ class conv_deconv_layer : public detail::folding_layer<T, layer_kind::conv> {
                       config.sampling_stride);
   }
 
-  /// Training step: statistics of x (or the running ones when frozen or kept), state update, W' and b'.
+  /// Training step: statistics of x (or the running ones when frozen or kept), state update, W' and b'
+  /// with the statistics they fold.
   template <class Policy>
-  folded_weights<T> train_step(const Policy& policy, image_view<const T> x, image_view<const T> weight,
-                               vector_view<const T> bias) {
+  layer_step<T> train_step(const Policy& policy, image_view<const T> x, image_view<const T> weight,
+                           vector_view<const T> bias) {
     check("train_step", weight, bias);
     NETDECONV_REQUIRE(x.shape[1] == this->plan().channels, "train_step", "x has C=", x.shape[1], ", the layer has ",
                       this->plan().channels);
-    const auto stats = this->core_.train(policy, patch_sampler<T>(x, geometry_, this->sampling_stride_));
-    return fold(policy, stats, weight, bias);
+    auto stats = this->core_.train(policy, patch_sampler<T>(x, geometry_, this->sampling_stride_));
+    auto folded = fold(policy, stats, weight, bias);
+    return {std::move(folded), std::move(stats)};
   }
 
   /// Evaluation: W' and b' from the running statistics (an ordinary conv).

@@ -21,6 +21,7 @@
 #include "blocks.hpp"
 #include "checkpoint.hpp"
 #include "covariance.hpp"
+#include "fold.hpp"
 #include "error.hpp"
 #include "inverse_sqrt.hpp"
 #include "moments.hpp"
@@ -73,6 +74,13 @@ struct layer_options {
     o.on_failure = failure_policy::keep_previous;
     return o;
   }
+};
+
+/// A training step's result: W', b' and the statistics they were folded with (the batch's, or the
+/// running ones when the step was frozen or kept its previous statistics); a backward pass needs them.
+template <class T>
+struct layer_step : folded_weights<T> {
+  block_statistics<T> statistics;
 };
 
 /// What the last training step did.

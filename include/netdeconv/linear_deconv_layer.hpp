@@ -23,13 +23,15 @@ class linear_deconv_layer : public detail::folding_layer<T, layer_kind::linear> 
       : base(make_block_plan(config.layout, in_features, 1, config.block), config.eps, 1, config.isqrt, options) {}
 
   template <class Policy>
-  folded_weights<T> train_step(const Policy& policy, matrix_view<const T> x, matrix_view<const T> weight,
-                               vector_view<const T> bias) {
+  layer_step<T> train_step(const Policy& policy, matrix_view<const T> x, matrix_view<const T> weight,
+                           vector_view<const T> bias) {
     check("train_step", weight, bias);
     detail::check_view("train_step", "x", x);
     NETDECONV_REQUIRE(x.shape[1] == this->plan().channels, "train_step", "x has ", x.shape[1],
                       " features, the layer has ", this->plan().channels);
-    return fold(policy, this->core_.train(policy, matrix_rows<T>(x)), weight, bias);
+    auto stats = this->core_.train(policy, matrix_rows<T>(x));
+    auto folded = fold(policy, stats, weight, bias);
+    return {std::move(folded), std::move(stats)};
   }
 
   template <class Policy>
