@@ -468,7 +468,7 @@ void plot(const std::vector<run_result>& runs, const options& opt, const std::fi
   cv.text(lx, 8,
           opt.loss == loss_kind::softmax ? "digits: softmax regression, cross-entropy loss"
                                          : "digits: linear regression to one-hot targets, l2 loss",
-          black, 2);
+          black, panels > 1 ? 2 : 1);  // a single panel is too narrow for the large font
   lx = 10;
   for (method m : methods) {
     cv.rect(lx, 36, lx + 20, 38, method_colour[static_cast<int>(m)]);
