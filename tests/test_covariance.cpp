@@ -97,3 +97,84 @@ TEST_CASE("block_moments rejects mismatched plans and too few samples") {
   CHECK_THROWS_WITH_AS(block_moments(seq, patch_sampler<float>(nchw<const float>(buf.data(), 0, 4, 3, 3), g, 1), plan),
                        doctest::Contains("got 0"), invalid_argument);
 }
+
+// ---- SIMD fast path (simd_policy, the default `par`) against the sequential oracle ----
+
+TEST_CASE_TEMPLATE("SIMD fused covariance equals the sequential oracle: random shapes, every layout, 1 and 2 threads", T, float,
+                   double) {
+  std::mt19937_64 rng(41);
+  std::uniform_int_distribution<int> pick(0, 1 << 30);
+  // F = K*B covers 1, odd sizes and sizes that are not multiples of the SIMD width (4, 8 or 16)
+  for (int trial = 0; trial < 40; ++trial) {
+    const layout_case lc = conv_cases[trial % std::size(conv_cases)];
+    const index_t k = 1 + 2 * (pick(rng) % 3);           // 1, 3, 5
+    const index_t S = 1 + pick(rng) % 3;                  // 1..3
+    const index_t stride = 1 + pick(rng) % 2, dil = 1 + (k > 1) * (pick(rng) % 2);
+    const index_t H = 7 + pick(rng) % 13, W = 6 + pick(rng) % 15, N = 1 + pick(rng) % 3;
+    const conv_geometry g{k, k, stride, stride, k / 2, k / 2, dil, dil};
+    if (g.out_h(H) < 1 || g.out_w(W) < 1) continue;
+    const int memory = trial % 3;
+    CAPTURE(trial);
+    CAPTURE(lc.layout);
+    CAPTURE(lc.C);
+    CAPTURE(k);
+    CAPTURE(S);
+    CAPTURE(memory);
+    oracle::image<T> x(N, lc.C, H, W, memory);
+    oracle::fill_normal(x, rng, 3.0 * (trial % 4), 0.5 + trial % 3);
+    const block_plan plan = make_block_plan(lc.layout, lc.C, g.kernel_area(), lc.block, lc.groups);
+    const patch_sampler<T> sampler(x.cview(), g, S);
+    if (sampler.rows() * plan.rows_per_patch() < 2) continue;
+    const auto ref = block_moments(seq, sampler, plan);
+    for (const int threads : {1, 2}) {
+      CAPTURE(threads);
+      const auto got = block_moments(simd_threads(threads), sampler, plan);
+      REQUIRE(got.size() == ref.size());
+      for (std::size_t s = 0; s < ref.size(); ++s) {
+        CHECK(got[s].count() == ref[s].count());
+        CHECK(oracle::rel_err(got[s].mean(), ref[s].mean()) < 1e-5);  // means near 0: relative error of float sums
+        CHECK(oracle::rel_err(got[s].covariance(0.0), ref[s].covariance(0.0)) < 1e-5);
+      }
+    }
+  }
+}
+
+TEST_CASE("SIMD fused covariance of matrix rows: F from 1 to 70, tiles with partial remainders, 1 and 2 threads") {
+  std::mt19937_64 rng(42);
+  for (const index_t F : {1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 47, 64, 65, 70})
+    for (const index_t n : {2, 5, 300, 2049}) {
+      CAPTURE(F);
+      CAPTURE(n);
+      std::normal_distribution<double> normal;
+      std::vector<float> data(n * F);
+      for (auto& v : data) v = float(10.0 + normal(rng));
+      const auto rows = matrix_rows<float>(row_major<const float>(data.data(), n, F));
+      for (const auto layout : {block_layout::independent, block_layout::contiguous_shared}) {
+        const index_t block = layout == block_layout::independent ? F : std::max<index_t>(1, F / 3);
+        const auto plan = make_block_plan(layout, F, 1, block);
+        if (n * plan.rows_per_patch() < 2) continue;
+        const auto ref = block_moments(seq, rows, plan);
+        for (const int threads : {1, 2}) {
+          const auto got = block_moments(simd_threads(threads), rows, plan);
+          for (std::size_t s = 0; s < ref.size(); ++s) {
+            CHECK(got[s].count() == ref[s].count());
+            CHECK(oracle::rel_err(got[s].mean(), ref[s].mean()) < 1e-5);  // means near 0: relative error of float sums
+            CHECK(oracle::rel_err(got[s].covariance(0.0), ref[s].covariance(0.0)) < 1e-5);
+          }
+        }
+      }
+    }
+}
+
+TEST_CASE("SIMD fused covariance keeps a large offset when the first tile is zero padding") {
+  // NCHW image with mean 1e4 and a 3x3 kernel with padding 2: the first patches are mostly padding
+  std::mt19937_64 rng(43);
+  oracle::image<float> x(2, 5, 40, 33, 1);
+  oracle::fill_normal(x, rng, 1e4, 1.0);
+  const conv_geometry g = conv_geometry::square(3, 1, 2);
+  const auto plan = make_block_plan(block_layout::interleaved_shared, 5, 9, 5);
+  const patch_sampler<float> sampler(x.cview(), g, 1);
+  const auto ref = oracle::blocked(oracle::sampled_rows(x, g, 1), plan);
+  const auto got = block_moments(simd_threads(2), sampler, plan);
+  CHECK(oracle::rel_err(got[0].covariance(0.0), oracle::covariance(ref[0], 0.0)) < 1e-5);
+}

@@ -174,3 +174,87 @@ TEST_CASE("invalid arguments throw with their values") {
   CHECK_THROWS_WITH_AS(inverse_sqrt_exact(square_matrix<float>(square_matrix<float>::Identity(2, 3)), D), doctest::Contains("2x3"),
                        invalid_argument);
 }
+
+// ---- SIMD fast path (simd_policy, the default `par`) against the float64 recurrence ----
+
+TEST_CASE("fast inverse square root (symmetric half products) equals the float64 recurrence to 1e-4, 1 and 2 threads") {
+  std::mt19937_64 rng(38);
+  for (const int iterations : {0, 1, 2, 5, 15})
+    for (const index_t F : {1, 2, 7, 9, 17, 63, 64, 65, 150, 300})
+      for (const int threads : {1, 2}) {
+        CAPTURE(iterations);
+        CAPTURE(F);
+        CAPTURE(threads);
+        const MatrixXd A = oracle::random_spd(F, 1e3, rng, 2.0);
+        const MatrixXd ref = oracle::newton_schulz(A, iterations);
+        square_matrix<float> Df, Ds;
+        const auto r = inverse_sqrt(simd_threads(threads), square_matrix<float>(A.cast<float>()), Df, isqrt_options::fixed(iterations));
+        const auto rs = inverse_sqrt(seq, square_matrix<float>(A.cast<float>()), Ds, isqrt_options::fixed(iterations));
+        CHECK(r.status == isqrt_status::ok);
+        CHECK(r.iterations == iterations);
+        // float32 rounding grows with the step count: 1e-4 up to the reference's 5 steps (half
+        // products); 15 steps use full products, like the oracle loop (5e-4, test above)
+        const double err = oracle::rel_err(Df, ref), err_seq = oracle::rel_err(Ds, ref);
+        CAPTURE(err_seq);
+        CHECK(err < (iterations <= 5 ? 1e-4 : 5e-4));
+        if (iterations <= 5) {
+          CHECK(std::abs(r.residual - rs.residual) <= 1e-4 * std::max(1.0, rs.residual));
+          CHECK((Df - Df.transpose()).norm() == 0.0f);  // mirrored: exactly symmetric
+        }
+        square_matrix<double> Dd;
+        inverse_sqrt(simd_threads(threads), A, Dd, isqrt_options::fixed(iterations));
+        CHECK(oracle::rel_err(Dd, ref) < 1e-10);
+      }
+  // the reference layer's largest block (576, 5 steps), and ill-conditioned blocks at 5 and 15 steps
+  const MatrixXd A = oracle::random_spd(576, 1e4, rng, 3.0);
+  square_matrix<float> D;
+  inverse_sqrt(par, square_matrix<float>(A.cast<float>()), D, isqrt_options::fixed(5));
+  CHECK(oracle::rel_err(D, oracle::newton_schulz(A, 5)) < 1e-4);
+  for (const double cond : {1e4, 1e5, 1e6})
+    for (const int iterations : {5, 15}) {
+      CAPTURE(cond);
+      CAPTURE(iterations);
+      const MatrixXd B = oracle::random_spd(27, cond, rng, 2.0);
+      inverse_sqrt(par, square_matrix<float>(B.cast<float>()), D, isqrt_options::fixed(iterations));
+      CHECK(oracle::rel_err(D, oracle::newton_schulz(B, iterations)) < (iterations <= 5 ? 1e-4 : 1e-3));
+    }
+}
+
+TEST_CASE_TEMPLATE("fast batched inverse square roots: many blocks (blocks in parallel) and few (products in parallel)", T,
+                   float, double) {
+  std::mt19937_64 rng(39);
+  for (const std::size_t count : {1, 2, 9}) {
+    std::vector<square_matrix<T>> A;
+    for (std::size_t i = 0; i < count; ++i) A.push_back(oracle::random_spd(1 + index_t(i * 13 % 70), 1e3, rng).cast<T>());
+    for (const int threads : {1, 2}) {
+      std::vector<square_matrix<T>> D;
+      const auto reports = inverse_sqrt(simd_threads(threads), A, D, isqrt_options::fixed(5));
+      REQUIRE(D.size() == count);
+      for (std::size_t i = 0; i < count; ++i) {
+        CHECK(reports[i].status == isqrt_status::ok);
+        CHECK(oracle::rel_err(D[i], oracle::newton_schulz(A[i].template cast<double>(), 5)) <
+              (std::is_same_v<T, float> ? 1e-4 : 1e-12));
+      }
+    }
+    // converged and exact modes fall back to the sequential iteration per block: bit-identical
+    for (const auto& options : {isqrt_options::converged(1e-4), isqrt_options::exact()}) {
+      std::vector<square_matrix<T>> Dseq, Dpar;
+      inverse_sqrt(seq, A, Dseq, options);
+      inverse_sqrt(par, A, Dpar, options);
+      for (std::size_t i = 0; i < count; ++i) CHECK(Dpar[i] == Dseq[i]);
+    }
+  }
+}
+
+TEST_CASE_TEMPLATE("fast inverse square root reports the same failures as the oracle", T, float, double) {
+  std::mt19937_64 rng(40);
+  const square_matrix<T> A = oracle::random_spd(6, 10, rng).cast<T>();
+  square_matrix<T> D;
+  square_matrix<T> bad = A;
+  bad(2, 3) = std::numeric_limits<T>::quiet_NaN();
+  CHECK(inverse_sqrt(par, bad, D).status == isqrt_status::non_finite);
+  CHECK(D.array().isNaN().all());
+  const square_matrix<T> indefinite = A - T(2) * square_matrix<T>::Identity(6, 6) * A.diagonal().maxCoeff();
+  CHECK(inverse_sqrt(par, indefinite, D).status == isqrt_status::not_positive_definite);
+  CHECK(D.array().isNaN().all());
+}

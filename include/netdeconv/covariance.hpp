@@ -43,6 +43,7 @@ class matrix_rows {
 
 #include "sequential/covariance.hpp"
 #include "omp/covariance.hpp"
+#include "simd/covariance.hpp"
 
 namespace netdeconv {
 

@@ -7,12 +7,14 @@
 //   sequential_policy            scalar reference code: the oracle every other backend is tested against
 //                                (netdeconv starts no threads; Eigen's own GEMM may, if built with OpenMP)
 //     └─ omp_policy              OpenMP threads over rows / blocks (falls back to sequential)
+//          └─ simd_policy        xsimd kernels + OpenMP (simd/): fused covariance, fast inverse square root;
+//                                `par`, the default fast path (falls back to OpenMP)
 //
-// Later backends (SIMD, CUDA) add their own policy types and `detail::` overloads; the public headers
+// Later backends (CUDA) add their own policy types and `detail::` overloads; the public headers
 // only validate arguments and dispatch.
 //
 //   netdeconv::inverse_sqrt(netdeconv::seq, A, D, options);   // single-threaded reference
-//   netdeconv::inverse_sqrt(netdeconv::par, A, D, options);   // OpenMP
+//   netdeconv::inverse_sqrt(netdeconv::par, A, D, options);   // SIMD + OpenMP
 
 #include <type_traits>
 
@@ -29,8 +31,18 @@ struct omp_policy : sequential_policy {
   int threads = 0;
 };
 
+/// SIMD (xsimd, instruction set chosen at compile time by -march) + OpenMP. `threads` as omp_policy.
+struct simd_policy : omp_policy {};
+
+/// simd_policy with `threads` threads (0: the OpenMP default).
+inline simd_policy simd_threads(int threads) {
+  simd_policy p;
+  p.threads = threads;
+  return p;
+}
+
 inline constexpr sequential_policy seq{};
-inline constexpr omp_policy par{};
+inline constexpr simd_policy par{};
 
 template <class Policy>
 inline constexpr bool is_execution_policy_v = std::is_base_of_v<sequential_policy, Policy>;

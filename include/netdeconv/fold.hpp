@@ -58,6 +58,7 @@ image_view<T> as_conv_weight(const matrix_view<T>& w) {
 }  // namespace netdeconv::detail
 
 #include "sequential/fold.hpp"
+#include "simd/fold.hpp"
 
 namespace netdeconv {
 

@@ -110,6 +110,9 @@ class patch_sampler {
 
   index_t rows() const { return rows_; }
   index_t width() const { return width_; }
+  /// The input image and the sampling geometry (stride S*s), for backends with their own gather.
+  const image_view<const T>& image() const { return x_; }
+  const conv_geometry& sampling_geometry() const { return g_; }
 
   template <class Out>
   void gather(index_t r, Out* out) const {

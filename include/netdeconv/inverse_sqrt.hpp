@@ -83,6 +83,7 @@ void check_square(const char* fn, const char* name, const Eigen::Ref<const squar
 
 #include "sequential/inverse_sqrt.hpp"
 #include "omp/inverse_sqrt.hpp"
+#include "simd/inverse_sqrt.hpp"
 
 namespace netdeconv {
 

@@ -7,6 +7,8 @@
 //   n = na + nb,  d = mu_b - mu_a,  mu = mu_a + d*nb/n,  M = M_a + M_b + d d^T * na*nb/n.
 // covariance(eps) = M/n + eps*I (the biased 1/n estimator of the reference layers).
 
+#include <utility>
+
 #include <Eigen/Core>
 
 #include "error.hpp"
@@ -22,6 +24,8 @@ class moments {
 
   moments() = default;
   explicit moments(index_t features) : mean_(vector::Zero(features)), scatter_(matrix::Zero(features, features)) {}
+  /// From centred parts: count n, mean mu, scatter M = sum (x - mu)(x - mu)^T (lower triangle read).
+  moments(index_t count, vector mean, matrix scatter) : count_(count), mean_(std::move(mean)), scatter_(std::move(scatter)) {}
 
   index_t count() const { return count_; }
   index_t features() const { return mean_.size(); }

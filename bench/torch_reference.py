@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""Timed statistics path of the PyTorch reference conv layer (float32, CPU), for bench/.
+
+The training-forward statistics of the reference deconvolution conv layer (Ye et al.), written
+from SPEC.md sections 2-6 as tests/reference/generate_goldens.py does, in float32 as the layer runs:
+  unfold with stride S (sampled patches) -> interleaved block reshape -> mean, centred
+  Cov = Xc^T Xc / n + eps I (addmm) -> 5 coupled Newton-Schulz steps (15 products) -> fold W D, b - W' mu.
+
+Prints one line: `TORCH_JSON {"stats_s": median, "times": [...], "threads": t, "blas": path}`.
+Refuses to run (exit 3) unless the BLAS library mapped into the process is OpenBLAS.
+
+  torch_reference.py --shape H W Cin Cout blocks k S --batch 16 --threads 2 --reps 5
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+
+def blas_libraries():
+    with open("/proc/self/maps") as maps:
+        return sorted({line.split()[-1] for line in maps if "blas" in line or "lapack" in line})
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", type=int, nargs=7, required=True, metavar=("H", "W", "Cin", "Cout", "blocks", "k", "S"))
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--n-iter", type=int, default=5)
+    args = ap.parse_args()
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
+
+    import torch
+    import torch.nn.functional as Fn
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    H, W, C, Cout, blocks, k, S = args.shape
+    # a matmul first, so that the BLAS library is loaded and can be checked
+    torch.ones(64, 64) @ torch.ones(64, 64)
+    libs = blas_libraries()
+    if not any("openblas" in lib for lib in libs):
+        print("torch_reference.py: PyTorch's BLAS is not OpenBLAS: %s" % libs, file=sys.stderr)
+        sys.exit(3)
+
+    B = C // blocks
+    G = C // B
+    F = k * k * B
+    eps = 1e-5
+    x = torch.randn(args.batch, C, H, W) + 0.5
+    weight = torch.randn(Cout, C, k, k) / (C * k * k) ** 0.5
+    bias = torch.randn(Cout)
+
+    def isqrt_newton_schulz(A, n_iter):
+        norm = A.norm()
+        Y = A / norm
+        I = torch.eye(A.shape[0])
+        Z = torch.eye(A.shape[0])
+        for _ in range(n_iter):
+            T = 0.5 * (3.0 * I - Z @ Y)
+            Y = Y @ T
+            Z = T @ Z
+        return Z / torch.sqrt(norm)
+
+    def statistics_path():
+        X = Fn.unfold(x, k, dilation=1, padding=k // 2, stride=S).transpose(1, 2).contiguous()
+        X = X.view(-1, C * k * k)
+        X = X.view(-1, F, G).transpose(1, 2).contiguous().view(-1, F)
+        mu = X.mean(0)
+        Xc = X - mu.unsqueeze(0)
+        cov = torch.addmm(torch.eye(F), Xc.t(), Xc, beta=eps, alpha=1.0 / Xc.shape[0])
+        D = isqrt_newton_schulz(cov, args.n_iter)
+        w = weight.view(Cout, F, G).transpose(1, 2).contiguous().view(-1, F) @ D
+        b = bias - (w @ mu.unsqueeze(1)).view(Cout, -1).sum(1)
+        w = w.view(Cout, G, F).transpose(1, 2).contiguous().view(weight.shape)
+        return w, b
+
+    with torch.no_grad():
+        statistics_path()  # warm-up
+        times = []
+        for _ in range(args.reps):
+            t0 = time.perf_counter()
+            statistics_path()
+            times.append(time.perf_counter() - t0)
+    print("TORCH_JSON " + json.dumps({"stats_s": statistics.median(times), "times": times, "threads": torch.get_num_threads(),
+                                      "blas": [lib for lib in libs if "openblas" in lib][0], "torch": torch.__version__}))
+
+
+if __name__ == "__main__":
+    main()
