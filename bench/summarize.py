@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""Markdown tables of the issue's targets from the benchmark outputs in a results folder.
+  summarize.py bench/results"""
+import json
+import math
+import os
+import sys
+
+d = sys.argv[1]
+
+
+def lines(name):
+    path = os.path.join(d, name)
+    if not os.path.exists(path):
+        return []
+    return [json.loads(l[len("BENCH_JSON "):]) for l in open(path) if l.startswith("BENCH_JSON ")]
+
+
+rows = lines("statistics_step.txt")
+print("| shape (H,W,C,Co,blk,k,S) | F | G | cov GFLOP/s | %% sgemm peak | syrk/ours | min(gemm,syrk)/ours | x read GB/s | isqrt / 15 sgemm | torch/ours stats | peak extra MiB (batch %d) | at batch %d |"
+      % (rows[0]["batch"], rows[0]["memory_batch"]) if rows else "")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+ratios = []
+for r in rows:
+    s = ",".join(str(v) for v in r["shape"])
+    torch = r["torch_ref_stats_s"]
+    ratio = torch / r["ours_stats_s"] if torch else float("nan")
+    if torch:
+        ratios.append(ratio)
+    mb = r["peak_extra_bytes_memory_batch"]
+    print("| (%s) | %d | %d | %.1f | %.0f %% | %.2f | %.2f | %.2f | %.2f | %.2f | %.1f | %s |" % (
+        s, r["F"], r["G"], r["useful_gflops_cov"], 100 * r["useful_gflops_cov"] / r["sgemm_peak_gflops"],
+        r["openblas_syrk_s"] / r["ours_cov_s"], min(r["openblas_syrk_s"], r["openblas_gemm_s"]) / r["ours_cov_s"],
+        r["x_read_gbps"], r["ours_isqrt_s"] / r["openblas_isqrt15_s"], ratio, r["peak_extra_bytes"] / 2**20,
+        "%.1f" % (mb / 2**20) if mb >= 0 else "-"))
+if rows:
+    print()
+    print("sgemm peak (same run): %.1f GFLOP/s; memory read bandwidth: %.1f GB/s; geometric mean torch/ours: %.2f"
+          % (rows[0]["sgemm_peak_gflops"], rows[0]["mem_read_gbps"], math.exp(sum(map(math.log, ratios)) / len(ratios))))
+iq = lines("inverse_sqrt.txt")
+if iq:
+    print()
+    print("| F | steps | threads | ours s | seq s | 3n OpenBLAS sgemm s | ours / sgemms |")
+    print("|---|---|---|---|---|---|---|")
+    for r in iq:
+        print("| %d | %d | %d | %.5f | %.5f | %.5f | %.2f |" % (r["F"], r["iterations"], r["threads"], r["ours_s"], r["seq_s"],
+                                                           r["openblas_gemms_s"], r["ratio"]))
+cv = lines("covariance.txt")
+if cv:
+    print()
+    print("| shape | GFLOP | 1 thread s | %d threads s | speedup |" % cv[0]["threads"])
+    print("|---|---|---|---|---|")
+    for r in cv:
+        print("| (%s) | %.1f | %.4f | %.4f | %.2f |" % (",".join(str(v) for v in r["shape"]), r["gflop"], r["t1_s"], r["tN_s"], r["speedup"]))
