@@ -11,13 +11,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
-#include <map>
 #include <string>
 #include <vector>
 
 #include <netdeconv/statistics_step.hpp>
 
+#include "golden_file.hpp"
 #include "oracle.hpp"
 
 #ifndef NETDECONV_GOLDEN_DIR
@@ -28,64 +27,11 @@ using namespace netdeconv;
 
 namespace {
 
+using golden_file::golden;
+using golden_file::parse;
+
 /// Number of cases generate_goldens.py writes; update both together.
 constexpr std::size_t expected_cases = 16;
-
-struct golden {
-  std::string file;
-  std::map<std::string, std::string> header;
-  std::map<std::string, std::vector<double>> arrays;
-
-  const std::string& name() const { return header.at("name"); }
-  index_t get(const std::string& key) const {
-    const auto it = header.find(key);
-    REQUIRE_MESSAGE(it != header.end(), file, ": header key '", key, "' missing");
-    return std::stoll(it->second);
-  }
-  double get_double(const std::string& key) const {
-    const auto it = header.find(key);
-    REQUIRE_MESSAGE(it != header.end(), file, ": header key '", key, "' missing");
-    return std::strtod(it->second.c_str(), nullptr);
-  }
-  const std::vector<double>& array(const std::string& key) const {
-    const auto it = arrays.find(key);
-    REQUIRE_MESSAGE(it != arrays.end(), file, ": array '", key, "' missing");
-    return it->second;
-  }
-  bool has_bias() const { return get("bias") != 0; }
-};
-
-/// Tokens: `key value` header pairs, then `array name count v_1 ... v_count` blocks.
-golden parse(const std::filesystem::path& path) {
-  golden g;
-  g.file = path.filename().string();
-  std::ifstream in(path);
-  REQUIRE_MESSAGE(in.good(), "cannot open ", path.string());
-  std::string token;
-  while (in >> token) {
-    if (token == "array") {
-      std::string name;
-      std::size_t count = 0;
-      REQUIRE_MESSAGE(bool(in >> name >> count), g.file, ": malformed array header");
-      std::vector<double> values(count);
-      for (auto& v : values) {
-        std::string t;
-        REQUIRE_MESSAGE(bool(in >> t), g.file, ": array ", name, " is truncated");
-        char* end = nullptr;
-        v = std::strtod(t.c_str(), &end);
-        REQUIRE_MESSAGE(*end == '\0', g.file, ": bad number '", t, "' in array ", name);
-      }
-      g.arrays[name] = std::move(values);
-    } else {
-      std::string value;
-      REQUIRE_MESSAGE(bool(in >> value), g.file, ": header key ", token, " has no value");
-      g.header[token] = value;
-    }
-  }
-  REQUIRE_MESSAGE(g.header.count("name") == 1, g.file, ": no name");
-  REQUIRE_MESSAGE(g.header.count("kind") == 1, g.file, ": no kind");
-  return g;
-}
 
 std::vector<golden> load_goldens() {
   const std::filesystem::path dir(NETDECONV_GOLDEN_DIR);
@@ -178,7 +124,7 @@ void run_conv(const golden& g, const Policy& policy, int layout, double tol) {
         for (index_t xx = 0; xx < W; ++xx, ++i) x(n, c, y, xx) = T(xr[i]);
   const auto weight = cast<T>(g.array("weight"));
   REQUIRE(index_t(weight.size()) == cout * (C / groups) * k * k);
-  const auto bias = g.has_bias() ? cast<T>(g.array("bias")) : std::vector<T>{};
+  const auto bias = (g.get("bias") != 0) ? cast<T>(g.array("bias")) : std::vector<T>{};
   const vector_view<const T> bias_view = bias.empty() ? vector_view<const T>{} : contiguous(bias.data(), cout);
 
   const auto step = conv_statistics_step(policy, x.cview(), nchw(weight.data(), cout, C / groups, k, k), bias_view, cfg);
@@ -200,7 +146,7 @@ void run_linear(const golden& g, const Policy& policy, double tol) {
   const auto weight = cast<T>(g.array("weight"));
   REQUIRE(index_t(x.size()) == rows * fin);
   REQUIRE(index_t(weight.size()) == cout * fin);
-  const auto bias = g.has_bias() ? cast<T>(g.array("bias")) : std::vector<T>{};
+  const auto bias = (g.get("bias") != 0) ? cast<T>(g.array("bias")) : std::vector<T>{};
   const vector_view<const T> bias_view = bias.empty() ? vector_view<const T>{} : contiguous(bias.data(), cout);
 
   const auto step = linear_statistics_step(policy, row_major(x.data(), rows, fin),
@@ -234,8 +180,8 @@ TEST_CASE("the golden files are all there and well formed") {
     CHECK((kind == "conv" || kind == "linear"));
     CHECK(float32_exact(g.array("x")));
     CHECK(float32_exact(g.array("weight")));
-    CHECK(g.arrays.count("bias") == std::size_t(g.has_bias()));
-    if (g.has_bias()) CHECK(float32_exact(g.array("bias")));
+    CHECK(g.arrays.count("bias") == std::size_t((g.get("bias") != 0)));
+    if ((g.get("bias") != 0)) CHECK(float32_exact(g.array("bias")));
     for (const char* key : {"mean", "D", "weight_folded", "bias_folded", "y"}) CHECK(g.arrays.count(key) == 1);
   }
 }
