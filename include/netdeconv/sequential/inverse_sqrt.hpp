@@ -27,6 +27,18 @@ isqrt_status classify_spd(const Eigen::Ref<const square_matrix<T>>& A) {
   return min_pivot > floor ? isqrt_status::ok : isqrt_status::not_positive_definite;
 }
 
+/// The report of A's status before iterating (classify_spd); D is filled with NaN unless ok.
+template <class T>
+isqrt_report screen(const Eigen::Ref<const square_matrix<T>>& A, square_matrix<T>& D) {
+  isqrt_report report;
+  report.status = classify_spd<T>(A);
+  if (report.status != isqrt_status::ok) {
+    D = square_matrix<T>::Constant(A.rows(), A.rows(), std::numeric_limits<T>::quiet_NaN());
+    report.residual = std::numeric_limits<double>::quiet_NaN();
+  }
+  return report;
+}
+
 template <class T>
 isqrt_report inverse_sqrt_exact_impl(const Eigen::Ref<const square_matrix<T>>& A, square_matrix<T>& D);
 
@@ -35,13 +47,8 @@ isqrt_report newton_schulz(const Eigen::Ref<const square_matrix<T>>& A, square_m
                            const isqrt_options& options) {
   using M = square_matrix<T>;
   const index_t F = A.rows();
-  isqrt_report report;
-  report.status = classify_spd<T>(A);
-  if (report.status != isqrt_status::ok) {
-    D = M::Constant(F, F, std::numeric_limits<T>::quiet_NaN());
-    report.residual = std::numeric_limits<double>::quiet_NaN();
-    return report;
-  }
+  isqrt_report report = screen<T>(A, D);
+  if (report.status != isqrt_status::ok) return report;
   const T s = options.scaling == isqrt_scaling::frobenius ? A.norm() : A.trace();
   const M I = M::Identity(F, F);
   M Y = A / s, Z = I, P, Tk;

@@ -58,13 +58,8 @@ isqrt_report newton_schulz_fixed(const Eigen::Ref<const square_matrix<T>>& A, sq
                                  const isqrt_options& options, int threads) {
   using M = square_matrix<T>;
   const index_t F = A.rows();
-  isqrt_report report;
-  report.status = classify_spd<T>(A);
-  if (report.status != isqrt_status::ok) {
-    D = M::Constant(F, F, std::numeric_limits<T>::quiet_NaN());
-    report.residual = std::numeric_limits<double>::quiet_NaN();
-    return report;
-  }
+  isqrt_report report = screen<T>(A, D);
+  if (report.status != isqrt_status::ok) return report;
   const T s = options.scaling == isqrt_scaling::frobenius ? A.norm() : A.trace();
   const int n = options.iterations;
   const bool sym = n <= max_symmetric_steps;
