@@ -181,3 +181,35 @@ TEST_CASE_TEMPLATE("SIMD fold equals the sequential fold for every layout, with 
         }
       }
 }
+
+TEST_CASE("SIMD fold: several row tiles per thread, strided (OHWI) weight and output views") {
+  // interleaved_shared with B = 1: F = 9, G = C = 128 pieces per output, 96 * 128 = 12288 rows,
+  // more than one tile (65536 / 9 rows) per thread at 1 thread.
+  std::mt19937_64 rng(72);
+  std::normal_distribution<double> normal;
+  const index_t C = 128, cout = 96;
+  const block_plan plan = make_block_plan(block_layout::interleaved_shared, C, 9, 1);
+  const auto stats = random_statistics<float>(plan, rng);
+  std::vector<float> w(cout * C * 9), b(cout);
+  for (auto& v : w) v = float(normal(rng));
+  for (auto& v : b) v = float(normal(rng));
+  const auto wv = nhwc<const float>(w.data(), cout, 3, 3, C);
+  const auto ref = fold(seq, stats, wv, contiguous<const float>(b.data(), cout));
+  for (const int threads : {1, 2}) {
+    std::vector<float> out(w.size(), 0.0f), out_bias(cout, 0.0f);
+    fold(simd_threads(threads), stats, wv, contiguous<const float>(b.data(), cout), nhwc(out.data(), cout, 3, 3, C),
+         contiguous(out_bias.data(), cout));
+    const auto got = nhwc<const float>(out.data(), cout, 3, 3, C);
+    double diff = 0, norm = 0;
+    for (index_t o = 0; o < cout; ++o)
+      for (index_t c = 0; c < C; ++c)
+        for (index_t k = 0; k < 9; ++k) {
+          const double r = ref.weight[((o * C + c) * 3 + k / 3) * 3 + k % 3];
+          diff += (got(o, c, k / 3, k % 3) - r) * (got(o, c, k / 3, k % 3) - r);
+          norm += r * r;
+        }
+    CHECK(std::sqrt(diff / norm) < 1e-5);
+    CHECK(oracle::rel_err(Eigen::Map<const Eigen::VectorXf>(out_bias.data(), cout),
+                          Eigen::Map<const Eigen::VectorXf>(ref.bias.data(), cout)) < 1e-5);
+  }
+}

@@ -1,10 +1,15 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// Weight folding as one GEMM per statistic instead of one row-vector product per (output, piece):
-// the pieces w = W[o, column(s, g, :)] that lie in o's input group are gathered as the rows of a
-// (pieces x F) matrix, multiplied by D_s at once (Eigen GEMM, OpenMP threads), and scattered back;
-// b'[o] = b[o] - sum of (w D_s) . mu_s over o's pieces, as in the sequential fold. Extra memory: two
-// pieces x F matrices (the size of the weights).
+// Weight folding as GEMMs instead of one row-vector product per (output, piece). For statistic s,
+// the pieces w = W[o, column(s, g, :)] that lie in o's input group are the rows r = (o, g) of a
+// (pieces x F) matrix. Each thread takes a contiguous range of rows and walks it in tiles: gather
+// the tile through a per-piece offset table (no index division per element), multiply by D_s
+// (Eigen GEMM, in the thread), scatter into W'; then b'[o] = b[o] - sum over o's pieces of
+// (w D_s) . mu_s, summed in row order (deterministic for any thread count), as in the sequential
+// fold. Extra memory: two tiles per thread and the row tables.
+
+#include <algorithm>
+#include <vector>
 
 #include <Eigen/Core>
 
@@ -20,44 +25,68 @@ void fold_impl(const simd_policy& policy, const block_statistics<T>& stats, imag
   using rows_t = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   const block_plan& plan = stats.plan;
   const index_t cout = weight.shape[0], K = plan.kernel_area, kw = weight.shape[3];
-  const index_t group_cols = weight.shape[1] * K, F = plan.features(), G = plan.rows_per_patch();
+  const index_t group_cols = weight.shape[1] * K, per_group = cout / plan.groups;
+  const index_t F = plan.features(), G = plan.rows_per_patch();
+  const index_t tile = std::max<index_t>(64, 65536 / F);
   const int threads = thread_count(policy);
+  // offset of a column local to its group (channel c = local / K, tap k = local % K) in a view
+  const auto offset = [&](const auto& v, index_t local) {
+    const index_t c = local / K, k = local % K;
+    return c * v.stride[1] + (k / kw) * v.stride[2] + (k % kw) * v.stride[3];
+  };
   std::vector<T> b(cout);
   for (index_t o = 0; o < cout; ++o) b[o] = bias.empty() ? T(0) : bias(o);
-  std::vector<index_t> owner, piece;  // output channel and g of each gathered row
-  rows_t w, folded;
+  std::vector<index_t> in_off(G * F), out_off(G * F), group(G), owner, piece;
+  std::vector<T> dots;
   for (index_t s = 0; s < plan.count(); ++s) {
-    owner.clear();
-    piece.clear();
-    for (index_t o = 0; o < cout; ++o) {
-      const index_t base = (o / (cout / plan.groups)) * group_cols;
-      for (index_t g = 0; g < G; ++g) {
-        const index_t first = plan.column(s, g, 0);
-        if (first < base || first >= base + group_cols) continue;
-        owner.push_back(o);
-        piece.push_back(g);
+    for (index_t g = 0; g < G; ++g) {
+      group[g] = plan.column(s, g, 0) / group_cols;
+      for (index_t f = 0; f < F; ++f) {
+        const index_t local = plan.column(s, g, f) - group[g] * group_cols;
+        in_off[g * F + f] = offset(weight, local);
+        out_off[g * F + f] = offset(weight_out, local);
       }
     }
+    owner.clear();
+    piece.clear();
+    for (index_t o = 0; o < cout; ++o)
+      for (index_t g = 0; g < G; ++g)
+        if (group[g] == o / per_group) {
+          owner.push_back(o);
+          piece.push_back(g);
+        }
     const index_t rows = index_t(owner.size());
-    if (rows == 0) continue;
-    w.resize(rows, F);
-    folded.resize(rows, F);
-    const auto at = [&](const auto& v, index_t o, index_t col) -> auto& {
-      const index_t local = col - (o / (cout / plan.groups)) * group_cols, c = local / K, k = local % K;
-      return v(o, c, k / kw, k % kw);
-    };
+    dots.assign(rows, T(0));
+    const auto& D = stats.D[s];
+    const auto& mu = stats.mean[s];
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel num_threads(threads)
 #endif
-    for (index_t r = 0; r < rows; ++r)
-      for (index_t f = 0; f < F; ++f) w(r, f) = at(weight, owner[r], plan.column(s, piece[r], f));
-    folded.noalias() = w * stats.D[s];
+    {
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(threads) schedule(static)
+      const index_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+      const index_t t = 0, nt = 1;
 #endif
-    for (index_t r = 0; r < rows; ++r)
-      for (index_t f = 0; f < F; ++f) at(weight_out, owner[r], plan.column(s, piece[r], f)) = folded(r, f);
-    for (index_t r = 0; r < rows; ++r) b[owner[r]] -= folded.row(r).dot(stats.mean[s].transpose());
+      rows_t w, folded;
+      for (index_t r0 = rows * t / nt, end = rows * (t + 1) / nt; r0 < end; r0 += tile) {
+        const index_t m = std::min(tile, end - r0);
+        w.resize(m, F);
+        for (index_t i = 0; i < m; ++i) {
+          const T* src = weight.data + owner[r0 + i] * weight.stride[0];
+          const index_t* off = in_off.data() + piece[r0 + i] * F;
+          for (index_t f = 0; f < F; ++f) w(i, f) = src[off[f]];
+        }
+        folded.noalias() = w * D;
+        for (index_t i = 0; i < m; ++i) {
+          T* dst = weight_out.data + owner[r0 + i] * weight_out.stride[0];
+          const index_t* off = out_off.data() + piece[r0 + i] * F;
+          for (index_t f = 0; f < F; ++f) dst[off[f]] = folded(i, f);
+          dots[r0 + i] = folded.row(i).dot(mu.transpose());
+        }
+      }
+    }
+    for (index_t r = 0; r < rows; ++r) b[owner[r]] -= dots[r];
   }
   for (index_t o = 0; o < cout; ++o) bias_out(o) = b[o];
 }
