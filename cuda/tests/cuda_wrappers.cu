@@ -117,9 +117,11 @@ std::vector<T> col2im(const std::vector<T>& cols, index_t N, index_t C, index_t 
   return x.download();
 }
 
+namespace {
+
 template <class T>
-host_moments block_moments_image(device_view<const T, 4> x, std::size_t span, const geometry& g, index_t sampling_stride,
-                                 const plan& p, bool use_workspace) {
+host_moments moments_image(device_view<const T, 4> x, std::size_t span, const geometry& g, index_t sampling_stride,
+                           const plan& p, bool use_workspace, cov_precision precision) {
   buffer<T> dx(x.data, span);
   stream st;
   cuda_policy policy{st.get()};
@@ -128,19 +130,59 @@ host_moments block_moments_image(device_view<const T, 4> x, std::size_t span, co
   buffer<char> ws{use_workspace ? bytes : 0};
   if (use_workspace) policy.workspace = {ws.get(), bytes};
   device_moments_buffer m(p.count(), p.features());
-  block_moments(policy, rows, p, m.view());
+  block_moments(policy, rows, p, m.view(), precision);
   st.sync();
   return download(m.view());
 }
 
 template <class T>
-host_moments block_moments_matrix(device_view<const T, 2> x, std::size_t span, const plan& p) {
+host_moments moments_matrix(device_view<const T, 2> x, std::size_t span, const plan& p, cov_precision precision) {
   buffer<T> dx(x.data, span);
   stream st;
   device_moments_buffer m(p.count(), p.features());
-  block_moments(cuda_policy{st.get()}, device_matrix_rows(device_view<const T, 2>(rebind(x, dx.get()))), p, m.view());
+  block_moments(cuda_policy{st.get()}, device_matrix_rows(device_view<const T, 2>(rebind(x, dx.get()))), p, m.view(),
+                precision);
   st.sync();
   return download(m.view());
+}
+
+__global__ void float_to_tf32_kernel(const float* x, float* out, long long n) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();
+#else
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+    out[i] = nvcuda::wmma::__float_to_tf32(x[i]);
+#endif
+}
+
+}  // namespace
+
+template <class T>
+host_moments block_moments_image(device_view<const T, 4> x, std::size_t span, const geometry& g, index_t sampling_stride,
+                                 const plan& p, bool use_workspace) {
+  return moments_image(x, span, g, sampling_stride, p, use_workspace, cov_precision::full);
+}
+
+template <class T>
+host_moments block_moments_matrix(device_view<const T, 2> x, std::size_t span, const plan& p) {
+  return moments_matrix(x, span, p, cov_precision::full);
+}
+
+host_moments block_moments_image_tf32(device_view<const float, 4> x, std::size_t span, const geometry& g,
+                                      index_t sampling_stride, const plan& p) {
+  return moments_image(x, span, g, sampling_stride, p, false, cov_precision::tf32);
+}
+
+host_moments block_moments_matrix_tf32(device_view<const float, 2> x, std::size_t span, const plan& p) {
+  return moments_matrix(x, span, p, cov_precision::tf32);
+}
+
+std::vector<float> float_to_tf32(const std::vector<float>& x) {
+  buffer<float> dx(x.data(), x.size()), out{x.size()};
+  float_to_tf32_kernel<<<detail::grid_for((long long)x.size(), 256), 256>>>(dx.get(), out.get(), (long long)x.size());
+  NETDECONV_CUDA_CHECK_LAUNCH("float_to_tf32_kernel");
+  NETDECONV_CUDA_CHECK(cudaDeviceSynchronize());
+  return out.download();
 }
 
 host_moments merge(const host_moments& a, const host_moments& b) {
@@ -237,6 +279,20 @@ std::string small_workspace_message() {
   try {
     block_moments(policy, device_patch_sampler(device_nchw<const float>(dx.get(), 2, 3, 5, 5), geometry{3, 3}, 1), p,
                   m.view());
+  } catch (const netdeconv::invalid_argument& e) {
+    return e.what();
+  }
+  return {};
+}
+
+std::string tf32_double_message() {
+  std::vector<double> x(2 * 3, 1.0);
+  buffer<double> dx(x.data(), x.size());
+  const plan p{plan::independent, 3, 1, 1, 3};
+  device_moments_buffer m(p.count(), p.features());
+  try {
+    block_moments(cuda_policy{}, device_matrix_rows(device_row_major<const double>(dx.get(), 2, 3)), p, m.view(),
+                  cov_precision::tf32);
   } catch (const netdeconv::invalid_argument& e) {
     return e.what();
   }

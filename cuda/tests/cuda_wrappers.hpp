@@ -41,6 +41,12 @@ host_moments block_moments_image(device_view<const T, 4> x, std::size_t span, co
                                  const plan& p, bool use_workspace);
 template <class T>
 host_moments block_moments_matrix(device_view<const T, 2> x, std::size_t span, const plan& p);
+/// The same with cuda::cov_precision::tf32 (float only).
+host_moments block_moments_image_tf32(device_view<const float, 4> x, std::size_t span, const geometry& g,
+                                      index_t sampling_stride, const plan& p);
+host_moments block_moments_matrix_tf32(device_view<const float, 2> x, std::size_t span, const plan& p);
+/// wmma::__float_to_tf32 of each value, on the device.
+std::vector<float> float_to_tf32(const std::vector<float>& x);
 host_moments merge(const host_moments& a, const host_moments& b);
 /// Cov (S*F*F) followed by the means (S*F), in T.
 template <class T>
@@ -57,8 +63,9 @@ template <class T>
 std::vector<T> apply_whitening(const plan& p, const std::vector<T>& mean, const std::vector<T>& D,
                                device_view<const T, 2> X, std::size_t span, bool columns_are_samples);
 
-/// Messages of the error paths: a failing CUDA call, a too small workspace.
+/// Messages of the error paths: a failing CUDA call, a too small workspace, TF32 asked for double rows.
 std::string failing_call_message();
 std::string small_workspace_message();
+std::string tf32_double_message();
 
 }  // namespace netdeconv::cuda::test

@@ -5,16 +5,20 @@
 // shapes the .cuh launchers use. Same interface as cuda_wrappers.hpp, so checks.hpp runs the same
 // comparisons with the CPU oracle on the host (always) and on the GPU (when there is one).
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <limits>
 #include <memory>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include <Eigen/Core>
 
 #include <netdeconv/cuda/kernel_bodies.hpp>
+
+#include "tf32_model.hpp"
 
 namespace netdeconv::cuda::emulate {
 
@@ -54,10 +58,33 @@ struct backend {
     return x;
   }
 
+  /// Phase 2's products of the TF32 kernel (covariance_sm80.cuh) for one warp, modelled: for each
+  /// of its fragments (cov_warp_tile_of) and each k = 8 step, the exact sum of the 8 products of
+  /// TF32-rounded factors is added to the FP32 accumulator with one rounding (the order inside the
+  /// tensor cores is not specified, so only the rounding of the factors is modelled exactly).
+  /// tile: the block's cov_tile x cov_tile accumulators, row-major.
+  static void tf32_warp_products(const detail::cov_shared<float>& sh, int warp, float* tile) {
+    using namespace detail;
+    const cov_warp_tile wt = cov_warp_tile_of(warp);
+    for (int f = 0; f < cov_fragments_per_warp; ++f)
+      for (int m = 0; m < cov_fragment; ++m)
+        for (int n = 0; n < cov_fragment; ++n) {
+          const int i = wt.row * cov_fragment + m, j = (wt.col0 + f) * cov_fragment + n;
+          float& c = tile[i * cov_tile + j];
+          for (int k0 = 0; k0 < cov_rows; k0 += cov_fragment_k) {
+            double dot = 0;
+            for (int k = k0; k < k0 + cov_fragment_k; ++k)
+              dot += double(test_model::tf32_round(sh.a[k][i])) * double(test_model::tf32_round(sh.b[k][j]));
+            c = float(double(c) + dot);
+          }
+        }
+  }
+
   /// The covariance kernel (grid tiles x S x chunks, 256 threads, phases between __syncthreads)
-  /// and the finalize kernel.
+  /// and the finalize kernel. tf32 (Acc = float): the TF32 kernel, its products modelled by
+  /// tf32_warp_products, then cov_gather.
   template <class Acc, class Source>
-  static host_moments moments(const Source& src, const plan& p) {
+  static host_moments moments(const Source& src, const plan& p, bool tf32 = false) {
     using namespace detail;
     const index_t samples = src.rows() * p.rows_per_patch(), F = p.features(), S = p.count();
     const index_t tiles = upper_tile_count(ceil_div(F, cov_tile));
@@ -66,6 +93,7 @@ struct backend {
     auto sh = std::make_unique<cov_shared<Acc>>();
     std::vector<std::array<Acc, 16>> acc(cov_threads);
     std::vector<Acc> sum(cov_threads);
+    std::vector<Acc> tile(std::size_t(cov_tile * cov_tile));
     for (index_t z = 0; z < ch.chunks; ++z)
       for (index_t s = 0; s < S; ++s)
         for (index_t k = 0; k < tiles; ++k) {
@@ -75,11 +103,20 @@ struct backend {
             acc[t].fill(Acc(0));
             sum[t] = Acc(0);
           }
+          std::fill(tile.begin(), tile.end(), Acc(0));
           for (index_t q = b.q0; q < b.q1; q += cov_rows) {
             for (int t = 0; t < cov_threads; ++t) cov_load_stage<Acc>(src, p, b, *sh, q, t, cov_threads);
+            if constexpr (std::is_same_v<Acc, float>)
+              if (tf32) {
+                for (int w = 0; w < cov_warps; ++w) tf32_warp_products(*sh, w, tile.data());
+                for (int t = 0; t < cov_threads; ++t) cov_accumulate_sum<Acc>(*sh, b, sum[t], t);
+                continue;
+              }
             for (int t = 0; t < cov_threads; ++t)
               cov_accumulate<Acc>(*sh, b, reinterpret_cast<Acc(&)[16]>(*acc[t].data()), sum[t], t);
           }
+          if (tf32)
+            for (int t = 0; t < cov_threads; ++t) cov_gather<Acc>(tile.data(), reinterpret_cast<Acc(&)[16]>(*acc[t].data()), t);
           for (int t = 0; t < cov_threads; ++t)
             cov_store<Acc>(p, b, reinterpret_cast<const Acc(&)[16]>(*acc[t].data()), sum[t], sums.data(), cross.data(), t);
         }
@@ -100,6 +137,16 @@ struct backend {
   template <class T>
   static host_moments block_moments_matrix(device_view<const T, 2> x, std::size_t, const plan& p) {
     return moments<T>(matrix_rows<T>{x}, p);
+  }
+
+  static host_moments block_moments_image_tf32(device_view<const float, 4> x, std::size_t, const geometry& g,
+                                               index_t sampling_stride, const plan& p) {
+    const image_rows<float> src{x, sampler::make(x.shape[0], x.shape[1], x.shape[2], x.shape[3], g, sampling_stride, true)};
+    return moments<float>(src, p, true);
+  }
+
+  static host_moments block_moments_matrix_tf32(device_view<const float, 2> x, std::size_t, const plan& p) {
+    return moments<float>(matrix_rows<float>{x}, p, true);
   }
 
   static host_moments merge(host_moments a, host_moments b) {

@@ -5,7 +5,13 @@
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
+#include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
 
 #include "checks.hpp"
 #include "cuda_wrappers.hpp"
@@ -18,6 +24,8 @@ struct gpu {
   template <class T, class... A> static auto col2im(A&&... a) { return gpu_api::col2im<T>(a...); }
   template <class T, class... A> static auto block_moments_image(A&&... a) { return gpu_api::block_moments_image<T>(a...); }
   template <class T, class... A> static auto block_moments_matrix(A&&... a) { return gpu_api::block_moments_matrix<T>(a...); }
+  template <class... A> static auto block_moments_image_tf32(A&&... a) { return gpu_api::block_moments_image_tf32(a...); }
+  template <class... A> static auto block_moments_matrix_tf32(A&&... a) { return gpu_api::block_moments_matrix_tf32(a...); }
   template <class... A> static auto merge(A&&... a) { return gpu_api::merge(a...); }
   template <class T, class... A> static auto covariance(A&&... a) { return gpu_api::covariance<T>(a...); }
   template <class T, class... A> static auto inverse_sqrt(A&&... a) { return gpu_api::inverse_sqrt<T>(a...); }
@@ -40,6 +48,56 @@ TEST_CASE("CUDA moments keep float covariance under a large mean") {
   checks::check_large_offset<gpu>(rng);
 }
 
+TEST_CASE("wmma::__float_to_tf32 rounds as the host TF32 model") {
+  // Values with every kind of dropped part: ties, near-ties, carries into the exponent, both
+  // signs, subnormals, zeros, the largest floats, infinities, NaN; then random bit patterns.
+  std::vector<float> x;
+  for (float m : {1.0f, 1.5f, 1.99999988f})
+    for (int low : {0, 1, 0xfff, 0x1000, 0x1001, 0x1fff})
+      for (float sign : {1.0f, -1.0f}) {
+        float v = sign * m;
+        std::uint32_t bits;
+        std::memcpy(&bits, &v, sizeof bits);
+        bits = (bits & ~0x1fffu) | std::uint32_t(low);
+        std::memcpy(&v, &bits, sizeof v);
+        x.push_back(v);
+      }
+  for (float v : {0.0f, -0.0f, std::ldexp(1.0f, -136) + std::ldexp(1.0f, -149), std::ldexp(1.0f, -138),
+                  std::numeric_limits<float>::max(), std::numeric_limits<float>::infinity(),
+                  -std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()})
+    x.push_back(v);
+  std::mt19937 rng(10);
+  for (int i = 0; i < 100000; ++i) {
+    std::uint32_t bits = rng();
+    float v;
+    std::memcpy(&v, &bits, sizeof v);
+    x.push_back(v);
+  }
+  const std::vector<float> got = gpu_api::float_to_tf32(x);
+  REQUIRE(got.size() == x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const float want = netdeconv::cuda::test_model::tf32_round(x[i]);
+    if (std::isnan(want)) {
+      CHECK(std::isnan(got[i]));
+      continue;
+    }
+    std::uint32_t g, w;  // tensor cores read the upper 19 bits; compare those
+    std::memcpy(&g, &got[i], sizeof g);
+    std::memcpy(&w, &want, sizeof w);
+    CAPTURE(x[i]);
+    CHECK((g & ~0x1fffu) == w);
+  }
+}
+
+TEST_CASE("CUDA TF32 block moments are within the TF32 bound of the CPU oracle") {
+  checks::rng_t rng(8);
+  checks::check_block_moments_tf32<gpu>(rng);
+}
+
+TEST_CASE("CUDA TF32 moments round both factors") {
+  checks::check_tf32_rounding<gpu>();
+}
+
 TEST_CASE_TEMPLATE("CUDA merge and covariance match the CPU", T, float, double) {
   checks::rng_t rng(4);
   checks::check_merge_and_covariance<gpu, T>(rng);
@@ -60,12 +118,13 @@ TEST_CASE_TEMPLATE("CUDA whitening matches the CPU", T, float, double) {
   checks::check_apply_whitening<gpu, T>(rng);
 }
 
-TEST_CASE("CUDA errors carry the error string and the call site; small workspaces are refused") {
+TEST_CASE("CUDA errors carry the error string and the call site; small workspaces and TF32 on double are refused") {
   const std::string failing = gpu_api::failing_call_message();
   CHECK(failing.find("cudaMalloc") != std::string::npos);
   CHECK(failing.find("cudaErrorMemoryAllocation") != std::string::npos);
   CHECK(failing.find("cuda_wrappers.cu:") != std::string::npos);
   CHECK(gpu_api::small_workspace_message().find("workspace has 16 bytes") != std::string::npos);
+  CHECK(gpu_api::tf32_double_message().find("cov_precision::tf32 applies to float rows") != std::string::npos);
 }
 
 int main(int argc, char** argv) {

@@ -11,6 +11,7 @@
 #include <netdeconv/blocks.hpp>
 #include <netdeconv/im2col.hpp>
 #include <netdeconv/cuda/index_math.hpp>
+#include <netdeconv/cuda/kernel_bodies.hpp>
 
 namespace nd = netdeconv;
 namespace cu = netdeconv::cuda;
@@ -100,6 +101,41 @@ TEST_CASE("upper_tile enumerates each tile pair ti <= tj once, row by row") {
       }
     CHECK(k == cu::upper_tile_count(nt));
   }
+}
+
+TEST_CASE("TF32 covariance: the warps' WMMA fragments cover the tile once; cov_gather matches cov_accumulate's layout") {
+  namespace d = cu::detail;
+  constexpr int side = d::cov_tile / d::cov_fragment;
+  static_assert(d::cov_warps * d::cov_fragments_per_warp == side * side, "every fragment needs a warp");
+  static_assert(d::cov_rows % d::cov_fragment_k == 0, "a stage is whole k steps");
+  std::vector<int> owner(side * side, 0);
+  for (int w = 0; w < d::cov_warps; ++w) {
+    const d::cov_warp_tile t = d::cov_warp_tile_of(w);
+    for (int f = 0; f < d::cov_fragments_per_warp; ++f) {
+      REQUIRE(t.row >= 0);
+      REQUIRE(t.row < side);
+      REQUIRE(t.col0 + f < side);
+      ++owner[std::size_t(t.row * side + t.col0 + f)];
+    }
+  }
+  for (int o : owner) CHECK(o == 1);
+
+  // cov_gather hands thread (ty, tx) the tile entries (ty + 16u, tx + 16v) that cov_store writes
+  // for acc[u*4 + v]; together the threads read every entry once.
+  std::vector<float> tile(std::size_t(d::cov_tile * d::cov_tile));
+  for (std::size_t e = 0; e < tile.size(); ++e) tile[e] = float(e);
+  std::vector<int> read(tile.size(), 0);
+  for (int tid = 0; tid < d::cov_threads; ++tid) {
+    float acc[16];
+    d::cov_gather(tile.data(), acc, tid);
+    for (int u = 0; u < 4; ++u)
+      for (int v = 0; v < 4; ++v) {
+        const int i = tid / 16 + 16 * u, j = tid % 16 + 16 * v;
+        CHECK(acc[u * 4 + v] == float(i * d::cov_tile + j));
+        ++read[std::size_t(acc[u * 4 + v])];
+      }
+  }
+  for (int r : read) CHECK(r == 1);
 }
 
 TEST_CASE("chunking covers every sample once and respects its bounds") {

@@ -2,6 +2,7 @@
 #pragma once
 // The CUDA backend (cuda/README section in the top-level README): every .cuh header.
 #include "cuda/covariance.cuh"
+#include "cuda/covariance_sm80.cuh"
 #include "cuda/error.cuh"
 #include "cuda/execution.cuh"
 #include "cuda/fold.cuh"

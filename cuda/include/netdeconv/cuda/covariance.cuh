@@ -6,7 +6,9 @@
 // Grid (tile k, statistic s, row chunk z); 256 threads own a 64 x 64 tile of the upper triangle
 // (ti <= tj) of Cov_s, loading 16 samples x 64 features of each side per shared-memory stage
 // straight from the image (kernel_bodies.hpp: cov_load_stage), shifted by sample 0 of the
-// statistic. Accumulation is in the input type: FP32 for float (no TF32), FP64 for double. Each
+// statistic. Accumulation is in the input type: FP32 for float, FP64 for double; float inputs can
+// opt in to TF32 tensor-core products with FP32 accumulation (cuda::cov_precision::tf32, sm_80+,
+// covariance_sm80.cuh, where the error bound is derived). Each
 // chunk holds at most 65536 samples, and chunks are merged in double with Chan's update, so float
 // inputs with a large mean keep their covariance (the shift removes the mean, the chunking bounds
 // the rounding of the FP32 sums). The result is device_moments (moments.cuh): count, mean, centred scatter.
@@ -15,11 +17,15 @@
 //   auto plan = netdeconv::cuda::to_plan(netdeconv::make_block_plan(...));          // or fill cuda::plan
 //   netdeconv::device_moments_buffer m(plan.count(), plan.features());
 //   netdeconv::block_moments(policy, rows, plan, m.view());
+//   netdeconv::block_moments(policy, rows, plan, m.view(), netdeconv::cuda::cov_precision::tf32);  // opt-in
 //
 // Workspace: block_moments_workspace(rows, plan) bytes (the chunks' FP32/FP64 partial sums).
 
 #include <cstddef>
 
+#include <type_traits>
+
+#include "covariance_sm80.cuh"
 #include "execution.cuh"
 #include "im2col.cuh"
 #include "kernel_bodies.hpp"
@@ -27,6 +33,15 @@
 #include "tensor_view.cuh"
 
 namespace netdeconv {
+
+namespace cuda {
+/// Products of the fused covariance (block_moments).
+///   full: products and sums in the input type (FP32 for float, FP64 for double); the default.
+///   tf32: float inputs only: products of TF32-rounded shifted samples on tensor cores, FP32
+///         accumulation; per covariance entry about 2^-10 sqrt(C_ii C_jj) (covariance_sm80.cuh).
+///         Needs a build for compute capability >= 8.0 (nvcc_arch); double inputs are rejected.
+enum class cov_precision { full, tf32 };
+}  // namespace cuda
 
 /// Sampled patch rows of x (patch_sampler's rule, SPEC §2) as a device row source.
 template <class T, class Geometry>
@@ -109,10 +124,13 @@ std::size_t block_moments_workspace(const cuda_policy&, const Source& source, co
 }
 
 /// Moments of every statistic of plan over the rows of source, into out (count(), F). Asynchronous.
-/// Plan is netdeconv::block_plan or cuda::plan. Throws if the width is not C*K, if fewer than 2
-/// samples reach a statistic, or if out has the wrong shape.
+/// Plan is netdeconv::block_plan or cuda::plan. Throws netdeconv::invalid_argument if the width is
+/// not C*K, if fewer than 2 samples reach a statistic, if out has the wrong shape, and for
+/// precision tf32 with double rows or with a kernel compiled for compute capability < 8.0 (no
+/// silent fallback to FP32).
 template <class Source, class Plan>
-void block_moments(const cuda_policy& policy, const Source& source, const Plan& plan_in, const device_moments& out) {
+void block_moments(const cuda_policy& policy, const Source& source, const Plan& plan_in, const device_moments& out,
+                   cuda::cov_precision precision = cuda::cov_precision::full) {
   namespace d = cuda::detail;
   using Acc = typename Source::value_type;
   constexpr const char* fn = "block_moments";
@@ -127,13 +145,26 @@ void block_moments(const cuda_policy& policy, const Source& source, const Plan& 
   NETDECONV_REQUIRE(out.statistics == p.count() && out.features == p.features(), fn, "out holds ", out.statistics,
                     " statistics of ", out.features, " features, the plan needs ", p.count(), " of ", p.features());
   NETDECONV_REQUIRE(p.count() <= 65535, fn, "at most 65535 statistics per call, got ", p.count());
+  constexpr bool is_float = std::is_same_v<Acc, float>;
+  const bool tf32 = precision == cuda::cov_precision::tf32;
+  NETDECONV_REQUIRE(!tf32 || is_float, fn, "cov_precision::tf32 applies to float rows; double rows ",
+                    "accumulate in FP64 (use cov_precision::full)");
+  if constexpr (is_float)
+    if (tf32) d::check_tf32_kernel<Source>(fn);
   const auto l = d::plan_moments<Acc>(source.rows(), p);
   d::scratch ws(policy, l.sums_bytes + l.cross_bytes, fn);
   Acc* sums = ws.at<Acc>(0);
   Acc* cross = ws.at<Acc>(l.sums_bytes);
   const dim3 grid(static_cast<unsigned>(l.tiles), static_cast<unsigned>(p.count()), static_cast<unsigned>(l.ch.chunks));
-  d::covariance_tiles_kernel<Acc><<<grid, d::cov_threads, 0, policy.stream>>>(source, p, l.ch, samples, sums, cross);
-  NETDECONV_CUDA_CHECK_LAUNCH("covariance_tiles_kernel");
+  if constexpr (is_float)
+    if (tf32) {
+      d::covariance_tiles_tf32_kernel<<<grid, d::cov_threads, 0, policy.stream>>>(source, p, l.ch, samples, sums, cross);
+      NETDECONV_CUDA_CHECK_LAUNCH("covariance_tiles_tf32_kernel");
+    }
+  if (!tf32) {
+    d::covariance_tiles_kernel<Acc><<<grid, d::cov_threads, 0, policy.stream>>>(source, p, l.ch, samples, sums, cross);
+    NETDECONV_CUDA_CHECK_LAUNCH("covariance_tiles_kernel");
+  }
   const long long count = p.count() * p.features() * p.features();
   d::covariance_finalize_kernel<Acc><<<d::grid_for(count, 256), 256, 0, policy.stream>>>(source, p, l.ch, samples, sums,
                                                                                          cross, out, count);

@@ -111,8 +111,16 @@ NETDECONV_HD void cov_load_stage(const Source& src, const plan& p, const cov_blo
   }
 }
 
-/// Phase 2: thread (ty, tx) = (tid/16, tid%16) accumulates outputs (ty + 16u, tx + 16v), u, v < 4;
-/// threads < cov_tile of a diagonal tile also accumulate the feature sums.
+/// Phase 2, feature sums: threads < cov_tile of a diagonal tile add the stage's shifted samples
+/// of feature ti*cov_tile + tid.
+template <class Acc>
+NETDECONV_HD void cov_accumulate_sum(const cov_shared<Acc>& sh, const cov_block& b, Acc& sum, int tid) {
+  if (b.ti == b.tj && tid < cov_tile)
+    for (int i = 0; i < cov_rows; ++i) sum += sh.a[i][tid];
+}
+
+/// Phase 2: thread (ty, tx) = (tid/16, tid%16) accumulates outputs (ty + 16u, tx + 16v), u, v < 4,
+/// and its feature sum (cov_accumulate_sum).
 template <class Acc>
 NETDECONV_HD void cov_accumulate(const cov_shared<Acc>& sh, const cov_block& b, Acc (&acc)[16], Acc& sum, int tid) {
   const int ty = tid / 16, tx = tid % 16;
@@ -123,8 +131,34 @@ NETDECONV_HD void cov_accumulate(const cov_shared<Acc>& sh, const cov_block& b, 
     for (int u = 0; u < 4; ++u)
       for (int v = 0; v < 4; ++v) acc[u * 4 + v] += av[u] * bv[v];
   }
-  if (b.ti == b.tj && tid < cov_tile)
-    for (int i = 0; i < cov_rows; ++i) sum += sh.a[i][tid];
+  cov_accumulate_sum(sh, b, sum, tid);
+}
+
+// TF32 tensor-core variant (covariance_sm80.cuh): the same phases, with phase 2's products done
+// by WMMA m16n16k8 fragments. The 64 x 64 tile is 4 x 4 fragments of 16 x 16; warp w of the
+// cov_threads / 32 = 8 accumulates fragment row cov_warp_tile_of(w).row, columns col0 and col0 + 1.
+// The fragments are stored row-major into a cov_tile x cov_tile buffer, from which cov_gather
+// hands each thread its 16 outputs in cov_accumulate's layout, for cov_store.
+
+inline constexpr int cov_fragment = 16;                   ///< WMMA fragment side (m = n = 16)
+inline constexpr int cov_fragment_k = 8;                  ///< WMMA k for TF32
+inline constexpr int cov_warps = cov_threads / 32;        ///< 8
+inline constexpr int cov_fragments_per_warp = 2;          ///< (cov_tile / cov_fragment)^2 / cov_warps
+
+struct cov_warp_tile {
+  int row, col0;  ///< fragment row, first of cov_fragments_per_warp consecutive fragment columns
+};
+
+NETDECONV_HD inline cov_warp_tile cov_warp_tile_of(int warp) {
+  return {warp / 2, cov_fragments_per_warp * (warp % 2)};
+}
+
+/// acc[u*4 + v] = tile[(ty + 16u) * cov_tile + tx + 16v] for thread (ty, tx) = (tid/16, tid%16).
+template <class Acc>
+NETDECONV_HD void cov_gather(const Acc* tile, Acc (&acc)[16], int tid) {
+  const int ty = tid / 16, tx = tid % 16;
+  for (int u = 0; u < 4; ++u)
+    for (int v = 0; v < 4; ++v) acc[u * 4 + v] = tile[(ty + 16 * u) * cov_tile + tx + 16 * v];
 }
 
 /// Phase 3: partial results of chunk z. Layout (Acc): sums[(z*S + s)*F + i], cross[((z*S + s)*F + i)*F + j].
