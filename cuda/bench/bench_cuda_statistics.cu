@@ -2,9 +2,15 @@
 // GPU statistics path vs cuBLAS in the same process (SPEC §9 shapes, smaller batch):
 //   covariance: netdeconv::block_moments (sampled im2col fused into the tiled FP32 covariance)
 //               vs im2col of the sampled rows + cublasSgemm X^T X (the same 2 n F^2 FLOP);
+//   TF32 covariance (sm_80+): block_moments with cov_precision::tf32 vs the same im2col + SGEMM
+//               with cuBLAS in CUBLAS_TF32_TENSOR_OP_MATH, printed in separate columns and lines;
 //   inverse square root: 5 coupled Newton-Schulz steps (netdeconv::inverse_sqrt, batched)
 //               vs the reference's 15 batched SGEMMs of the same size.
-// Prints times and the ratios to the baselines. Usage: bench_cuda_statistics [batch=8] [reps=20]
+// Prints times, the ratios to the baselines, and the covariance's useful FLOP/s: n F (F + 1), a
+// multiply and an add per sample for each of the F (F + 1) / 2 entries of the upper triangle, over
+// the n = (sampled patch rows) * (C K / F) samples of all statistics. Machine-readable lines:
+// "bench_row <row> <key> <value>", keys cov_ms, cov_gflops, cov_tf32_ms, cov_tf32_gflops (TF32
+// keys only where the device and the build support it). Usage: bench_cuda_statistics [batch=8] [reps=20]
 // [row index into SPEC §9, -1 = all]. bench_torch_reference.py runs PyTorch unfold + addmm on the
 // same shapes and calls this binary, for the ratio to PyTorch.
 
@@ -57,8 +63,8 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop{};
   NETDECONV_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device %s, batch %lld, %d reps; times in ms\n", prop.name, N, reps);
-  std::printf("%-28s %6s %10s %10s %8s %10s %10s %8s\n", "row (H,W,C,Cout,C/B,k,S)", "F", "cov", "im2col+gemm", "ratio",
-              "isqrt5", "15 gemm", "ratio");
+  std::printf("%-28s %6s %10s %10s %8s %10s %10s %8s %10s %10s %8s\n", "row (H,W,C,Cout,C/B,k,S)", "F", "cov",
+              "im2col+gemm", "ratio", "cov tf32", "gemm tf32", "ratio", "isqrt5", "15 gemm", "ratio");
   cudaStream_t stream;
   NETDECONV_CUDA_CHECK(cudaStreamCreate(&stream));
   cublasHandle_t blas;
@@ -94,11 +100,32 @@ int main(int argc, char** argv) {
     NETDECONV_CUDA_CHECK(cudaMalloc(&cols, sizeof(float) * prow * C * K));
     NETDECONV_CUDA_CHECK(cudaMalloc(&out, sizeof(float) * F * F));
     const float one = 1, zero = 0;
-    const float t_gemm = time_ms(stream, reps, [&] {
+    const auto im2col_gemm = [&] {
       netdeconv::im2col(policy, xv, gs, netdeconv::device_row_major(cols, prow, C * K));
       NETDECONV_CUBLAS_CHECK(cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, int(F), int(F), int(n), &one, cols, int(F), cols,
                                          int(F), &zero, out, int(F)));
-    });
+    };
+    const float t_gemm = time_ms(stream, reps, im2col_gemm);
+
+    // TF32 (sm_80+): refused with a message by builds without an 8.0+ image (block_moments throws).
+    float t_tf32 = 0, t_gemm_tf32 = 0;
+    bool tf32 = prop.major >= 8;
+    if (tf32) {
+      try {
+        t_tf32 = time_ms(stream, reps, [&] {
+          netdeconv::block_moments(policy, src, p, m.view(), netdeconv::cuda::cov_precision::tf32);
+        });
+      } catch (const netdeconv::invalid_argument& e) {
+        std::printf("no TF32: %s\n", e.what());
+        tf32 = false;
+      }
+    }
+    if (tf32) {
+      NETDECONV_CUBLAS_CHECK(cublasSetMathMode(blas, CUBLAS_TF32_TENSOR_OP_MATH));
+      t_gemm_tf32 = time_ms(stream, reps, im2col_gemm);
+      NETDECONV_CUBLAS_CHECK(cublasSetMathMode(blas, CUBLAS_DEFAULT_MATH));
+    }
+    const double useful_gflop = double(n) * double(F) * double(F + 1) * 1e-9;
 
     // Inverse square root of the count() covariances, 5 steps, vs 15 batched SGEMMs.
     float *A = nullptr, *D = nullptr, *T3 = nullptr;
@@ -127,9 +154,18 @@ int main(int argc, char** argv) {
     });
     char name[64];
     std::snprintf(name, sizeof name, "%lld,%lld,%lld,%lld,%lld,%lld,%lld", sh.H, sh.W, sh.C, sh.Cout, sh.blocks, sh.k, sh.S);
-    std::printf("%-28s %6lld %10.3f %10.3f %8.2f %10.3f %10.3f %8.2f\n", name, F, t_cov, t_gemm, t_gemm / t_cov, t_ns,
-                t_ref, t_ns / t_ref);
+    if (tf32)
+      std::printf("%-28s %6lld %10.3f %10.3f %8.2f %10.3f %10.3f %8.2f %10.3f %10.3f %8.2f\n", name, F, t_cov, t_gemm,
+                  t_gemm / t_cov, t_tf32, t_gemm_tf32, t_gemm_tf32 / t_tf32, t_ns, t_ref, t_ns / t_ref);
+    else
+      std::printf("%-28s %6lld %10.3f %10.3f %8.2f %10s %10s %8s %10.3f %10.3f %8.2f\n", name, F, t_cov, t_gemm,
+                  t_gemm / t_cov, "n/a", "n/a", "n/a", t_ns, t_ref, t_ns / t_ref);
     std::printf("bench_row %d cov_ms %.6f\n", r, t_cov);
+    std::printf("bench_row %d cov_gflops %.3f\n", r, useful_gflop / (t_cov * 1e-3));
+    if (tf32) {
+      std::printf("bench_row %d cov_tf32_ms %.6f\n", r, t_tf32);
+      std::printf("bench_row %d cov_tf32_gflops %.3f\n", r, useful_gflop / (t_tf32 * 1e-3));
+    }
     for (void* ptr : {(void*)x, ws, (void*)cols, (void*)out, (void*)A, (void*)D, (void*)T3, (void*)it, (void*)st, (void*)res})
       NETDECONV_CUDA_CHECK(cudaFree(ptr));
   }
