@@ -59,5 +59,14 @@ inline int thread_count(const omp_policy& policy) {
 #endif
 }
 
+/// Called first in each thread of a region of ours that runs Eigen products: keeps them in that
+/// thread. In a team of one, Eigen would otherwise run a large product on omp_get_max_threads()
+/// threads, more than the policy asked for. (The setting ends with the region.)
+inline void keep_eigen_in_thread() {
+#ifdef _OPENMP
+  omp_set_num_threads(1);
+#endif
+}
+
 }  // namespace detail
 }  // namespace netdeconv

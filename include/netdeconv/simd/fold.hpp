@@ -68,6 +68,7 @@ void fold_impl(const simd_policy& policy, const block_statistics<T>& stats, imag
 #else
       const index_t t = 0, nt = 1;
 #endif
+      keep_eigen_in_thread();
       rows_t w, folded;
       for (index_t r0 = rows * t / nt, end = rows * (t + 1) / nt; r0 < end; r0 += tile) {
         const index_t m = std::min(tile, end - r0);

@@ -7,12 +7,12 @@
 //   P_n = Z_n Y_n (for the residual);  D = Z_n / sqrt(s)
 // Every iterate is a polynomial in A, so all of them are symmetric and commute: for n <= 5 steps
 // (the reference's conv setting) each product computes only its upper triangle (column panels
-// C[0:j1, j0:j1] = L[0:j1, :] R[:, j0:j1], in parallel over panels) and mirrors it: 3n - 1 half
+// C[0:j1, j0:j1] = L[0:j1, :] R[:, j0:j1], threads over column ranges) and mirrors it: 3n - 1 half
 // products instead of the 3n + 1 full ones of the sequential loop. Beyond 5 steps exact symmetry
 // costs float32 accuracy (see max_symmetric_steps), so those runs use full products (3n - 1).
 // The last step still forms Y_n: the residual ||I - Z_n Y_n|| needs it (the (I - P)^2 (4I - P)/4
 // form of I - P_n costs the same two products). Many blocks: blocks in parallel, one thread each;
-// few blocks: panels in parallel.
+// few blocks: column ranges of each product in parallel.
 // Converged mode and the exact path use the OpenMP backend (sequential per block).
 
 #include <algorithm>
@@ -34,23 +34,49 @@ namespace netdeconv::detail::simd {
 inline constexpr int max_symmetric_steps = 5;
 
 /// C = L R. symmetric: L R is known to be symmetric; only its upper triangle is computed (column
-/// panels C[0:j1, j0:j1] = L[0:j1, :] R[:, j0:j1]) and mirrored. Panels in parallel.
+/// panels C[0:j1, j0:j1] = L[0:j1, :] R[:, j0:j1]) and then mirrored. Each thread takes a column
+/// range (of equal area of the computed part: bounds F sqrt(t / threads) when symmetric), computes
+/// it, and after a barrier mirrors its range's upper part into the lower triangle by tiles.
 template <class T>
-void product(const square_matrix<T>& L, const square_matrix<T>& R, square_matrix<T>& C, bool symmetric,
-             [[maybe_unused]] int threads) {
+void product(const square_matrix<T>& L, const square_matrix<T>& R, square_matrix<T>& C, bool symmetric, int threads) {
   const index_t F = L.rows();
   C.resize(F, F);
-  const index_t panel = 64, panels = (F + panel - 1) / panel;
+  constexpr index_t panel = 64;
+  const auto bound = [&](index_t t, index_t nt) {
+    if (t >= nt) return F;
+    return symmetric ? index_t(double(F) * std::sqrt(double(t) / double(nt))) : F * t / nt;
+  };
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1 && panels > 1)
+#pragma omp parallel num_threads(threads) if (threads > 1)
 #endif
-  for (index_t p = panels - 1; p >= 0; --p) {  // the largest panels first
-    const index_t j0 = p * panel, j1 = std::min(F, j0 + panel), rows = symmetric ? j1 : F;
-    C.block(0, j0, rows, j1 - j0).noalias() = L.topRows(rows) * R.middleCols(j0, j1 - j0);
+  {
+#ifdef _OPENMP
+    const index_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+    const index_t t = 0, nt = 1;
+#endif
+    keep_eigen_in_thread();
+    const index_t c0 = bound(t, nt), c1 = bound(t + 1, nt);
+    for (index_t j0 = c0; j0 < c1; j0 += panel) {
+      const index_t j1 = std::min(c1, j0 + panel), rows = symmetric ? j1 : F;
+      C.block(0, j0, rows, j1 - j0).noalias() = L.topRows(rows) * R.middleCols(j0, j1 - j0);
+    }
+    if (symmetric) {
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+      // C[i, j] = C[j, i] for i > j, j in [c0, c1): tiles of the lower part of the range's columns
+      for (index_t j0 = c0; j0 < c1; j0 += panel) {
+        const index_t j1 = std::min(c1, j0 + panel);
+        for (index_t j = j0; j < j1; ++j)
+          for (index_t i = j + 1; i < j1; ++i) C(i, j) = C(j, i);
+        for (index_t i0 = j1; i0 < F; i0 += panel) {
+          const index_t i1 = std::min(F, i0 + panel);
+          C.block(i0, j0, i1 - i0, j1 - j0) = C.block(j0, i0, j1 - j0, i1 - i0).transpose();
+        }
+      }
+    }
   }
-  if (!symmetric) return;
-  for (index_t j = 0; j < F; ++j)
-    for (index_t i = j + 1; i < F; ++i) C(i, j) = C(j, i);
 }
 
 template <class T>
