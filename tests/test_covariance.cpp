@@ -167,14 +167,19 @@ TEST_CASE("SIMD fused covariance of matrix rows: F from 1 to 70, tiles with part
 }
 
 TEST_CASE("SIMD fused covariance keeps a large offset when the first tile is zero padding") {
-  // NCHW image with mean 1e4 and a 3x3 kernel with padding 2: the first patches are mostly padding
+  // NCHW image with mean 1e4 and a 3x3 kernel with padding 2: the first patches are mostly padding.
+  // Block 5 (F = 45) takes the sample-major panels, block 1 (F = 9) the feature-major tiles.
   std::mt19937_64 rng(43);
   oracle::image<float> x(2, 5, 40, 33, 1);
   oracle::fill_normal(x, rng, 1e4, 1.0);
   const conv_geometry g = conv_geometry::square(3, 1, 2);
-  const auto plan = make_block_plan(block_layout::interleaved_shared, 5, 9, 5);
   const patch_sampler<float> sampler(x.cview(), g, 1);
-  const auto ref = oracle::blocked(oracle::sampled_rows(x, g, 1), plan);
-  const auto got = block_moments(simd_threads(2), sampler, plan);
-  CHECK(oracle::rel_err(got[0].covariance(0.0), oracle::covariance(ref[0], 0.0)) < 1e-5);
+  for (const index_t block : {5, 1}) {
+    CAPTURE(block);
+    const auto plan = make_block_plan(block_layout::interleaved_shared, 5, 9, block);
+    const auto ref = oracle::blocked(oracle::sampled_rows(x, g, 1), plan);
+    const auto got = block_moments(simd_threads(2), sampler, plan);
+    CHECK(oracle::rel_err(got[0].covariance(0.0), oracle::covariance(ref[0], 0.0)) < 1e-5);
+    CHECK(oracle::rel_err(got[0].mean(), ref[0].colwise().mean().transpose().eval()) < 1e-7);
+  }
 }

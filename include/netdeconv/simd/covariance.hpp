@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -238,6 +239,140 @@ void accumulate_range(const Source& source, const block_plan& plan, index_t begi
   }
 }
 
+/// Few features (F <= feature_major_max, kernel > 1 patches): the sampled patch matrix of a tile of
+/// whole sampled output rows q = (n, oy) is packed feature-major, P[f][r] = x(sample r, f) - c_f,
+/// with the samples r = ((q - q0) G + g) out_w + ox of every piece g and column ox. A row is packed
+/// by SIMD gathers through a table of int32 offsets and keep-masks (0 where the tap falls into the
+/// zero padding) per (f, g, ox): one table for the rows whose patches lie inside the image
+/// vertically (offsets from image row y0), one per other row oy (offsets from the image). Then
+/// acc(i, j) = sum_r P[i][r] P[j][r] over 3 x 3 feature blocks of the upper block triangle, the
+/// samples across SIMD lanes (features padded to a multiple of 3 with zero rows). No padding of F
+/// to the SIMD width, no row buffer.
+inline constexpr index_t feature_major_max = 32;
+
+/// Whether the feature-major path applies: few features, kernel > 1, int32 offsets in one image.
+inline bool feature_major(const patch_sampler<float>& source, const block_plan& plan) {
+  const image_view<const float>& x = source.image();
+  const index_t span = x.shape[1] * std::abs(x.stride[1]) + x.shape[2] * std::abs(x.stride[2]) +
+                       x.shape[3] * std::abs(x.stride[3]);
+  return plan.features() <= feature_major_max && !source.sampling_geometry().is_pointwise() && span < index_t(1) << 31;
+}
+
+/// acc[i][j] += sum_r P[i0 + i][r] P[j0 + j][r] (3 x 3 block, mp samples, a multiple of width),
+/// added to the column-major double accumulator S (ld = ld).
+inline void feature_block(const float* P, index_t mp, index_t i0, index_t j0, double* S, index_t ld) {
+  batch acc[3][3];
+  for (auto& row : acc)
+    for (auto& a : row) a = batch(0.0f);
+  const float* a0 = P + i0 * mp;
+  const float* b0 = P + j0 * mp;
+  for (index_t r = 0; r < mp; r += width) {
+    const batch a[3] = {batch::load_aligned(a0 + r), batch::load_aligned(a0 + mp + r), batch::load_aligned(a0 + 2 * mp + r)};
+    for (int j = 0; j < 3; ++j) {
+      const batch b = batch::load_aligned(b0 + j * mp + r);
+      for (int i = 0; i < 3; ++i) acc[i][j] = xsimd::fma(a[i], b, acc[i][j]);
+    }
+  }
+  for (int j = 0; j < 3; ++j)
+    for (int i = 0; i < 3; ++i) S[(j0 + j) * ld + i0 + i] += double(xsimd::hadd(acc[i][j]));
+}
+
+/// Offsets and keep-masks of the samples r = g out_w + ox of one sampled row, feature-major
+/// (F x rp entries, rp = per-row samples rounded up to the SIMD width; the rounding entries keep 0).
+struct gather_table {
+  std::vector<std::int32_t, xsimd::aligned_allocator<std::int32_t, 64>> offset, keep;
+};
+
+inline void accumulate_feature_major(const patch_sampler<float>& source, const block_plan& plan, index_t q_begin,
+                                     index_t q_end, std::vector<shifted_sums>& sums) {
+  using ibatch = xsimd::batch<std::int32_t>;
+  const image_view<const float> x = source.image();
+  const conv_geometry& geo = source.sampling_geometry();
+  const index_t H = x.shape[2], W = x.shape[3], K = plan.kernel_area, kw = geo.kernel_w;
+  const index_t out_h = geo.out_h(H), out_w = geo.out_w(W);
+  const index_t G = plan.rows_per_patch(), F = plan.features(), F3 = (F + 2) / 3 * 3;
+  const index_t per_q = G * out_w, rp = (per_q + width - 1) / width * width;
+  const index_t tile_q = std::max<index_t>(1, 2048 / per_q);
+  // row stride of P: the samples rounded up to the SIMD width, plus one vector of slack for the
+  // last partial vector of a row's gathers
+  const auto stride_for = [&](index_t m) { return (m + width - 1) / width * width + width; };
+  std::vector<float, xsimd::aligned_allocator<float, 64>> P(F3 * stride_for(tile_q * per_q), 0.0f);
+  std::vector<float> shift_f(F);
+  const index_t y_span = (geo.kernel_h - 1) * geo.dilation_h;
+  gather_table inner;              // rows with 0 <= y0 and y0 + y_span < H: offsets from row y0
+  std::vector<gather_table> edge;  // other rows oy (built on first use): offsets from the image
+  // fills t for statistic s and sampled row oy (inner: offsets from row y0 and no vertical padding)
+  const auto build = [&](gather_table& t, index_t s, index_t oy, bool inner_row) {
+    t.offset.assign(F * rp, 0);
+    t.keep.assign(F * rp, 0);
+    const index_t y0 = oy * geo.stride_h - geo.pad_h;
+    for (index_t g = 0; g < G; ++g)
+      for (index_t f = 0; f < F; ++f) {
+        const index_t col = plan.column(s, g, f), k = col % K;
+        const index_t y = (inner_row ? 0 : y0) + (k / kw) * geo.dilation_h;
+        if (!inner_row && (y < 0 || y >= H)) continue;
+        for (index_t ox = 0; ox < out_w; ++ox) {
+          const index_t xx = ox * geo.stride_w - geo.pad_w + (k % kw) * geo.dilation_w;
+          if (xx < 0 || xx >= W) continue;
+          const index_t e = f * rp + g * out_w + ox;
+          t.offset[e] = std::int32_t((col / K) * x.stride[1] + y * x.stride[2] + xx * x.stride[3]);
+          t.keep[e] = -1;
+        }
+      }
+  };
+  for (index_t s = 0; s < plan.count(); ++s) {
+    sums[s].shift.assign(F, 0.0);
+    sums[s].s1.assign(F, 0.0);
+    sums[s].s2.assign(F3 * F3, 0.0);
+  }
+  for (index_t s = 0; s < plan.count(); ++s) {
+    shifted_sums& acc = sums[s];
+    build(inner, s, 0, true);
+    edge.assign(out_h, {});
+    for (index_t q0 = q_begin; q0 < q_end; q0 += tile_q) {
+      const index_t q1 = std::min(q_end, q0 + tile_q), m = (q1 - q0) * per_q, mp = stride_for(m);
+      const bool first = q0 == q_begin;
+      for (index_t f = 0; f < F; ++f) shift_f[f] = first ? 0.0f : float(acc.shift[f]);
+      for (index_t q = q0; q < q1; ++q) {
+        const index_t n = q / out_h, oy = q % out_h, y0 = oy * geo.stride_h - geo.pad_h;
+        const bool inner_row = y0 >= 0 && y0 + y_span < H;
+        if (!inner_row && edge[oy].offset.empty()) build(edge[oy], s, oy, false);
+        const gather_table& table = inner_row ? inner : edge[oy];
+        const float* base = x.data + n * x.stride[0] + (inner_row ? y0 * x.stride[2] : 0);
+        for (index_t f = 0; f < F; ++f) {
+          float* dst = P.data() + f * mp + (q - q0) * per_q;
+          const std::int32_t* off = table.offset.data() + f * rp;
+          const std::int32_t* keep = table.keep.data() + f * rp;
+          const batch c(shift_f[f]);
+          for (index_t r = 0; r < per_q; r += width) {
+            const batch v = batch::gather(base, ibatch::load_aligned(off + r));
+            ((v & xsimd::bitwise_cast<batch>(ibatch::load_aligned(keep + r))) - c).store_unaligned(dst + r);
+          }
+        }
+      }
+      for (index_t f = 0; f < F3; ++f)  // padding samples (and padding features) stay 0
+        std::fill(P.begin() + f * mp + (f < F ? m : 0), P.begin() + (f + 1) * mp, 0.0f);
+      if (first) {  // shift = float64 mean of the first tile, applied to the packed tile
+        for (index_t f = 0; f < F; ++f) {
+          double t = 0;
+          for (index_t r = 0; r < m; ++r) t += double(P[f * mp + r]);
+          shift_f[f] = float(t / double(m));
+          acc.shift[f] = double(shift_f[f]);
+          for (index_t r = 0; r < m; ++r) P[f * mp + r] -= shift_f[f];
+        }
+      }
+      for (index_t f = 0; f < F; ++f) {
+        batch t(0.0f);
+        for (index_t r = 0; r < mp; r += width) t += batch::load_aligned(P.data() + f * mp + r);
+        acc.s1[f] += double(xsimd::hadd(t));
+      }
+      for (index_t i0 = 0; i0 < F3; i0 += 3)
+        for (index_t j0 = i0; j0 < F3; j0 += 3) feature_block(P.data(), mp, i0, j0, acc.s2.data(), F3);
+      acc.count += m;
+    }
+  }
+}
+
 /// Centred moments from shifted sums: mu = c + S1/n, M = S2 - S1 S1^T / n (lower triangle filled).
 inline moments<double> to_moments(const shifted_sums& acc, index_t F) {
   const index_t Fp = index_t(std::sqrt(double(acc.s2.size())) + 0.5);
@@ -264,14 +399,31 @@ std::vector<moments<double>> block_moments_impl(const simd_policy& policy, const
     return block_moments_impl(static_cast<const omp_policy&>(policy), source, plan);
   } else {
     const index_t rows = source.rows(), F = plan.features();
+    bool feature_major = false;
+    index_t units = rows, min_units = 64;  // threads split source rows, or sampled output rows q
+    if constexpr (std::is_same_v<Source, patch_sampler<float>>) {
+      feature_major = simd::feature_major(source, plan);
+      if (feature_major) {
+        units = rows / source.sampling_geometry().out_w(source.image().shape[3]);
+        min_units = 1;
+      }
+    }
     // no more threads than tiles worth splitting for
-    const int threads = int(std::max<index_t>(1, std::min<index_t>(thread_count(policy), rows / 64)));
+    const int threads = int(std::max<index_t>(1, std::min<index_t>(thread_count(policy), units / min_units)));
     std::vector<std::vector<simd::shifted_sums>> partial(threads, std::vector<simd::shifted_sums>(plan.count()));
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) schedule(static, 1)
 #endif
-    for (int t = 0; t < threads; ++t)
-      simd::accumulate_range(source, plan, rows * t / threads, rows * (t + 1) / threads, partial[t]);
+    for (int t = 0; t < threads; ++t) {
+      const index_t begin = units * t / threads, end = units * (t + 1) / threads;
+      if constexpr (std::is_same_v<Source, patch_sampler<float>>) {
+        if (feature_major) {
+          simd::accumulate_feature_major(source, plan, begin, end, partial[t]);
+          continue;
+        }
+      }
+      simd::accumulate_range(source, plan, begin, end, partial[t]);
+    }
     std::vector<moments<double>> out;
     out.reserve(plan.count());
     for (index_t s = 0; s < plan.count(); ++s) {
