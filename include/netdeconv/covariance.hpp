@@ -34,6 +34,8 @@ class matrix_rows {
   void gather(index_t r, Out* out) const {
     for (index_t j = 0; j < x_.shape[1]; ++j) out[j] = static_cast<Out>(x_(r, j));
   }
+  /// The matrix, for backends with their own gather.
+  const matrix_view<const T>& matrix() const { return x_; }
 
  private:
   matrix_view<const T> x_;

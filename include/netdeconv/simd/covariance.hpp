@@ -51,55 +51,57 @@ template <class Source> struct fast_source : std::false_type {};
 template <> struct fast_source<patch_sampler<float>> : std::true_type {};
 template <> struct fast_source<matrix_rows<float>> : std::true_type {};
 
-/// Row gatherer: patch rows of a kernel > 1 sampler through a precomputed offset table; any other
-/// source through its own gather().
+/// Row reader: row r of the source either in place, as base(r)[offset(j)] for columns j (a patch
+/// row of a kernel > 1 sampler whose patch lies inside the image; a row of a matrix), or, where
+/// base(r) is null, gathered into a buffer by gather(r, out).
 template <class Source>
-class row_gather {
+class row_reader {
  public:
-  explicit row_gather(const Source& source) : source_(source) {}
-  void operator()(index_t r, float* out) const { source_.gather(r, out); }
+  explicit row_reader(const Source& source) : source_(source) {}
+  const float* base(index_t) const { return nullptr; }
+  index_t offset(index_t j) const { return j; }
+  void gather(index_t r, float* out) const { source_.gather(r, out); }
 
  private:
   const Source& source_;
 };
 
 template <>
-class row_gather<patch_sampler<float>> {
+class row_reader<matrix_rows<float>> {
  public:
-  explicit row_gather(const patch_sampler<float>& source) : source_(source), x_(source.image()), g_(source.sampling_geometry()) {
+  explicit row_reader(const matrix_rows<float>& source) : x_(source.matrix()) {}
+  const float* base(index_t r) const { return x_.data + r * x_.stride[0]; }
+  index_t offset(index_t j) const { return j * x_.stride[1]; }
+  void gather(index_t, float*) const {}
+
+ private:
+  matrix_view<const float> x_;
+};
+
+template <>
+class row_reader<patch_sampler<float>> {
+ public:
+  explicit row_reader(const patch_sampler<float>& source) : source_(source), x_(source.image()), g_(source.sampling_geometry()) {
     fast_ = !g_.is_pointwise();
-    if (!fast_) return;
     out_h_ = g_.out_h(x_.shape[2]);
     out_w_ = g_.out_w(x_.shape[3]);
-    const index_t C = x_.shape[1];
-    for (index_t c = 0; c < C; ++c)
+    if (!fast_) return;
+    for (index_t c = 0; c < x_.shape[1]; ++c)
       for (index_t ky = 0; ky < g_.kernel_h; ++ky)
-        for (index_t kx = 0; kx < g_.kernel_w; ++kx) {
+        for (index_t kx = 0; kx < g_.kernel_w; ++kx)
           offset_.push_back(c * x_.stride[1] + ky * g_.dilation_h * x_.stride[2] + kx * g_.dilation_w * x_.stride[3]);
-          channel_.push_back(c);
-          dy_.push_back(ky * g_.dilation_h);
-          dx_.push_back(kx * g_.dilation_w);
-        }
   }
 
-  void operator()(index_t r, float* out) const {
-    if (!fast_) return source_.gather(r, out);
-    const index_t H = x_.shape[2], W = x_.shape[3];
+  const float* base(index_t r) const {
+    if (!fast_) return nullptr;
     const index_t n = r / (out_h_ * out_w_), oy = (r / out_w_) % out_h_, ox = r % out_w_;
     const index_t y0 = oy * g_.stride_h - g_.pad_h, x0 = ox * g_.stride_w - g_.pad_w;
-    const index_t count = index_t(offset_.size());
-    const bool inside = y0 >= 0 && x0 >= 0 && y0 + g_.dilation_h * (g_.kernel_h - 1) < H &&
-                        x0 + g_.dilation_w * (g_.kernel_w - 1) < W;
-    if (inside) {
-      const float* base = x_.data + n * x_.stride[0] + y0 * x_.stride[2] + x0 * x_.stride[3];
-      for (index_t j = 0; j < count; ++j) out[j] = base[offset_[j]];
-      return;
-    }
-    for (index_t j = 0; j < count; ++j) {
-      const index_t y = y0 + dy_[j], xx = x0 + dx_[j];
-      out[j] = (y >= 0 && y < H && xx >= 0 && xx < W) ? x_(n, channel_[j], y, xx) : 0.0f;
-    }
+    const bool inside = y0 >= 0 && x0 >= 0 && y0 + g_.dilation_h * (g_.kernel_h - 1) < x_.shape[2] &&
+                        x0 + g_.dilation_w * (g_.kernel_w - 1) < x_.shape[3];
+    return inside ? x_.data + n * x_.stride[0] + y0 * x_.stride[2] + x0 * x_.stride[3] : nullptr;
   }
+  index_t offset(index_t j) const { return fast_ ? offset_[j] : j; }
+  void gather(index_t r, float* out) const { source_.gather(r, out); }
 
  private:
   const patch_sampler<float>& source_;
@@ -107,7 +109,7 @@ class row_gather<patch_sampler<float>> {
   conv_geometry g_;
   bool fast_ = false;
   index_t out_h_ = 0, out_w_ = 0;
-  std::vector<index_t> offset_, channel_, dy_, dx_;
+  std::vector<index_t> offset_;
 };
 
 /// acc[jj][i] += sum over samples r < m of A(r, i0 + i) * A(r, j0 + jj), for i < MV*width, jj < NR,
@@ -184,11 +186,20 @@ void accumulate_range(const Source& source, const block_plan& plan, index_t begi
   const index_t target = std::clamp<index_t>(NETDECONV_TILE_FLOATS / Fp, 256, 1024);
   const index_t tile_rows = std::max<index_t>(1, target / G);
   const index_t tile_samples = tile_rows * G;
-  const row_gather<Source> gather(source);
-  std::vector<float> rows(tile_rows * width_in);
+  const row_reader<Source> reader(source);
+  std::vector<float> row_buffer(width_in);
   std::vector<float, xsimd::aligned_allocator<float, 64>> packed(tile_samples * Fp, 0.0f);
-  std::vector<index_t> column(G * F);
+  // per statistic: column(s, g, f) (into a gathered row) and its offset from base(r) (in place)
+  std::vector<index_t> column(plan.count() * G * F), offset(column.size());
+  for (index_t s = 0; s < plan.count(); ++s)
+    for (index_t g = 0; g < G; ++g)
+      for (index_t f = 0; f < F; ++f) {
+        const index_t e = (s * G + g) * F + f;
+        column[e] = plan.column(s, g, f);
+        offset[e] = reader.offset(column[e]);
+      }
   std::vector<float> shift_f(F);
+  std::vector<float, xsimd::aligned_allocator<float, 64>> t1(MR);
   for (index_t s = 0; s < plan.count(); ++s) {
     sums[s].shift.assign(F, 0.0);
     sums[s].s1.assign(F, 0.0);
@@ -196,40 +207,48 @@ void accumulate_range(const Source& source, const block_plan& plan, index_t begi
   }
   for (index_t r0 = begin; r0 < end; r0 += tile_rows) {
     const index_t m_rows = std::min(tile_rows, end - r0), m = m_rows * G;
-    for (index_t i = 0; i < m_rows; ++i) gather(r0 + i, rows.data() + i * width_in);
     for (index_t s = 0; s < plan.count(); ++s) {
       shifted_sums& acc = sums[s];
-      for (index_t g = 0; g < G; ++g)
-        for (index_t f = 0; f < F; ++f) column[g * F + f] = plan.column(s, g, f);
-      if (r0 == begin) {  // shift = float64 mean of the first tile
-        for (index_t i = 0; i < m_rows; ++i)
-          for (index_t g = 0; g < G; ++g)
-            for (index_t f = 0; f < F; ++f) acc.shift[f] += double(rows[i * width_in + column[g * F + f]]);
-        for (index_t f = 0; f < F; ++f) acc.shift[f] /= double(m);
-      }
-      for (index_t f = 0; f < F; ++f) shift_f[f] = float(acc.shift[f]);
-      // pack x - c into panels; the padding features F..Fp stay 0
+      const bool first = r0 == begin;
+      for (index_t f = 0; f < F; ++f) shift_f[f] = first ? 0.0f : float(acc.shift[f]);
+      // pack x - c into panels (panel p holds features [p MR, (p + 1) MR) of every sample and
+      // starts at p MR m); the padding features F..Fp stay 0
       for (index_t i = 0; i < m_rows; ++i) {
-        const float* row = rows.data() + i * width_in;
+        const float* src = reader.base(r0 + i);
+        const index_t* idx = offset.data() + s * G * F;
+        if (!src) {
+          reader.gather(r0 + i, row_buffer.data());
+          src = row_buffer.data();
+          idx = column.data() + s * G * F;
+        }
         for (index_t g = 0; g < G; ++g) {
           const index_t r = i * G + g;
-          const index_t* col = column.data() + g * F;
           for (index_t f0 = 0; f0 < F; f0 += MR) {
-            float* dst = packed.data() + f0 * m + r * MR;  // panel f0 / MR starts at f0 * m
+            float* dst = packed.data() + f0 * m + r * MR;
             const index_t q_end = std::min(MR, F - f0);
-            for (index_t q = 0; q < q_end; ++q) dst[q] = row[col[f0 + q]] - shift_f[f0 + q];
+            for (index_t q = 0; q < q_end; ++q) dst[q] = src[idx[g * F + f0 + q]] - shift_f[f0 + q];
           }
         }
       }
-      // the shift applied is the float c; record it exactly
-      for (index_t f = 0; f < F; ++f) acc.shift[f] = double(shift_f[f]);
-      for (index_t p = 0; p < Fp / MR; ++p)
-        for (index_t f = p * MR; f < std::min(F, (p + 1) * MR); ++f) {
+      if (first) {  // shift = float64 mean of the first tile, applied to the packed tile
+        for (index_t f = 0; f < F; ++f) {
+          float* col = packed.data() + (f / MR) * m * MR + f % MR;
           double t = 0;
-          const float* col = packed.data() + p * m * MR + f % MR;
           for (index_t r = 0; r < m; ++r) t += double(col[r * MR]);
-          acc.s1[f] += t;
+          shift_f[f] = float(t / double(m));
+          acc.shift[f] = double(shift_f[f]);
+          for (index_t r = 0; r < m; ++r) col[r * MR] -= shift_f[f];
         }
+      }
+      for (index_t p = 0; p < Fp / MR; ++p) {  // S1 += column sums of the panel (float over one tile)
+        const float* panel = packed.data() + p * m * MR;
+        for (index_t v = 0; v < MR; v += width) {
+          batch t(0.0f);
+          for (index_t r = 0; r < m; ++r) t += batch::load_aligned(panel + r * MR + v);
+          t.store_aligned(t1.data() + v);
+        }
+        for (index_t f = p * MR; f < std::min(F, (p + 1) * MR); ++f) acc.s1[f] += double(t1[f % MR]);
+      }
       if (MR == width)
         tile_product<1>(packed.data(), m, F, Fp, acc.s2.data());
       else
