@@ -88,8 +88,12 @@ class row_reader<patch_sampler<float>> {
     if (!fast_) return;
     for (index_t c = 0; c < x_.shape[1]; ++c)
       for (index_t ky = 0; ky < g_.kernel_h; ++ky)
-        for (index_t kx = 0; kx < g_.kernel_w; ++kx)
+        for (index_t kx = 0; kx < g_.kernel_w; ++kx) {
           offset_.push_back(c * x_.stride[1] + ky * g_.dilation_h * x_.stride[2] + kx * g_.dilation_w * x_.stride[3]);
+          channel_.push_back(c);
+          dy_.push_back(ky * g_.dilation_h);
+          dx_.push_back(kx * g_.dilation_w);
+        }
   }
 
   const float* base(index_t r) const {
@@ -101,7 +105,17 @@ class row_reader<patch_sampler<float>> {
     return inside ? x_.data + n * x_.stride[0] + y0 * x_.stride[2] + x0 * x_.stride[3] : nullptr;
   }
   index_t offset(index_t j) const { return fast_ ? offset_[j] : j; }
-  void gather(index_t r, float* out) const { source_.gather(r, out); }
+  /// A patch row that crosses the border (zero padding outside the image).
+  void gather(index_t r, float* out) const {
+    if (!fast_) return source_.gather(r, out);
+    const index_t H = x_.shape[2], W = x_.shape[3];
+    const index_t n = r / (out_h_ * out_w_), oy = (r / out_w_) % out_h_, ox = r % out_w_;
+    const index_t y0 = oy * g_.stride_h - g_.pad_h, x0 = ox * g_.stride_w - g_.pad_w;
+    for (index_t j = 0; j < index_t(offset_.size()); ++j) {
+      const index_t y = y0 + dy_[j], xx = x0 + dx_[j];
+      out[j] = (y >= 0 && y < H && xx >= 0 && xx < W) ? x_(n, channel_[j], y, xx) : 0.0f;
+    }
+  }
 
  private:
   const patch_sampler<float>& source_;
@@ -109,7 +123,7 @@ class row_reader<patch_sampler<float>> {
   conv_geometry g_;
   bool fast_ = false;
   index_t out_h_ = 0, out_w_ = 0;
-  std::vector<index_t> offset_;
+  std::vector<index_t> offset_, channel_, dy_, dx_;  // per patch column
 };
 
 /// acc[jj][i] += sum over samples r < m of A(r, i0 + i) * A(r, j0 + jj), for i < MV*width, jj < NR,
