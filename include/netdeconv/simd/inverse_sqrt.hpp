@@ -33,15 +33,16 @@ namespace netdeconv::detail::simd {
 /// within 1e-4 up to 5 steps (tests/test_inverse_sqrt.cpp). Longer runs use full products.
 inline constexpr int max_symmetric_steps = 5;
 
-/// C = L R. symmetric: L R is known to be symmetric; only its upper triangle is computed (column
-/// panels C[0:j1, j0:j1] = L[0:j1, :] R[:, j0:j1]) and then mirrored. Each thread takes a column
-/// range (of equal area of the computed part: bounds F sqrt(t / threads) when symmetric), computes
-/// it, and after a barrier mirrors its range's upper part into the lower triangle by tiles.
+/// C = L R. symmetric: L R is known to be symmetric; only its upper triangle is computed and then
+/// mirrored. Each thread takes a column range [c0, c1) (of equal area of the computed part: bounds
+/// F sqrt(t / threads) when symmetric), computes C[0:c0, c0:c1] = L[0:c0, :] R[:, c0:c1] and the
+/// upper triangle of C[c0:c1, c0:c1] (Eigen's triangular product), and after a barrier mirrors its
+/// range's upper part into the lower triangle by tiles.
 template <class T>
 void product(const square_matrix<T>& L, const square_matrix<T>& R, square_matrix<T>& C, bool symmetric, int threads) {
   const index_t F = L.rows();
   C.resize(F, F);
-  constexpr index_t panel = 64;
+  constexpr index_t tile = 64;
   const auto bound = [&](index_t t, index_t nt) {
     if (t >= nt) return F;
     return symmetric ? index_t(double(F) * std::sqrt(double(t) / double(nt))) : F * t / nt;
@@ -57,21 +58,24 @@ void product(const square_matrix<T>& L, const square_matrix<T>& R, square_matrix
 #endif
     keep_eigen_in_thread();
     const index_t c0 = bound(t, nt), c1 = bound(t + 1, nt);
-    for (index_t j0 = c0; j0 < c1; j0 += panel) {
-      const index_t j1 = std::min(c1, j0 + panel), rows = symmetric ? j1 : F;
-      C.block(0, j0, rows, j1 - j0).noalias() = L.topRows(rows) * R.middleCols(j0, j1 - j0);
+    if (symmetric) {  // C[0:c0, c0:c1] as a GEMM, the diagonal block's upper triangle as a triangular product
+      if (c0 > 0) C.block(0, c0, c0, c1 - c0).noalias() = L.topRows(c0) * R.middleCols(c0, c1 - c0);
+      C.block(c0, c0, c1 - c0, c1 - c0).template triangularView<Eigen::Upper>() =
+          L.middleRows(c0, c1 - c0) * R.middleCols(c0, c1 - c0);
+    } else {
+      C.middleCols(c0, c1 - c0).noalias() = L * R.middleCols(c0, c1 - c0);
     }
     if (symmetric) {
 #ifdef _OPENMP
 #pragma omp barrier
 #endif
       // C[i, j] = C[j, i] for i > j, j in [c0, c1): tiles of the lower part of the range's columns
-      for (index_t j0 = c0; j0 < c1; j0 += panel) {
-        const index_t j1 = std::min(c1, j0 + panel);
+      for (index_t j0 = c0; j0 < c1; j0 += tile) {
+        const index_t j1 = std::min(c1, j0 + tile);
         for (index_t j = j0; j < j1; ++j)
           for (index_t i = j + 1; i < j1; ++i) C(i, j) = C(j, i);
-        for (index_t i0 = j1; i0 < F; i0 += panel) {
-          const index_t i1 = std::min(F, i0 + panel);
+        for (index_t i0 = j1; i0 < F; i0 += tile) {
+          const index_t i1 = std::min(F, i0 + tile);
           C.block(i0, j0, i1 - i0, j1 - j0) = C.block(j0, i0, j1 - j0, i1 - i0).transpose();
         }
       }
