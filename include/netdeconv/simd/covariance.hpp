@@ -1,22 +1,27 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 // SIMD + OpenMP blocked moments of float32 sources, fused with the patch gather: the patch matrix is
-// never formed. Each thread takes a contiguous range of source rows and walks it in tiles:
+// never formed. Each thread takes a contiguous range of the source and walks it in tiles, packing
+// each statistic's samples shifted by c_s (x - c_s, float) in one of two layouts:
 //
-//   1. gather the tile's rows (patch_sampler with kernel > 1: an offset table, no bounds checks for
-//      patches inside the image) into a row buffer;
-//   2. per statistic s, pack its samples shifted by c_s (x - c_s, float) into panels of MR features
-//      (panel p holds features [p*MR, (p+1)*MR) of every sample, contiguous; features F..Fp zero);
-//   3. accumulate sum (x - c) and the upper triangle of sum (x - c)(x - c)^T with an xsimd
-//      register-blocked micro-kernel (MR x NR accumulators, float over one tile of at most
-//      tile_samples samples), added to double accumulators after every tile.
+//   sample-major panels (F > 32, and matrix rows): per tile of source rows, the samples of
+//     statistic s go into panels of MR features (panel p holds features [p*MR, (p+1)*MR) of every
+//     sample, contiguous; features F..Fp zero), read in place through a per-statistic offset table
+//     (patches inside the image, matrix rows) or from a gathered row (patches across the border);
+//     sum (x - c) and the upper triangle of sum (x - c)(x - c)^T come from an xsimd
+//     register-blocked micro-kernel (MR x NR accumulators);
+//   feature-major rows (F <= 32, kernel > 1): per tile of whole sampled output rows, each feature's
+//     samples are contiguous, packed by SIMD gathers through offset / keep-mask tables, and 3 x 3
+//     feature blocks are accumulated across the samples in the SIMD lanes
+//     (accumulate_feature_major below).
 //
-// The shift c_s is the float64 mean of the thread's first tile, so x - c is O(spread) and the
-// float tile sums keep their accuracy whatever the offset of the data. At the end, in double:
+// Sums are float over at most ~2048 samples (one tile, or a chunk of one) and then added to double
+// accumulators. The shift c_s is the float64 mean of the thread's first tile, so x - c is O(spread)
+// and the float tile sums keep their accuracy whatever the offset of the data. At the end, in double:
 //   n, mu = c + S1/n, M = S2 - S1 S1^T / n      (S1 = sum (x - c), S2 = sum (x - c)(x - c)^T)
 // and the per-thread moments are merged in thread order (Chan), deterministic for a thread count.
-// Extra memory per thread: the double accumulators (count * Fp^2 * 8 bytes) and two tiles.
-// Sources of other scalar types use the OpenMP backend.
+// Extra memory per thread: the double accumulators (count * Fp^2 * 8 bytes), one tile and the
+// offset tables. Sources of other scalar types use the OpenMP backend.
 
 #include <algorithm>
 #include <cmath>
@@ -282,32 +287,39 @@ void accumulate_range(const Source& source, const block_plan& plan, index_t begi
 /// samples across SIMD lanes (features padded to a multiple of 3 with zero rows). No padding of F
 /// to the SIMD width, no row buffer.
 inline constexpr index_t feature_major_max = 32;
+/// At most this many samples per sampled row (pieces x columns), so that a tile stays small.
+inline constexpr index_t feature_major_row_samples = 16384;
 
 /// Whether the feature-major path applies: few features, kernel > 1, int32 offsets in one image.
 inline bool feature_major(const patch_sampler<float>& source, const block_plan& plan) {
   const image_view<const float>& x = source.image();
   const index_t span = x.shape[1] * std::abs(x.stride[1]) + x.shape[2] * std::abs(x.stride[2]) +
                        x.shape[3] * std::abs(x.stride[3]);
-  return plan.features() <= feature_major_max && !source.sampling_geometry().is_pointwise() && span < index_t(1) << 31;
+  const conv_geometry& geo = source.sampling_geometry();
+  return plan.features() <= feature_major_max && !geo.is_pointwise() && span < index_t(1) << 31 &&
+         plan.rows_per_patch() * geo.out_w(x.shape[3]) <= feature_major_row_samples;
 }
 
-/// acc[i][j] += sum_r P[i0 + i][r] P[j0 + j][r] (3 x 3 block, mp samples, a multiple of width),
-/// added to the column-major double accumulator S (ld = ld).
+/// S(i0 + i, j0 + j) += sum_r P[i0 + i][r] P[j0 + j][r] (3 x 3 block, mp samples, a multiple of
+/// width): float sums over chunks of at most 2048 samples, each added to S (column-major, ld) in double.
 inline void feature_block(const float* P, index_t mp, index_t i0, index_t j0, double* S, index_t ld) {
-  batch acc[3][3];
-  for (auto& row : acc)
-    for (auto& a : row) a = batch(0.0f);
+  constexpr index_t chunk = 2048;
   const float* a0 = P + i0 * mp;
   const float* b0 = P + j0 * mp;
-  for (index_t r = 0; r < mp; r += width) {
-    const batch a[3] = {batch::load_aligned(a0 + r), batch::load_aligned(a0 + mp + r), batch::load_aligned(a0 + 2 * mp + r)};
-    for (int j = 0; j < 3; ++j) {
-      const batch b = batch::load_aligned(b0 + j * mp + r);
-      for (int i = 0; i < 3; ++i) acc[i][j] = xsimd::fma(a[i], b, acc[i][j]);
+  for (index_t r0 = 0; r0 < mp; r0 += chunk) {
+    batch acc[3][3];
+    for (auto& row : acc)
+      for (auto& a : row) a = batch(0.0f);
+    for (index_t r = r0, r1 = std::min(mp, r0 + chunk); r < r1; r += width) {
+      const batch a[3] = {batch::load_aligned(a0 + r), batch::load_aligned(a0 + mp + r), batch::load_aligned(a0 + 2 * mp + r)};
+      for (int j = 0; j < 3; ++j) {
+        const batch b = batch::load_aligned(b0 + j * mp + r);
+        for (int i = 0; i < 3; ++i) acc[i][j] = xsimd::fma(a[i], b, acc[i][j]);
+      }
     }
+    for (int j = 0; j < 3; ++j)
+      for (int i = 0; i < 3; ++i) S[(j0 + j) * ld + i0 + i] += double(xsimd::hadd(acc[i][j]));
   }
-  for (int j = 0; j < 3; ++j)
-    for (int i = 0; i < 3; ++i) S[(j0 + j) * ld + i0 + i] += double(xsimd::hadd(acc[i][j]));
 }
 
 /// Offsets and keep-masks of the samples r = g out_w + ox of one sampled row, feature-major
