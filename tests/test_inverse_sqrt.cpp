@@ -258,3 +258,42 @@ TEST_CASE_TEMPLATE("fast inverse square root reports the same failures as the or
   CHECK(inverse_sqrt(par, indefinite, D).status == isqrt_status::not_positive_definite);
   CHECK(D.array().isNaN().all());
 }
+
+TEST_CASE_TEMPLATE("final_residual = false: the same D, a NaN residual, status ok; failures still reported", T, float, double) {
+  std::mt19937_64 rng(41);
+  for (const index_t F : {1, 7, 40, 130})
+    for (const int n : {0, 1, 2, 5}) {
+      CAPTURE(F);
+      CAPTURE(n);
+      const square_matrix<T> A = oracle::random_spd(F, 1e3, rng, 2.0).cast<T>();
+      isqrt_options without = isqrt_options::fixed(n);
+      without.final_residual = false;
+      square_matrix<T> with_d, without_d;
+      for (const int threads : {1, 2}) {
+        const auto a = inverse_sqrt(seq, A, with_d, isqrt_options::fixed(n));
+        const auto b = inverse_sqrt(seq, A, without_d, without);
+        CHECK(std::isfinite(a.residual));
+        CHECK(std::isnan(b.residual));
+        CHECK(b.status == isqrt_status::ok);
+        CHECK(b.iterations == n);
+        CHECK(without_d == with_d);  // Z_n does not depend on the skipped products
+        const auto c = inverse_sqrt(simd_threads(threads), A, with_d, isqrt_options::fixed(n));
+        const auto d = inverse_sqrt(simd_threads(threads), A, without_d, without);
+        CHECK(std::isfinite(c.residual));
+        CHECK(std::isnan(d.residual));
+        CHECK(d.status == isqrt_status::ok);
+        CHECK(without_d == with_d);
+      }
+    }
+  const square_matrix<T> A = oracle::random_spd(6, 10, rng).cast<T>();
+  isqrt_options without = isqrt_options::fixed(5);
+  without.final_residual = false;
+  square_matrix<T> D;
+  const square_matrix<T> indefinite = A - T(2) * square_matrix<T>::Identity(6, 6) * A.diagonal().maxCoeff();
+  CHECK(inverse_sqrt(seq, indefinite, D, without).status == isqrt_status::not_positive_definite);
+  CHECK(inverse_sqrt(par, indefinite, D, without).status == isqrt_status::not_positive_definite);
+  square_matrix<T> bad = A;
+  bad(1, 4) = std::numeric_limits<T>::infinity();
+  CHECK(inverse_sqrt(seq, bad, D, without).status == isqrt_status::non_finite);
+  CHECK(inverse_sqrt(par, bad, D, without).status == isqrt_status::non_finite);
+}

@@ -47,6 +47,9 @@ struct isqrt_options {
   int iterations = 5;      ///< fixed mode: the step count; converged mode: the cap
   double tolerance = 0.0;  ///< 0: fixed mode; > 0: stop when residual <= tolerance
   isqrt_scaling scaling = isqrt_scaling::frobenius;
+  /// Fixed mode: false skips what only the final residual needs (the last Y and Z Y products, 2 of
+  /// the 3n + 1); D is unchanged and the report's residual is NaN. Ignored in converged mode.
+  bool final_residual = true;
 
   static isqrt_options fixed(int iterations) { return {isqrt_method::newton_schulz, iterations, 0.0}; }
   static isqrt_options converged(double tolerance, int max_iterations = 100) {

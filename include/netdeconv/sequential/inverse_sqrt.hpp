@@ -52,7 +52,13 @@ isqrt_report newton_schulz(const Eigen::Ref<const square_matrix<T>>& A, square_m
   const T s = options.scaling == isqrt_scaling::frobenius ? A.norm() : A.trace();
   const M I = M::Identity(F, F);
   M Y = A / s, Z = I, P, Tk;
+  const bool residual = options.tolerance > 0 || options.final_residual;
   for (int k = 0;; ++k) {
+    if (k == options.iterations && !residual) {
+      report.residual = std::numeric_limits<double>::quiet_NaN();
+      report.iterations = k;
+      break;
+    }
     P.noalias() = Z * Y;
     report.residual = double((I - P).norm()) / std::sqrt(double(F));
     report.iterations = k;
@@ -66,7 +72,7 @@ isqrt_report newton_schulz(const Eigen::Ref<const square_matrix<T>>& A, square_m
     Z = Tk * Z;
   }
   D = Z / std::sqrt(s);
-  if (!D.allFinite() || !std::isfinite(report.residual)) report.status = isqrt_status::non_finite;
+  if (!D.allFinite() || (residual && !std::isfinite(report.residual))) report.status = isqrt_status::non_finite;
   return report;
 }
 

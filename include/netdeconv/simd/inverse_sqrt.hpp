@@ -5,14 +5,15 @@
 //   Y_0 = A/s;  T_0 = (3I - Y_0)/2;  Z_1 = T_0 (Z_0 = I: no product);  Y_1 = Y_0 T_0
 //   k = 1 .. n-1:  P_k = Z_k Y_k;  T_k = (3I - P_k)/2;  Z_{k+1} = T_k Z_k;  Y_{k+1} = Y_k T_k
 //   P_n = Z_n Y_n (for the residual);  D = Z_n / sqrt(s)
+// (options.final_residual = false: no Y_n and no P_n, the residual is NaN.)
 // Every iterate is a polynomial in A, so all of them are symmetric and commute: for n <= 5 steps
-// (the reference's conv setting) each product computes only its upper triangle (column panels
-// C[0:j1, j0:j1] = L[0:j1, :] R[:, j0:j1], threads over column ranges) and mirrors it: 3n - 1 half
-// products instead of the 3n + 1 full ones of the sequential loop. Beyond 5 steps exact symmetry
-// costs float32 accuracy (see max_symmetric_steps), so those runs use full products (3n - 1).
-// The last step still forms Y_n: the residual ||I - Z_n Y_n|| needs it (the (I - P)^2 (4I - P)/4
-// form of I - P_n costs the same two products). Many blocks: blocks in parallel, one thread each;
-// few blocks: column ranges of each product in parallel.
+// (the reference's conv setting) each product computes only its upper triangle (threads over
+// column ranges, see product()) and mirrors it: 3n - 1 half products instead of the 3n + 1 full
+// ones of the sequential loop. Beyond 5 steps exact symmetry costs float32 accuracy (see
+// max_symmetric_steps), so those runs use full products (3n - 1). Y_n and P_n serve only the
+// residual ||I - Z_n Y_n|| (its (I - P)^2 (4I - P)/4 form costs the same two products), so
+// final_residual = false saves them: 3n - 3 products. Many blocks: blocks in parallel, one thread
+// each; few blocks: column ranges of each product in parallel.
 // Converged mode and the exact path use the OpenMP backend (sequential per block).
 
 #include <algorithm>
@@ -92,7 +93,7 @@ isqrt_report newton_schulz_fixed(const Eigen::Ref<const square_matrix<T>>& A, sq
   if (report.status != isqrt_status::ok) return report;
   const T s = options.scaling == isqrt_scaling::frobenius ? A.norm() : A.trace();
   const int n = options.iterations;
-  const bool sym = n <= max_symmetric_steps;
+  const bool sym = n <= max_symmetric_steps, residual = options.final_residual;
   M Y = A / s, Z, P, Tk, tmp;
   if (n == 0) {
     Z = M::Identity(F, F);
@@ -101,24 +102,31 @@ isqrt_report newton_schulz_fixed(const Eigen::Ref<const square_matrix<T>>& A, sq
     Tk = T(-0.5) * Y;
     Tk.diagonal().array() += T(1.5);
     Z = Tk;
-    product(Y, Tk, tmp, sym, threads);
-    Y.swap(tmp);
+    if (n > 1 || residual) {
+      product(Y, Tk, tmp, sym, threads);
+      Y.swap(tmp);
+    }
     for (int k = 1; k < n; ++k) {
       product(Z, Y, P, sym, threads);
       Tk = T(-0.5) * P;
       Tk.diagonal().array() += T(1.5);
       product(Tk, Z, tmp, sym, threads);
       Z.swap(tmp);
-      product(Y, Tk, tmp, sym, threads);
-      Y.swap(tmp);
+      if (k + 1 < n || residual) {  // Y_n only for the residual
+        product(Y, Tk, tmp, sym, threads);
+        Y.swap(tmp);
+      }
     }
-    product(Z, Y, P, sym, threads);
+    if (residual) product(Z, Y, P, sym, threads);
   }
-  P.diagonal().array() -= T(1);
-  report.residual = double(P.norm()) / std::sqrt(double(F));
   report.iterations = n;
+  report.residual = std::numeric_limits<double>::quiet_NaN();
+  if (residual) {
+    P.diagonal().array() -= T(1);
+    report.residual = double(P.norm()) / std::sqrt(double(F));
+  }
   D = Z / std::sqrt(s);
-  if (!D.allFinite() || !std::isfinite(report.residual)) report.status = isqrt_status::non_finite;
+  if (!D.allFinite() || (residual && !std::isfinite(report.residual))) report.status = isqrt_status::non_finite;
   return report;
 }
 

@@ -47,12 +47,13 @@ struct isqrt_params {
   bool final_residual = true;  ///< false: skip the last P (fixed mode; reports residual NaN)
 };
 
-/// From netdeconv::isqrt_options (or any object with iterations, tolerance, scaling, method).
+/// From netdeconv::isqrt_options (or any object with iterations, tolerance, scaling, method,
+/// final_residual).
 template <class Options>
-isqrt_params to_isqrt_params(const Options& o, bool final_residual = true) {
+isqrt_params to_isqrt_params(const Options& o) {
   NETDECONV_REQUIRE(static_cast<int>(o.method) == 0, "inverse_sqrt",
                     "the CUDA path runs Newton-Schulz only (the exact method is CPU-only)");
-  return {o.iterations, o.tolerance, static_cast<int>(o.scaling) == 1, final_residual};
+  return {o.iterations, o.tolerance, static_cast<int>(o.scaling) == 1, o.final_residual};
 }
 inline isqrt_params to_isqrt_params(const isqrt_params& p) { return p; }
 
