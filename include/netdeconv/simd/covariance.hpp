@@ -77,7 +77,9 @@ class row_reader<matrix_rows<float>> {
   explicit row_reader(const matrix_rows<float>& source) : x_(source.matrix()) {}
   const float* base(index_t r) const { return x_.data + r * x_.stride[0]; }
   index_t offset(index_t j) const { return j * x_.stride[1]; }
-  void gather(index_t, float*) const {}
+  void gather(index_t r, float* out) const {
+    for (index_t j = 0; j < x_.shape[1]; ++j) out[j] = x_(r, j);
+  }
 
  private:
   matrix_view<const float> x_;
