@@ -18,8 +18,10 @@ def lines(name):
 
 
 rows = lines("statistics_step.txt")
-print("| shape (H,W,C,Co,blk,k,S) | F | G | cov GFLOP/s | %% sgemm peak | syrk/ours | min(gemm,syrk)/ours | x read GB/s | isqrt / 15 sgemm | torch/ours stats | peak extra MiB (batch %d) | at batch %d |"
-      % (rows[0]["batch"], rows[0]["memory_batch"]) if rows else "")
+if rows:
+    at = "at batch %d" % rows[0]["memory_batch"] if rows[0]["memory_batch"] > 0 else "at --memory-batch (not run)"
+    print("| shape (H,W,C,Co,blk,k,S) | F | G | cov GFLOP/s | %% sgemm peak | syrk/ours | min(gemm,syrk)/ours | x read GB/s | isqrt / 15 sgemm | torch/ours stats | peak extra MiB (batch %d) | %s |"
+          % (rows[0]["batch"], at))
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 ratios = []
 for r in rows:
