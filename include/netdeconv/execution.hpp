@@ -59,6 +59,18 @@ inline int thread_count(const omp_policy& policy) {
 #endif
 }
 
+/// This thread's index in its OpenMP team and the team's size ({0, 1} outside a region or without OpenMP).
+struct team_position {
+  int thread = 0, threads = 1;
+};
+inline team_position this_team_position() {
+#ifdef _OPENMP
+  return {omp_get_thread_num(), omp_get_num_threads()};
+#else
+  return {};
+#endif
+}
+
 /// Called first in each thread of a region of ours that runs Eigen products: keeps them in that
 /// thread. In a team of one, Eigen would otherwise run a large product on omp_get_max_threads()
 /// threads, more than the policy asked for. (The setting ends with the region.)

@@ -63,11 +63,7 @@ void fold_impl(const simd_policy& policy, const block_statistics<T>& stats, imag
 #pragma omp parallel num_threads(threads)
 #endif
     {
-#ifdef _OPENMP
-      const index_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-      const index_t t = 0, nt = 1;
-#endif
+      const auto [t, nt] = this_team_position();
       keep_eigen_in_thread();
       rows_t w, folded;
       for (index_t r0 = rows * t / nt, end = rows * (t + 1) / nt; r0 < end; r0 += tile) {

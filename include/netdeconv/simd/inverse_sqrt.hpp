@@ -52,11 +52,7 @@ void product(const square_matrix<T>& L, const square_matrix<T>& R, square_matrix
 #pragma omp parallel num_threads(threads) if (threads > 1)
 #endif
   {
-#ifdef _OPENMP
-    const index_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-    const index_t t = 0, nt = 1;
-#endif
+    const auto [t, nt] = this_team_position();
     keep_eigen_in_thread();
     const index_t c0 = bound(t, nt), c1 = bound(t + 1, nt);
     if (symmetric) {  // C[0:c0, c0:c1] as a GEMM, the diagonal block's upper triangle as a triangular product
