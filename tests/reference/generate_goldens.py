@@ -38,6 +38,8 @@ import sys
 import torch
 import torch.nn.functional as Fn
 
+import golden_files
+
 GOLDEN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "goldens")
 CHECK_RTOL = 1e-10
 INPUT_KEYS = ("x", "weight", "bias")
@@ -300,29 +302,6 @@ def render(header, arrays):
     return "\n".join(lines) + "\n"
 
 
-def parse(text):
-    tokens = text.split()
-    header, arrays, i = [], [], 0
-    while i < len(tokens):
-        if tokens[i] == "array":
-            name, count = tokens[i + 1], int(tokens[i + 2])
-            values = [float(t) for t in tokens[i + 3:i + 3 + count]]
-            if len(values) != count:
-                raise ValueError("array %s: expected %d values, file ends after %d" % (name, count, len(values)))
-            arrays.append((name, values))
-            i += 3 + count
-        else:
-            if i + 1 >= len(tokens):
-                raise ValueError("header key %r without a value" % tokens[i])
-            header.append((tokens[i], tokens[i + 1]))
-            i += 2
-    return header, arrays
-
-
-# ----------------------------------------------------------------------------------------------
-# Modes
-# ----------------------------------------------------------------------------------------------
-
 def write_all(directory):
     os.makedirs(directory, exist_ok=True)
     names = {case["name"] for case in CASES}
@@ -339,60 +318,11 @@ def write_all(directory):
             os.path.relpath(path), info["block_adjusted"], info["features"], info["samples"], info["statistics"]))
 
 
-def rel_err(a, b):
-    num = math.sqrt(sum((p - q) ** 2 for p, q in zip(a, b)))
-    den = math.sqrt(sum(q * q for q in b))
-    return num / den if den > 0 else num
-
-
 def check_all(directory):
-    problems = []
-    if not os.path.isdir(directory):
-        print("goldens check FAILED: directory %s is missing (run %s)" % (directory, sys.argv[0]))
-        return 1
-    on_disk = {f[:-4] for f in os.listdir(directory) if f.endswith(".txt")}
-    expected = [case["name"] for case in CASES]
-    for name in sorted(on_disk - set(expected)):
-        problems.append("%s: file on disk but no such case in the generator" % name)
-    worst = 0.0
-    for case in CASES:
-        name = case["name"]
-        if name not in on_disk:
-            problems.append("%s: case missing on disk" % name)
-            continue
-        with open(os.path.join(directory, name + ".txt")) as f:
-            try:
-                got_header, got_arrays = parse(f.read())
-            except ValueError as e:
-                problems.append("%s: cannot parse: %s" % (name, e))
-                continue
+    def expected(case):
         header, arrays = build(case)
-        if got_header != header:
-            problems.append("%s: header differs: file %s, generator %s" % (name, got_header, header))
-        if [(n, len(v)) for n, v in got_arrays] != [(n, len(v)) for n, v in arrays]:
-            problems.append("%s: arrays differ in names/sizes: file %s, generator %s" % (
-                name, [(n, len(v)) for n, v in got_arrays], [(n, len(v)) for n, v in arrays]))
-            continue
-        for (aname, got), (_, ref) in zip(got_arrays, arrays):
-            if aname in INPUT_KEYS:
-                if got != ref:
-                    bad = next(i for i, (p, q) in enumerate(zip(got, ref)) if p != q)
-                    problems.append("%s: input %s differs at %d: file %r, generator %r" % (
-                        name, aname, bad, got[bad], ref[bad]))
-            else:
-                err = rel_err(got, ref)
-                worst = max(worst, err)
-                if not err <= CHECK_RTOL:
-                    problems.append("%s: %s relative error %.3g > %g" % (name, aname, err, CHECK_RTOL))
-    if problems:
-        print("goldens check FAILED (%d problem(s)); regenerate with %s if the change is intended:" % (
-            len(problems), os.path.basename(sys.argv[0])))
-        for p in problems:
-            print("  " + p)
-        return 1
-    print("goldens check OK: %d cases, largest output relative error %.3g (tolerance %g)" % (
-        len(CASES), worst, CHECK_RTOL))
-    return 0
+        return header, arrays, sum(1 for n, _ in arrays if n in INPUT_KEYS)
+    return golden_files.check_all(directory, CASES, expected, "goldens", CHECK_RTOL)
 
 
 def main():

@@ -61,6 +61,8 @@ import sys
 import torch
 import torch.nn.functional as Fn
 
+import golden_files
+
 GOLDEN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sequence_goldens")
 CHECK_RTOL = 1e-10
 OUTPUT_DIGITS = 13
@@ -441,29 +443,6 @@ def render(header, inputs, outputs):
     return "\n".join(lines) + "\n"
 
 
-def parse(text):
-    tokens = text.split()
-    header, arrays, i = [], [], 0
-    while i < len(tokens):
-        if tokens[i] == "array":
-            name, count = tokens[i + 1], int(tokens[i + 2])
-            values = [float(v) for v in tokens[i + 3:i + 3 + count]]
-            if len(values) != count:
-                raise ValueError("array %s: %d values expected, the file ends after %d" % (name, count, len(values)))
-            arrays.append((name, values))
-            i += 3 + count
-        elif i + 1 < len(tokens):
-            header.append((tokens[i], tokens[i + 1]))
-            i += 2
-        else:
-            raise ValueError("header key %r without a value" % tokens[i])
-    return header, arrays
-
-
-# ----------------------------------------------------------------------------------------------
-# Modes
-# ----------------------------------------------------------------------------------------------
-
 def write_all(directory):
     os.makedirs(directory, exist_ok=True)
     names = {case["name"] for case in CASES}
@@ -483,59 +462,11 @@ def write_all(directory):
     print("total %d bytes" % total)
 
 
-def rel_err(a, b):
-    num = math.sqrt(sum((p - q) ** 2 for p, q in zip(a, b)))
-    den = math.sqrt(sum(q * q for q in b))
-    return num / den if den > 0 else num
-
-
 def check_all(directory):
-    if not os.path.isdir(directory):
-        print("sequence goldens check FAILED: directory %s is missing (run %s)" % (directory, sys.argv[0]))
-        return 1
-    problems = []
-    on_disk = {f[:-4] for f in os.listdir(directory) if f.endswith(".txt")}
-    for name in sorted(on_disk - {case["name"] for case in CASES}):
-        problems.append("%s: file on disk but no such case in the generator" % name)
-    worst = 0.0
-    for case in CASES:
-        name = case["name"]
-        if name not in on_disk:
-            problems.append("%s: case missing on disk" % name)
-            continue
-        with open(os.path.join(directory, name + ".txt")) as f:
-            try:
-                got_header, got = parse(f.read())
-            except ValueError as e:
-                problems.append("%s: cannot parse: %s" % (name, e))
-                continue
+    def expected(case):
         header, inputs, outputs = build(case)
-        if got_header != header:
-            problems.append("%s: header differs: file %s, generator %s" % (name, got_header, header))
-        expected = [(n, flat(t)) for n, t in inputs + outputs]
-        if [(n, len(v)) for n, v in got] != [(n, len(v)) for n, v in expected]:
-            problems.append("%s: array names or sizes differ" % name)
-            continue
-        for i, ((aname, values), (_, ref)) in enumerate(zip(got, expected)):
-            if i < len(inputs):
-                if values != ref:
-                    bad = next(j for j, (p, q) in enumerate(zip(values, ref)) if p != q)
-                    problems.append("%s: input %s differs at %d: file %r, generator %r" % (
-                        name, aname, bad, values[bad], ref[bad]))
-            else:
-                err = rel_err(values, ref)
-                worst = max(worst, err)
-                if not err <= CHECK_RTOL:
-                    problems.append("%s: %s relative error %.3g > %g" % (name, aname, err, CHECK_RTOL))
-    if problems:
-        print("sequence goldens check FAILED (%d problem(s)); regenerate with %s if the change is intended:" % (
-            len(problems), os.path.basename(sys.argv[0])))
-        for p in problems:
-            print("  " + p)
-        return 1
-    print("sequence goldens check OK: %d cases, largest output relative error %.3g (tolerance %g)" % (
-        len(CASES), worst, CHECK_RTOL))
-    return 0
+        return header, [(n, flat(t)) for n, t in inputs + outputs], len(inputs)
+    return golden_files.check_all(directory, CASES, expected, "sequence goldens", CHECK_RTOL)
 
 
 def main():
