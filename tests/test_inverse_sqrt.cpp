@@ -150,11 +150,18 @@ TEST_CASE_TEMPLATE("failures are statuses: non-finite, indefinite, singular, not
     const square_matrix<T> indefinite = A - T(2) * square_matrix<T>::Identity(6, 6) * A.diagonal().maxCoeff();
     CHECK(inverse_sqrt(seq, indefinite, D, options).status == isqrt_status::not_positive_definite);
     CHECK(D.array().isNaN().all());
-    // covariance of rank-deficient data, no eps: singular to working precision
+    // covariance of rank-deficient data, no eps: singular, positive semi-definite. The exact root
+    // does not exist; the truncated iteration (a polynomial in A/s) does, as in the reference.
     oracle::MatrixXd X = oracle::MatrixXd::Random(100, 6);
     X.col(5) = X.col(0) - 2.0 * X.col(1);
     const square_matrix<T> singular = oracle::covariance(X, 0.0).cast<T>();
-    CHECK(inverse_sqrt(seq, singular, D, options).status == isqrt_status::not_positive_definite);
+    const auto r = inverse_sqrt(seq, singular, D, options);
+    if (options.method == isqrt_method::exact) {
+      CHECK(r.status == isqrt_status::not_positive_definite);
+    } else {
+      CHECK(r.status == isqrt_status::ok);
+      CHECK(oracle::rel_err(D, oracle::newton_schulz(singular.template cast<double>(), 5)) < 1e-5);
+    }
   }
   const auto r = inverse_sqrt(seq, A, D, isqrt_options::converged(1e-30, 3));
   CHECK(r.status == isqrt_status::not_converged);
@@ -296,4 +303,126 @@ TEST_CASE_TEMPLATE("final_residual = false: the same D, a NaN residual, status o
   bad(1, 4) = std::numeric_limits<T>::infinity();
   CHECK(inverse_sqrt(seq, bad, D, without).status == isqrt_status::non_finite);
   CHECK(inverse_sqrt(par, bad, D, without).status == isqrt_status::non_finite);
+}
+
+// ---- issue 9: the pre-iteration screen, the scale, symmetry and the step cap ----
+
+namespace {
+
+/// seq, OpenMP and SIMD (1 and 2 threads) on one matrix.
+template <class T, class F>
+void for_each_policy(F&& f) {
+  f(seq);
+  f(omp_policy{{}, 2});
+  f(simd_threads(1));
+  f(simd_threads(2));
+}
+
+}  // namespace
+
+TEST_CASE("float32 A + eps I with A positive semi-definite is never rejected, and equals the float64 recurrence") {
+  // rank-deficient A (fewer samples than features), zero rows and columns (dead channels), A = 0
+  std::mt19937_64 rng(42);
+  std::normal_distribution<double> normal;
+  for (const index_t F : {9, 64, 576})
+    for (const double scale : {1.0, 100.0})
+      for (const int kind : {0, 1, 2}) {
+        CAPTURE(F);
+        CAPTURE(scale);
+        CAPTURE(kind);
+        MatrixXd A = MatrixXd::Zero(F, F);
+        if (kind < 2) {
+          MatrixXd X(F / 2, F);
+          for (index_t i = 0; i < X.size(); ++i) X.data()[i] = scale * std::max(0.0, normal(rng));
+          if (kind == 1) X.leftCols(F / 3).setZero();
+          A = oracle::covariance(X, 0.0);
+        }
+        const square_matrix<float> cov = (A + 1e-5 * MatrixXd::Identity(F, F)).cast<float>();
+        const MatrixXd ref = oracle::newton_schulz(cov.cast<double>(), 5);
+        for_each_policy<float>([&](const auto& policy) {
+          square_matrix<float> D;
+          const auto r = inverse_sqrt(policy, cov, D, isqrt_options::fixed(5));
+          CHECK(r.status == isqrt_status::ok);
+          CHECK(D.allFinite());
+          // float32 rounding of 5 steps on a matrix whose eigenvalues span scale/eps: measured <= 1e-6
+          CHECK(oracle::rel_err(D, ref) < 1e-5);
+        });
+      }
+}
+
+TEST_CASE_TEMPLATE("not_positive_definite is for an eigenvalue below -F*epsilon(T)*max diag, not for singular PSD", T, float,
+                   double) {
+  std::mt19937_64 rng(43);
+  const index_t F = 40;
+  const MatrixXd X = MatrixXd::Random(10, F);
+  const MatrixXd A = oracle::covariance(X, 0.0);  // rank 9, PSD
+  const double tau = double(F) * double(std::numeric_limits<T>::epsilon()) * A.diagonal().maxCoeff();
+  for_each_policy<T>([&](const auto& policy) {
+    square_matrix<T> D;
+    CHECK(inverse_sqrt(policy, square_matrix<T>(A.cast<T>()), D).status == isqrt_status::ok);
+    CHECK(oracle::rel_err(D, oracle::newton_schulz(A.cast<T>().template cast<double>(), 5)) <
+          (std::is_same_v<T, float> ? 1e-5 : 1e-12));
+    const square_matrix<T> just_inside = (A - 0.5 * tau * MatrixXd::Identity(F, F)).cast<T>();
+    CHECK(inverse_sqrt(policy, just_inside, D).status == isqrt_status::ok);
+    const square_matrix<T> beyond = (A - 4 * tau * MatrixXd::Identity(F, F)).cast<T>();
+    CHECK(inverse_sqrt(policy, beyond, D).status == isqrt_status::not_positive_definite);
+    CHECK(D.array().isNaN().all());
+    CHECK(inverse_sqrt(policy, square_matrix<T>(square_matrix<T>::Zero(F, F)), D).status ==
+          isqrt_status::not_positive_definite);
+  });
+}
+
+TEST_CASE("the scale is taken in double: 1e30 I and 1e-30 I in float are whitened, not zeroed or refused") {
+  for (const index_t F : {1, 9, 64})
+    for (const double magnitude : {1e30, 1e-30, 1e36, 1e-36})
+      for (const auto scaling : {isqrt_scaling::frobenius, isqrt_scaling::trace}) {
+        CAPTURE(F);
+        CAPTURE(magnitude);
+        const MatrixXd A = magnitude * (MatrixXd::Identity(F, F) + 0.1 * MatrixXd::Ones(F, F) / double(F));
+        isqrt_options options = isqrt_options::fixed(5);
+        options.scaling = scaling;
+        // the float64 recurrence on A / magnitude, rescaled: exact in double for these magnitudes
+        const MatrixXd unit = A / magnitude;
+        const double s = scaling == isqrt_scaling::frobenius ? unit.norm() : unit.trace();
+        MatrixXd Y = unit / s, Z = MatrixXd::Identity(F, F);
+        for (int k = 0; k < 5; ++k) {
+          const MatrixXd Tk = 0.5 * (3.0 * MatrixXd::Identity(F, F) - Z * Y);
+          Y = Y * Tk;
+          Z = Tk * Z;
+        }
+        const MatrixXd ref = Z / std::sqrt(s * magnitude);
+        for_each_policy<float>([&](const auto& policy) {
+          square_matrix<float> D;
+          const auto r = inverse_sqrt(policy, square_matrix<float>(A.cast<float>()), D, options);
+          CHECK(r.status == isqrt_status::ok);
+          CHECK(D.allFinite());
+          CHECK(oracle::rel_err(D, ref) < 1e-5);
+        });
+        square_matrix<float> D;
+        CHECK(inverse_sqrt(seq, square_matrix<float>(A.cast<float>()), D, isqrt_options::converged(1e-5)).status ==
+              isqrt_status::ok);
+        CHECK(oracle::rel_err(D, MatrixXd(Eigen::SelfAdjointEigenSolver<MatrixXd>(A).operatorInverseSqrt())) < 1e-4);
+      }
+}
+
+TEST_CASE("a non-symmetric A and a step count above the cap are argument errors") {
+  square_matrix<float> A = square_matrix<float>::Identity(4, 4), D;
+  A(0, 1) = 0.25f;
+  for_each_policy<float>([&](const auto& policy) {
+    CHECK_THROWS_WITH_AS(inverse_sqrt(policy, A, D), doctest::Contains("A is not symmetric"), invalid_argument);
+    std::vector<square_matrix<float>> batch{square_matrix<float>::Identity(3, 3), A}, Ds;
+    CHECK_THROWS_WITH_AS(inverse_sqrt(policy, batch, Ds), doctest::Contains("A[1] is not symmetric"), invalid_argument);
+  });
+  CHECK_THROWS_WITH_AS(inverse_sqrt_exact(A, D), doctest::Contains("A is not symmetric"), invalid_argument);
+  // rounding-level asymmetry (a GEMM's X^T X) is accepted
+  square_matrix<float> B = square_matrix<float>::Identity(4, 4);
+  B(0, 1) = 0.25f;
+  B(1, 0) = std::nextafter(0.25f, 1.0f);
+  CHECK(inverse_sqrt(seq, B, D).status == isqrt_status::ok);
+  const square_matrix<float> I = square_matrix<float>::Identity(3, 3);
+  CHECK_THROWS_WITH_AS(inverse_sqrt(seq, I, D, isqrt_options::fixed(isqrt_max_iterations + 1)),
+                       doctest::Contains("iterations (n_iter) must be <= 10000"), invalid_argument);
+  CHECK_THROWS_WITH_AS(inverse_sqrt(par, I, D, isqrt_options::converged(1e-5, isqrt_max_iterations + 1)),
+                       doctest::Contains("must be <= 10000"), invalid_argument);
+  CHECK(inverse_sqrt(seq, I, D, isqrt_options::fixed(isqrt_max_iterations)).status == isqrt_status::ok);
 }

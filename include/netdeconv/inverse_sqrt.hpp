@@ -14,16 +14,29 @@
 // inverse_sqrt_exact is the float64 verification path: D = V diag(w^-1/2) V^T from Eigen's
 // SelfAdjointEigenSolver.
 //
-// Failures are statuses, not exceptions: non_finite (NaN/Inf in A or in the result),
-// not_positive_definite (Cholesky fails or a pivot is below F*epsilon(T) times the largest
-// diagonal entry: singular to working precision), not_converged (tolerance not reached). For the
-// first two, D is filled with NaN so it cannot be used by accident.
+// The scale s is computed in double and Y_0 = A/s, D = Z_n/sqrt(s) are divided in double, so a
+// matrix of any magnitude that T represents is whitened (1e30 I and 1e-30 I in float).
+//
+// Failures of the data are statuses, not exceptions: non_finite (NaN/Inf in A or in the result),
+// not_positive_definite (an eigenvalue below -F*epsilon(T)*max_i |a_ii|, i.e. indefinite beyond
+// the rounding of A; or A = 0: see classify_spd in sequential/inverse_sqrt.hpp for why covariances
+// of real data, rank-deficient or with dead channels, always pass), not_converged (tolerance not
+// reached). For the first two, D is filled with NaN so it cannot be used by accident. The exact
+// path needs a positive definite A: it reports not_positive_definite when the smallest eigenvalue
+// is <= F*2^-52 times the largest. Every result with status ok is finite.
+//
+// Argument errors throw invalid_argument: A not square or empty, A not symmetric (beyond
+// ||A - A^T||_F <= F*epsilon(T)*||A||_F, checked when A is finite), iterations outside
+// [0, isqrt_max_iterations], tolerance < 0.
 //
 //   Eigen::MatrixXf D;
 //   auto report = netdeconv::inverse_sqrt(netdeconv::seq, cov, D, netdeconv::isqrt_options::converged(1e-4));
 //   if (report.status != netdeconv::isqrt_status::ok) { ... }
 
+#include <cmath>
+#include <limits>
 #include <ostream>
+#include <string>
 #include <vector>
 
 #include <Eigen/Core>
@@ -41,6 +54,9 @@ inline std::ostream& operator<<(std::ostream& os, isqrt_status s) {
   constexpr const char* names[] = {"ok", "not_converged", "non_finite", "not_positive_definite"};
   return os << names[static_cast<int>(s)];
 }
+
+/// The most Newton-Schulz steps a call may ask for (fixed steps, or the converged mode's cap).
+inline constexpr int isqrt_max_iterations = 10000;
 
 struct isqrt_options {
   isqrt_method method = isqrt_method::newton_schulz;
@@ -72,13 +88,26 @@ namespace detail {
 
 inline void check_isqrt_options(const char* fn, const isqrt_options& o) {
   NETDECONV_REQUIRE(o.iterations >= 0, fn, "iterations (n_iter) must be >= 0, got ", o.iterations);
+  NETDECONV_REQUIRE(o.iterations <= isqrt_max_iterations, fn, "iterations (n_iter) must be <= ", isqrt_max_iterations,
+                    ", got ", o.iterations);
   NETDECONV_REQUIRE(o.tolerance >= 0, fn, "tolerance must be >= 0, got ", o.tolerance);
 }
 
 template <class T>
-void check_square(const char* fn, const char* name, const Eigen::Ref<const square_matrix<T>>& A) {
+void check_square_symmetric(const char* fn, const char* name, const Eigen::Ref<const square_matrix<T>>& A) {
   NETDECONV_REQUIRE(A.rows() == A.cols(), fn, name, " must be square, got ", A.rows(), "x", A.cols());
   NETDECONV_REQUIRE(A.rows() >= 1, fn, name, " must be at least 1x1, got ", A.rows(), "x", A.cols());
+  if (!A.allFinite()) return;  // reported as non_finite
+  double asymmetry = 0;        // ||A - A^T||_F^2, in double
+  for (index_t j = 0; j < A.cols(); ++j)
+    for (index_t i = 0; i < j; ++i) {
+      const double d = double(A(i, j)) - double(A(j, i));
+      asymmetry += 2 * d * d;
+    }
+  asymmetry = std::sqrt(asymmetry);
+  const double bound = double(A.rows()) * double(std::numeric_limits<T>::epsilon()) * A.template cast<double>().stableNorm();
+  NETDECONV_REQUIRE(asymmetry <= bound, fn, name, " is not symmetric: ||A - A^T||_F = ", asymmetry,
+                    " exceeds F*epsilon*||A||_F = ", bound);
 }
 
 }  // namespace detail
@@ -99,7 +128,7 @@ isqrt_report inverse_sqrt(const Policy& policy, const Eigen::MatrixBase<Derived>
   using T = typename Derived::Scalar;
   detail::check_isqrt_options("inverse_sqrt", options);
   const Eigen::Ref<const square_matrix<T>> a(A.derived());
-  detail::check_square<T>("inverse_sqrt", "A", a);
+  detail::check_square_symmetric<T>("inverse_sqrt", "A", a);
   return detail::inverse_sqrt_impl<T>(policy, a, D, options);
 }
 
@@ -109,7 +138,10 @@ std::vector<isqrt_report> inverse_sqrt(const Policy& policy, const std::vector<s
                                        std::vector<square_matrix<T>>& D, const isqrt_options& options = {}) {
   static_assert(is_execution_policy_v<Policy>, "first argument must be an execution policy");
   detail::check_isqrt_options("inverse_sqrt", options);
-  for (const auto& a : A) detail::check_square<T>("inverse_sqrt", "A[i]", a);
+  for (std::size_t i = 0; i < A.size(); ++i) {
+    const std::string name = "A[" + std::to_string(i) + "]";
+    detail::check_square_symmetric<T>("inverse_sqrt", name.c_str(), A[i]);
+  }
   D.resize(A.size());
   return detail::inverse_sqrt_batched_impl(policy, A, D, options);
 }
@@ -120,7 +152,7 @@ template <class Derived>
 isqrt_report inverse_sqrt_exact(const Eigen::MatrixBase<Derived>& A, square_matrix<typename Derived::Scalar>& D) {
   using T = typename Derived::Scalar;
   const Eigen::Ref<const square_matrix<T>> a(A.derived());
-  detail::check_square<T>("inverse_sqrt_exact", "A", a);
+  detail::check_square_symmetric<T>("inverse_sqrt_exact", "A", a);
   return detail::inverse_sqrt_exact_impl<T>(a, D);
 }
 

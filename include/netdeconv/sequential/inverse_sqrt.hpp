@@ -14,29 +14,66 @@
 
 namespace netdeconv::detail {
 
-/// Status of A before iterating: non_finite, not_positive_definite (Cholesky in double fails or a
-/// pivot is below F*epsilon(T)*max diag), else ok.
+/// Status of A before iterating, the screen of every Newton-Schulz path:
+///   non_finite             NaN or Inf in A, or a scale s that overflows double;
+///   not_positive_definite  A has an eigenvalue below -tau, tau = F * epsilon(T) * max_i |a_ii|
+///                          (the Cholesky factorisation of A + tau I fails in double); A = 0;
+///   ok                     otherwise.
+/// Why -tau and not a positive floor: a symmetric positive semi-definite M rounded to T is
+/// A = M + E with |E_ij| <= u |M_ij| <= u sqrt(M_ii M_jj) (u = epsilon(T)/2), so
+/// ||E||_2 <= ||E||_F <= u tr M <= tau/2. Every covariance of real data, Cov0 + eps I, therefore
+/// passes whatever eps, its rank (fewer samples than features) or dead (all-zero) channels, and
+/// only a matrix that is indefinite beyond its own rounding is refused. A singular positive
+/// semi-definite A passes too: the truncated iteration is a polynomial in A/s and is defined there
+/// (fixed mode returns it, as the reference layers do; converged mode reports not_converged).
 template <class T>
-isqrt_status classify_spd(const Eigen::Ref<const square_matrix<T>>& A) {
-  if (!A.allFinite()) return isqrt_status::non_finite;
-  const Eigen::LLT<square_matrix<double>> llt(A.template cast<double>());
-  if (llt.info() != Eigen::Success) return isqrt_status::not_positive_definite;
-  const double floor = double(A.rows()) * double(std::numeric_limits<T>::epsilon()) *
-                       A.diagonal().template cast<double>().cwiseAbs().maxCoeff();
-  const double min_pivot = llt.matrixLLT().diagonal().cwiseAbs2().minCoeff();
-  return min_pivot > floor ? isqrt_status::ok : isqrt_status::not_positive_definite;
+isqrt_status classify_spd(const square_matrix<double>& a) {
+  if (!a.allFinite()) return isqrt_status::non_finite;
+  const double tau = double(a.rows()) * double(std::numeric_limits<T>::epsilon()) * a.diagonal().cwiseAbs().maxCoeff();
+  square_matrix<double> shifted = a;
+  shifted.diagonal().array() += tau;
+  const Eigen::LLT<square_matrix<double>> llt(shifted);
+  return llt.info() == Eigen::Success ? isqrt_status::ok : isqrt_status::not_positive_definite;
 }
 
-/// The report of A's status before iterating (classify_spd); D is filled with NaN unless ok.
-template <class T>
-isqrt_report screen(const Eigen::Ref<const square_matrix<T>>& A, square_matrix<T>& D) {
+/// The start of every Newton-Schulz path: the screen's report (D filled with NaN unless ok) and
+/// the scale s = ||A||_F (or tr A), taken in double so that it neither overflows nor underflows
+/// T (1e30 I and 1e-30 I in float are ordinary matrices).
+struct screened {
   isqrt_report report;
-  report.status = classify_spd<T>(A);
-  if (report.status != isqrt_status::ok) {
-    D = square_matrix<T>::Constant(A.rows(), A.rows(), std::numeric_limits<T>::quiet_NaN());
-    report.residual = std::numeric_limits<double>::quiet_NaN();
+  double scale = 0.0;
+};
+
+template <class T>
+screened screen(const Eigen::Ref<const square_matrix<T>>& A, square_matrix<T>& D, isqrt_scaling scaling) {
+  screened out;
+  const square_matrix<double> a = A.template cast<double>();
+  out.report.status = classify_spd<T>(a);
+  if (out.report.status == isqrt_status::ok) {
+    out.scale = scaling == isqrt_scaling::frobenius ? a.stableNorm() : a.trace();
+    if (!std::isfinite(out.scale))
+      out.report.status = isqrt_status::non_finite;
+    else if (!(out.scale > 0))  // tr A <= 0 within the tolerance above
+      out.report.status = isqrt_status::not_positive_definite;
   }
-  return report;
+  if (out.report.status != isqrt_status::ok) {
+    D = square_matrix<T>::Constant(A.rows(), A.rows(), std::numeric_limits<T>::quiet_NaN());
+    out.report.residual = std::numeric_limits<double>::quiet_NaN();
+  }
+  return out;
+}
+
+/// Y_0 = A/s, divided in double.
+template <class T>
+square_matrix<T> scaled(const Eigen::Ref<const square_matrix<T>>& A, double s) {
+  return (A.template cast<double>() / s).template cast<T>();
+}
+
+/// D = Z_n / sqrt(s), divided in double; non_finite if D or the residual (when computed) is not finite.
+template <class T>
+void finish(const square_matrix<T>& Z, double s, bool residual, square_matrix<T>& D, isqrt_report& report) {
+  D = (Z.template cast<double>() / std::sqrt(s)).template cast<T>();
+  if (!D.allFinite() || (residual && !std::isfinite(report.residual))) report.status = isqrt_status::non_finite;
 }
 
 template <class T>
@@ -47,11 +84,11 @@ isqrt_report newton_schulz(const Eigen::Ref<const square_matrix<T>>& A, square_m
                            const isqrt_options& options) {
   using M = square_matrix<T>;
   const index_t F = A.rows();
-  isqrt_report report = screen<T>(A, D);
+  const auto [checked, s] = screen<T>(A, D, options.scaling);
+  isqrt_report report = checked;
   if (report.status != isqrt_status::ok) return report;
-  const T s = options.scaling == isqrt_scaling::frobenius ? A.norm() : A.trace();
   const M I = M::Identity(F, F);
-  M Y = A / s, Z = I, P, Tk;
+  M Y = scaled<T>(A, s), Z = I, P, Tk;
   const bool residual = options.tolerance > 0 || options.final_residual;
   for (int k = 0;; ++k) {
     if (k == options.iterations && !residual) {
@@ -71,8 +108,7 @@ isqrt_report newton_schulz(const Eigen::Ref<const square_matrix<T>>& A, square_m
     Y = Y * Tk;
     Z = Tk * Z;
   }
-  D = Z / std::sqrt(s);
-  if (!D.allFinite() || (residual && !std::isfinite(report.residual))) report.status = isqrt_status::non_finite;
+  finish(Z, s, residual, D, report);
   return report;
 }
 

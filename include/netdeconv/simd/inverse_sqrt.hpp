@@ -85,12 +85,12 @@ isqrt_report newton_schulz_fixed(const Eigen::Ref<const square_matrix<T>>& A, sq
                                  const isqrt_options& options, int threads) {
   using M = square_matrix<T>;
   const index_t F = A.rows();
-  isqrt_report report = screen<T>(A, D);
+  const auto [checked, s] = screen<T>(A, D, options.scaling);
+  isqrt_report report = checked;
   if (report.status != isqrt_status::ok) return report;
-  const T s = options.scaling == isqrt_scaling::frobenius ? A.norm() : A.trace();
   const int n = options.iterations;
   const bool sym = n <= max_symmetric_steps, residual = options.final_residual;
-  M Y = A / s, Z, P, Tk, tmp;
+  M Y = scaled<T>(A, s), Z, P, Tk, tmp;
   if (n == 0) {
     Z = M::Identity(F, F);
     P = Y;
@@ -121,8 +121,7 @@ isqrt_report newton_schulz_fixed(const Eigen::Ref<const square_matrix<T>>& A, sq
     P.diagonal().array() -= T(1);
     report.residual = double(P.norm()) / std::sqrt(double(F));
   }
-  D = Z / std::sqrt(s);
-  if (!D.allFinite() || (residual && !std::isfinite(report.residual))) report.status = isqrt_status::non_finite;
+  finish(Z, s, residual, D, report);
   return report;
 }
 
