@@ -4,6 +4,8 @@
 #include <set>
 
 #include <netdeconv/blocks.hpp>
+#include <netdeconv/covariance.hpp>
+#include <netdeconv/fold.hpp>
 
 using namespace netdeconv;
 
@@ -69,4 +71,42 @@ TEST_CASE("invalid block configurations are rejected with the offending values")
   const index_t huge = index_t(1) << 40;
   CHECK_THROWS_WITH_AS(make_block_plan(block_layout::independent, huge, huge, huge), doctest::Contains("overflows"),
                        invalid_argument);
+}
+
+TEST_CASE("hand-built plans are checked by every function that takes one (issue 9)") {
+  // block_plan is a public aggregate: block 0 (division by zero), independent blocks larger than C
+  // (no statistic at all), a shared block that does not divide C (channels dropped)
+  struct bad_plan {
+    block_plan plan;
+    const char* message;
+  };
+  const bad_plan cases[] = {
+      {{block_layout::interleaved_shared, 8, 9, 1, 0}, "block=0"},
+      {{block_layout::independent, 4, 1, 1, 8}, "block 8 is larger than C=4"},
+      {{block_layout::interleaved_shared, 8, 9, 1, 3}, "block 3 does not divide C=8"},
+      {{block_layout::contiguous_shared, 8, 1, 1, 3}, "block 3 does not divide C=8"},
+      {{block_layout::grouped, 8, 9, 2, 2}, "block = C/groups = 4, got 2"},
+      {{block_layout::independent, 8, 9, 3, 2}, "groups 3 does not divide C=8"},
+      {{block_layout::interleaved_shared, 8, 9, 2, 4}, "needs groups == 1"},
+      {{static_cast<block_layout>(7), 8, 9, 1, 4}, "unknown layout 7"},
+  };
+  std::vector<float> x(2 * 8 * 5 * 5, 1.0f), w(4 * 8 * 9, 0.5f), wo(w.size()), bo(4);
+  for (const auto& c : cases) {
+    CAPTURE(c.message);
+    CHECK_THROWS_WITH_AS(detail::check_plan("f", c.plan), doctest::Contains(c.message), invalid_argument);
+    const index_t K = c.plan.kernel_area, k = K == 9 ? 3 : 1;
+    const auto xs = nchw<const float>(x.data(), 2, 8, 5, 5);
+    CHECK_THROWS_WITH_AS(block_moments(seq, patch_sampler<float>(xs, conv_geometry::square(k), 1), c.plan),
+                         doctest::Contains(c.message), invalid_argument);
+    CHECK_THROWS_WITH_AS(block_moments(par, patch_sampler<float>(xs, conv_geometry::square(k), 1), c.plan),
+                         doctest::Contains(c.message), invalid_argument);
+    block_statistics<float> stats{c.plan, {Eigen::VectorXf::Zero(9)}, {Eigen::MatrixXf::Identity(9, 9)}};
+    const index_t groups = std::max<index_t>(c.plan.groups, 1);
+    const auto W = image_view<const float>{w.data(), {4, 8 / groups, k, k}, {8 * K, K, k, 1}};
+    const auto Wo = image_view<float>{wo.data(), {4, 8 / groups, k, k}, {8 * K, K, k, 1}};
+    CHECK_THROWS_WITH_AS(fold(seq, stats, W, {}, Wo, contiguous(bo.data(), 4)), doctest::Contains(c.message),
+                         invalid_argument);
+    CHECK_THROWS_WITH_AS(fold(par, stats, W, {}, Wo, contiguous(bo.data(), 4)), doctest::Contains(c.message),
+                         invalid_argument);
+  }
 }

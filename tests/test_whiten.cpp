@@ -151,3 +151,23 @@ TEST_CASE("whiten reports rank deficiency and rejects bad arguments") {
   CHECK_THROWS_WITH_AS(apply_whitening(seq, w.statistics, view(X), view_mut(out)), doctest::Contains("out is 3x5 but X is 100x5"),
                        invalid_argument);
 }
+
+TEST_CASE("apply_whitening validates the statistics it is given (issue 9)") {
+  std::mt19937_64 rng(66);
+  const MatrixXd X = correlated(50, 6, rng);
+  MatrixXd out(50, 6);
+  const auto w = whiten(seq, view(X));
+  auto bad = w.statistics;
+  bad.D[0] = Eigen::MatrixXd::Identity(5, 5);  // wrong size: an Eigen assertion before
+  CHECK_THROWS_WITH_AS(apply_whitening(seq, bad, view(X), view_mut(out)), doctest::Contains("D 5x5, the plan needs F=6"),
+                       invalid_argument);
+  bad = w.statistics;
+  bad.mean.clear();  // missing means: a read of freed memory before
+  CHECK_THROWS_WITH_AS(apply_whitening(seq, bad, view(X), view_mut(out)), doctest::Contains("0 means and 1 D"),
+                       invalid_argument);
+  bad = w.statistics;
+  bad.plan.block = 0;
+  CHECK_THROWS_WITH_AS(apply_whitening(par, bad, view(X), view_mut(out)), doctest::Contains("block=0"), invalid_argument);
+  CHECK_NOTHROW(apply_whitening(par, w.statistics, view(X), view_mut(out)));
+  CHECK(out.isApprox(w.data.cast<double>()));
+}

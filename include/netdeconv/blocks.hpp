@@ -68,6 +68,44 @@ struct block_plan {
   }
 };
 
+namespace detail {
+
+/// Checks the invariants every plan must keep (make_block_plan's output keeps them; a hand-built
+/// block_plan is checked by every function that takes one): C, K, groups, B >= 1; groups | C;
+/// B <= C; for the shared layouts groups == 1 and B | C (contiguous_shared also K == 1); for grouped
+/// B == C/groups; for independent B | C/groups; K*B and C*K fit index_t.
+inline void check_plan(const char* fn, const block_plan& plan) {
+  NETDECONV_REQUIRE(plan.channels >= 1 && plan.kernel_area >= 1 && plan.groups >= 1 && plan.block >= 1, fn,
+                    "block_plan needs channels, kernel area, groups and block >= 1, got C=", plan.channels,
+                    " K=", plan.kernel_area, " groups=", plan.groups, " block=", plan.block);
+  NETDECONV_REQUIRE(plan.channels % plan.groups == 0, fn, "block_plan: groups ", plan.groups, " does not divide C=",
+                    plan.channels);
+  NETDECONV_REQUIRE(plan.block <= plan.channels, fn, "block_plan: block ", plan.block, " is larger than C=", plan.channels);
+  switch (plan.layout) {
+    case block_layout::interleaved_shared:
+    case block_layout::contiguous_shared:
+      NETDECONV_REQUIRE(plan.groups == 1, fn, "block_plan: layout ", plan.layout, " needs groups == 1, got ", plan.groups);
+      NETDECONV_REQUIRE(plan.layout == block_layout::interleaved_shared || plan.kernel_area == 1, fn,
+                        "block_plan: layout contiguous_shared needs kernel area 1, got ", plan.kernel_area);
+      NETDECONV_REQUIRE(plan.channels % plan.block == 0, fn, "block_plan: block ", plan.block, " does not divide C=",
+                        plan.channels, " (make_block_plan adjusts it)");
+      break;
+    case block_layout::grouped:
+      NETDECONV_REQUIRE(plan.block * plan.groups == plan.channels, fn, "block_plan: layout grouped needs block = C/groups = ",
+                        plan.channels / plan.groups, ", got ", plan.block);
+      break;
+    case block_layout::independent:
+      NETDECONV_REQUIRE((plan.channels / plan.groups) % plan.block == 0, fn, "block ", plan.block,
+                        " does not divide C/groups=", plan.channels / plan.groups, " in independent mode");
+      break;
+    default: fail(fn, "block_plan has an unknown layout ", static_cast<int>(plan.layout));
+  }
+  checked_mul(fn, "features K*B", plan.kernel_area, plan.block);
+  checked_mul(fn, "patch columns C*K", plan.channels, plan.kernel_area);
+}
+
+}  // namespace detail
+
 /// Builds the plan for C channels, kernel area K, requested block B and conv groups, applying the
 /// adjustment rule of SPEC §3: B = min(B, C); B = gcd(B, C) if B does not divide C (shared layouts);
 /// B = C/groups for `grouped`. `independent` requires B | (C/groups) and throws otherwise;
@@ -95,11 +133,9 @@ inline block_plan make_block_plan(block_layout layout, index_t channels, index_t
       plan.block = channels / groups;
       break;
     case block_layout::independent:
-      NETDECONV_REQUIRE((channels / groups) % plan.block == 0, fn, "block ", plan.block, " does not divide C/groups=",
-                        channels / groups, " in independent mode");
       break;
   }
-  detail::checked_mul(fn, "features K*B", kernel_area, plan.block);
+  detail::check_plan(fn, plan);
   return plan;
 }
 

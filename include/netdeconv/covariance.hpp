@@ -55,6 +55,7 @@ template <class Policy, class Source>
 std::vector<moments<double>> block_moments(const Policy& policy, const Source& source, const block_plan& plan) {
   static_assert(is_execution_policy_v<Policy>, "first argument must be an execution policy");
   constexpr const char* fn = "block_moments";
+  detail::check_plan(fn, plan);
   const index_t width = detail::checked_mul(fn, "C*K", plan.channels, plan.kernel_area);
   NETDECONV_REQUIRE(source.width() == width, fn, "rows have ", source.width(), " columns but the plan needs C*K = ",
                     plan.channels, "*", plan.kernel_area, " = ", width);

@@ -22,6 +22,7 @@ namespace netdeconv::detail {
 template <class T>
 void check_statistics(const char* fn, const block_statistics<T>& stats) {
   const block_plan& plan = stats.plan;
+  check_plan(fn, plan);
   NETDECONV_REQUIRE(index_t(stats.mean.size()) == plan.count() && index_t(stats.D.size()) == plan.count(), fn,
                     "statistics hold ", stats.mean.size(), " means and ", stats.D.size(), " D, the plan needs ",
                     plan.count());

@@ -21,6 +21,7 @@
 #include "covariance.hpp"
 #include "error.hpp"
 #include "execution.hpp"
+#include "fold.hpp"
 #include "inverse_sqrt.hpp"
 #include "statistics_step.hpp"
 #include "tensor_view.hpp"
@@ -65,6 +66,7 @@ void apply_whitening(const Policy& policy, const block_statistics<T>& stats, mat
     X = detail::transposed(X);
     out = detail::transposed(out);
   }
+  detail::check_statistics(fn, stats);
   const block_plan& plan = stats.plan;
   NETDECONV_REQUIRE(plan.kernel_area == 1 && plan.rows_per_patch() == 1, fn,
                     "statistics must come from independent or single-block whitening");
