@@ -150,3 +150,20 @@ TEST_CASE("im2col and col2im reject bad arguments with the offending values") {
   CHECK_THROWS_WITH_AS(patch_sampler<float>(x, g, 0), doctest::Contains("sampling_stride must be >= 1, got 0"),
                        invalid_argument);
 }
+
+TEST_CASE("geometry arithmetic is checked before it can overflow (issue 9)") {
+  const index_t p62 = index_t(1) << 62, p32 = index_t(1) << 32;
+  CHECK_THROWS_WITH_AS(conv_geometry::square(3, 1, p62).out_h(8), doctest::Contains("padding 2p"), invalid_argument);
+  CHECK_THROWS_WITH_AS((conv_geometry{3, 3, 1, 1, p62 - 1, p62 - 1, 1, 1}.out_w(p62)), doctest::Contains("H + 2p"),
+                       invalid_argument);
+  CHECK_THROWS_WITH_AS(conv_geometry::square(3, 1, 0, p62).out_h(8), doctest::Contains("dilated kernel"), invalid_argument);
+  CHECK_THROWS_WITH_AS(conv_geometry::square(p32).kernel_area(), doctest::Contains("kernel area kh*kw"), invalid_argument);
+  std::vector<float> buf(2 * 3 * 5 * 5), out(100);
+  const auto x = nchw<const float>(buf.data(), 2, 3, 5, 5);
+  CHECK_THROWS_WITH_AS(im2col(seq, x, conv_geometry::square(3, 1, p62), row_major(out.data(), 1, 27)),
+                       doctest::Contains("overflows"), invalid_argument);
+  CHECK_THROWS_WITH_AS(patch_sampler<float>(x, conv_geometry::square(p32), 1), doctest::Contains("overflows"),
+                       invalid_argument);
+  // the largest padding whose arithmetic fits still works: the output is just large
+  CHECK(conv_geometry::square(3, 1, index_t(1) << 40).out_h(5) == (index_t(1) << 41) + 3);
+}

@@ -63,3 +63,26 @@ TEST_CASE("views report element counts and reject negative or overflowing shapes
   CHECK_THROWS_WITH_AS(detail::check_view("f", "x", row_major<float>(nullptr, 2, 3)),
                        doctest::Contains("x is null but has 6 elements"), invalid_argument);
 }
+
+TEST_CASE("stride arithmetic is checked before it can overflow (issue 9)") {
+  std::vector<float> buf(16);
+  const index_t big = index_t(1) << 22;  // C*H*W = 2^66
+  CHECK_THROWS_WITH_AS(nchw(buf.data(), 1, big, big, big), doctest::Contains("stride C*H*W"), invalid_argument);
+  CHECK_THROWS_WITH_AS(nhwc(buf.data(), 1, big, big, big), doctest::Contains("stride H*W*C"), invalid_argument);
+  // a view whose offsets leave index_t although its element count does not
+  const image_view<const float> far{buf.data(), {4, 1, 1, 1}, {index_t(1) << 62, 1, 1, 1}};
+  CHECK_THROWS_WITH_AS(detail::check_view("f", "x", far), doctest::Contains("offset span of the view"), invalid_argument);
+  const image_view<const float> negative{buf.data(), {2, 2, 2, 2}, {-8, -4, -2, -1}};
+  CHECK_NOTHROW(detail::check_view("f", "x", negative));
+}
+
+TEST_CASE("strided() takes a framework's sizes and strides") {
+  std::vector<float> buf(2 * 3 * 4 * 5);
+  const std::vector<std::int64_t> sizes{2, 3, 4, 5}, strides{60, 1, 15, 3};  // channels_last
+  const auto v = strided<const float, 4>(buf.data(), sizes, strides);
+  CHECK(v.shape == std::array<index_t, 4>{2, 3, 4, 5});
+  CHECK(v.stride == std::array<index_t, 4>{60, 1, 15, 3});
+  CHECK(&v(1, 2, 3, 4) == buf.data() + 60 + 2 + 45 + 12);
+  CHECK_THROWS_WITH_AS((strided<const float, 4>(buf.data(), std::vector<int>{2, 3}, strides)),
+                       doctest::Contains("a rank-4 view needs 4 sizes and strides, got 2 and 4"), invalid_argument);
+}

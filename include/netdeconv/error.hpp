@@ -37,6 +37,13 @@ inline index_t checked_mul(const char* function, const char* what, index_t a, in
   return product;
 }
 
+/// a + b, throwing when the sum leaves index_t.
+inline index_t checked_add(const char* function, const char* what, index_t a, index_t b) {
+  index_t sum = 0;
+  if (__builtin_add_overflow(a, b, &sum)) fail(function, what, " = ", a, " + ", b, " overflows a 64-bit index");
+  return sum;
+}
+
 template <class... Rest>
 index_t checked_product(const char* function, const char* what, index_t first, Rest... rest) {
   index_t product = first;

@@ -26,15 +26,19 @@ struct conv_geometry {
   static conv_geometry square(index_t kernel, index_t stride = 1, index_t pad = 0, index_t dilation = 1) {
     return {kernel, kernel, stride, stride, pad, pad, dilation, dilation};
   }
-  index_t kernel_area() const { return kernel_h * kernel_w; }
+  index_t kernel_area() const { return detail::checked_mul("conv_geometry", "kernel area kh*kw", kernel_h, kernel_w); }
   bool is_pointwise() const { return kernel_h == 1 && kernel_w == 1; }
-  /// Ho = floor((H + 2p - d(k-1) - 1)/s) + 1; 0 when the dilated kernel does not fit.
+  /// Ho = floor((H + 2p - d(k-1) - 1)/s) + 1; 0 when the dilated kernel does not fit. Throws
+  /// invalid_argument when an intermediate leaves index_t (e.g. padding 2^62).
   index_t out_h(index_t h) const { return out_size(h, kernel_h, stride_h, pad_h, dilation_h); }
   index_t out_w(index_t w) const { return out_size(w, kernel_w, stride_w, pad_w, dilation_w); }
 
  private:
   static index_t out_size(index_t n, index_t k, index_t s, index_t p, index_t d) {
-    const index_t span = n + 2 * p - d * (k - 1) - 1;
+    constexpr const char* fn = "conv_geometry";
+    const index_t padded = detail::checked_add(fn, "padded extent H + 2p", n, detail::checked_mul(fn, "padding 2p", 2, p));
+    const index_t reach = detail::checked_mul(fn, "dilated kernel d(k-1)", d, detail::checked_add(fn, "k - 1", k, -1));
+    const index_t span = detail::checked_add(fn, "H + 2p - d(k-1) - 1", padded, -detail::checked_add(fn, "d(k-1) + 1", reach, 1));
     return span < 0 ? 0 : span / s + 1;
   }
 };

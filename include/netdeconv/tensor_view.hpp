@@ -9,6 +9,8 @@
 //   auto e = as_eigen(m);                                  // Eigen::Map with run-time strides
 
 #include <array>
+#include <iterator>
+#include <limits>
 #include <type_traits>
 
 #include <Eigen/Core>
@@ -65,13 +67,31 @@ template <class T> using image_view = tensor_view<T, 4>;
 /// Contiguous NCHW tensor of shape (n, c, h, w).
 template <class T>
 image_view<T> nchw(T* data, index_t n, index_t c, index_t h, index_t w) {
-  return {data, {n, c, h, w}, {c * h * w, h * w, w, 1}};
+  constexpr const char* fn = "nchw";
+  return {data, {n, c, h, w}, {detail::checked_product(fn, "stride C*H*W", c, h, w), detail::checked_mul(fn, "stride H*W", h, w), w, 1}};
 }
 
 /// Contiguous NHWC (channels-last) tensor of memory shape (n, h, w, c), viewed with axes (N, C, H, W).
 template <class T>
 image_view<T> nhwc(T* data, index_t n, index_t h, index_t w, index_t c) {
-  return {data, {n, c, h, w}, {h * w * c, 1, w * c, c}};
+  constexpr const char* fn = "nhwc";
+  return {data, {n, c, h, w}, {detail::checked_product(fn, "stride H*W*C", h, w, c), 1, detail::checked_mul(fn, "stride W*C", w, c), c}};
+}
+
+/// View of rank R over `data` with the extents and strides (in elements) of any two indexable
+/// sequences of R integers, such as a PyTorch tensor's t.sizes() and t.strides(): the way to take a
+/// framework's tensor whatever its memory layout (channels_last, sliced, transposed).
+///   auto xv = netdeconv::strided<const float, 4>(x.data_ptr<float>(), x.sizes(), x.strides());
+template <class T, int R, class Sizes, class Strides>
+tensor_view<T, R> strided(T* data, const Sizes& sizes, const Strides& strides) {
+  NETDECONV_REQUIRE(std::size(sizes) == std::size_t(R) && std::size(strides) == std::size_t(R), "strided", "a rank-", R,
+                    " view needs ", R, " sizes and strides, got ", std::size(sizes), " and ", std::size(strides));
+  tensor_view<T, R> v{data, {}, {}};
+  for (int a = 0; a < R; ++a) {
+    v.shape[a] = static_cast<index_t>(sizes[a]);
+    v.stride[a] = static_cast<index_t>(strides[a]);
+  }
+  return v;
 }
 
 /// Contiguous row-major matrix.
@@ -117,14 +137,23 @@ auto as_eigen(const matrix_view<T>& m) {
 
 namespace detail {
 
-/// Validates that no extent is negative, that the element count fits index_t, and that data is
-/// present when there are elements. `name` is the argument's name in the message.
+/// Validates that no extent is negative, that the element count and the span of offsets
+/// sum_a (shape[a] - 1) |stride[a]| fit index_t (so no element's offset overflows), and that data
+/// is present when there are elements. `name` is the argument's name in the message.
 template <class T, int R>
 void check_view(const char* function, const char* name, const tensor_view<T, R>& v) {
   for (int a = 0; a < R; ++a)
     NETDECONV_REQUIRE(v.shape[a] >= 0, function, name, " has negative extent ", v.shape[a], " on axis ", a);
   const index_t n = v.size();
   NETDECONV_REQUIRE(n == 0 || v.data != nullptr, function, name, " is null but has ", n, " elements");
+  if (n == 0) return;
+  index_t span = 0;
+  for (int a = 0; a < R; ++a) {
+    NETDECONV_REQUIRE(v.stride[a] > std::numeric_limits<index_t>::min(), function, name, " has stride ", v.stride[a],
+                      " on axis ", a);
+    span = checked_add(function, "offset span of the view", span,
+                       checked_mul(function, "offset span of the view", v.shape[a] - 1, v.stride[a] < 0 ? -v.stride[a] : v.stride[a]));
+  }
 }
 
 }  // namespace detail
