@@ -74,6 +74,6 @@ TEST_CASE("conv layer rejects inputs and weights that do not match its configura
                        invalid_argument);
   options = {};
   options.freeze_iter = 0;
-  CHECK_THROWS_WITH_AS(conv_deconv_layer<float>(4, cfg, options), doctest::Contains("freeze_iter must be >= 1"),
+  CHECK_THROWS_WITH_AS(conv_deconv_layer<float>(4, cfg, options), doctest::Contains("freeze_iter must be in [1, 2^63/10]"),
                        invalid_argument);
 }

@@ -25,7 +25,7 @@
 
 namespace netdeconv {
 
-inline constexpr std::uint32_t checkpoint_version = 1;
+inline constexpr std::uint32_t checkpoint_version = 2;
 
 /// A checkpoint that cannot be loaded: corrupt, truncated, another version, or another layer's.
 class checkpoint_error : public std::runtime_error {
@@ -122,6 +122,14 @@ class byte_reader {
   void expect_f64(double expected, const char* what) {
     if (const auto v = f64(); v != expected) fail("was saved with ", what, " = ", v, ", this layer has ", expected);
   }
+  /// Throws checkpoint_error: "netdeconv::load_state: the checkpoint <parts>".
+  template <class... Parts>
+  [[noreturn]] void fail(const Parts&... parts) const {
+    std::ostringstream message;
+    message << "netdeconv::load_state: the checkpoint ";
+    (message << ... << parts);
+    throw checkpoint_error(message.str());
+  }
   void expect_end() const {
     if (pos_ != end_) fail("has ", end_ - pos_, " unread bytes before its checksum");
   }
@@ -133,13 +141,6 @@ class byte_reader {
     for (int i = 0; i < n; ++i) v |= std::uint64_t(bytes_[pos_ + i]) << (8 * i);
     pos_ += std::size_t(n);
     return v;
-  }
-  template <class... Parts>
-  [[noreturn]] void fail(const Parts&... parts) const {
-    std::ostringstream message;
-    message << "netdeconv::load_state: the checkpoint ";
-    (message << ... << parts);
-    throw checkpoint_error(message.str());
   }
   const std::vector<std::uint8_t>& bytes_;
   std::size_t pos_ = 0, end_ = 0;

@@ -24,9 +24,8 @@ class conv_deconv_layer : public detail::folding_layer<T, layer_kind::conv> {
 
  public:
   conv_deconv_layer(index_t in_channels, const conv_deconv_config& config, const layer_options& options = {})
-      : base(detail::conv_plan("conv_deconv_layer", in_channels, config), config.eps, config.sampling_stride,
-             config.isqrt, options),
-        geometry_(config.geometry) {
+      : base(detail::conv_plan("conv_deconv_layer", in_channels, config), config.geometry, config.eps,
+             config.sampling_stride, config.isqrt, options) {
     detail::check_geometry("conv_deconv_layer", config.geometry);
     NETDECONV_REQUIRE(config.sampling_stride >= 1, "conv_deconv_layer", "sampling_stride must be >= 1, got ",
                       config.sampling_stride);
@@ -40,7 +39,7 @@ class conv_deconv_layer : public detail::folding_layer<T, layer_kind::conv> {
     check("train_step", weight, bias);
     NETDECONV_REQUIRE(x.shape[1] == this->plan().channels, "train_step", "x has C=", x.shape[1], ", the layer has ",
                       this->plan().channels);
-    auto stats = this->core_.train(policy, patch_sampler<T>(x, geometry_, this->sampling_stride_));
+    auto stats = this->core_.train(policy, patch_sampler<T>(x, this->geometry_, this->sampling_stride_));
     auto folded = fold(policy, stats, weight, bias);
     return {std::move(folded), std::move(stats)};
   }
@@ -63,12 +62,10 @@ class conv_deconv_layer : public detail::folding_layer<T, layer_kind::conv> {
  private:
   void check(const char* fn, image_view<const T> weight, vector_view<const T> bias) const {
     detail::check_weight(fn, this->plan(), weight, bias);
-    NETDECONV_REQUIRE(weight.shape[2] == geometry_.kernel_h && weight.shape[3] == geometry_.kernel_w, fn,
-                      "weight kernel ", weight.shape[2], "x", weight.shape[3], " differs from the layer's ",
-                      geometry_.kernel_h, "x", geometry_.kernel_w);
+    const conv_geometry& g = this->geometry_;
+    NETDECONV_REQUIRE(weight.shape[2] == g.kernel_h && weight.shape[3] == g.kernel_w, fn, "weight kernel ",
+                      weight.shape[2], "x", weight.shape[3], " differs from the layer's ", g.kernel_h, "x", g.kernel_w);
   }
-
-  conv_geometry geometry_;
 };
 
 }  // namespace netdeconv

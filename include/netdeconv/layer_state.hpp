@@ -12,7 +12,11 @@
 //                r <- value on the first step with first_step_copy
 // A step that throws leaves the state exactly as it was.
 
+#include <array>
 #include <cmath>
+#include <cstdint>
+#include <iterator>
+#include <limits>
 #include <ostream>
 #include <stdexcept>
 #include <string>
@@ -21,8 +25,9 @@
 #include "blocks.hpp"
 #include "checkpoint.hpp"
 #include "covariance.hpp"
-#include "fold.hpp"
 #include "error.hpp"
+#include "fold.hpp"
+#include "im2col.hpp"
 #include "inverse_sqrt.hpp"
 #include "moments.hpp"
 
@@ -107,7 +112,9 @@ class deconv_core {
     check_isqrt_options(fn, isqrt);
     NETDECONV_REQUIRE(options.momentum >= 0 && options.momentum <= 1, fn, "momentum must be in [0, 1], got ",
                       options.momentum);
-    NETDECONV_REQUIRE(options.freeze_iter >= 1, fn, "freeze_iter must be >= 1, got ", options.freeze_iter);
+    NETDECONV_REQUIRE(options.freeze_iter >= 1 && options.freeze_iter <= std::numeric_limits<index_t>::max() / 10, fn,
+                      "freeze_iter must be in [1, 2^63/10] (the counter wraps at 10*freeze_iter), got ",
+                      options.freeze_iter);
     NETDECONV_REQUIRE(options.max_eps_raises >= 0, fn, "max_eps_raises must be >= 0, got ", options.max_eps_raises);
     const index_t F = plan.features();
     running_.plan = plan;
@@ -201,13 +208,12 @@ class deconv_core {
     commit(diag);
   }
 
+  /// Writes the plan, every option that shapes the trajectory, the counters and the running
+  /// statistics.
   void save(byte_writer& w) const {
-    w.i64(std::int64_t(plan_.layout));
-    w.i64(plan_.channels);
-    w.i64(plan_.kernel_area);
-    w.i64(plan_.groups);
-    w.i64(plan_.block);
-    w.i64(options_.average_covariance);
+    for (const std::int64_t v : configuration()) w.i64(v);
+    w.f64(options_.momentum);
+    w.f64(isqrt_.tolerance);
     w.i64(steps_);
     w.i64(counter_);
     w.i64(diagnostic_.failures);
@@ -218,28 +224,53 @@ class deconv_core {
     }
   }
 
-  /// This state with what save() wrote; throws checkpoint_error (and changes nothing) on mismatch.
+  /// This state with what save() wrote; throws checkpoint_error (and changes nothing) when the
+  /// configuration differs or the contents make no sense: counters outside
+  /// 0 <= failures <= steps < 2^63 - 1 and counter == steps mod (10 freeze_iter) (the next step
+  /// could not be taken), or running statistics that are not finite.
   deconv_core loaded(byte_reader& r) const {
     deconv_core copy = *this;
-    r.expect_i64(std::int64_t(plan_.layout), "block layout");
-    r.expect_i64(plan_.channels, "channels");
-    r.expect_i64(plan_.kernel_area, "kernel area");
-    r.expect_i64(plan_.groups, "groups");
-    r.expect_i64(plan_.block, "block");
-    r.expect_i64(options_.average_covariance, "average_covariance");
+    constexpr const char* names[] = {"block layout",   "channels",         "kernel area",        "groups",
+                                     "block",          "freeze",           "freeze_iter",        "first_step_copy",
+                                     "average_covariance", "relative_eps", "on_failure",         "max_eps_raises",
+                                     "isqrt method",   "isqrt iterations", "isqrt scaling"};
+    const auto config = configuration();
+    static_assert(std::size(names) == std::tuple_size_v<decltype(config)>);
+    for (std::size_t i = 0; i < config.size(); ++i) r.expect_i64(config[i], names[i]);
+    r.expect_f64(options_.momentum, "momentum");
+    r.expect_f64(isqrt_.tolerance, "isqrt tolerance");
     copy.steps_ = r.i64();
     copy.counter_ = r.i64();
     copy.diagnostic_ = {};
     copy.diagnostic_.failures = r.i64();
+    const index_t wrap = 10 * options_.freeze_iter;
+    if (copy.steps_ < 0 || copy.steps_ == std::numeric_limits<index_t>::max())
+      r.fail("has steps = ", copy.steps_, ", outside [0, 2^63 - 1)");
+    if (copy.counter_ != copy.steps_ % wrap)
+      r.fail("has freeze counter ", copy.counter_, ", but steps ", copy.steps_, " mod 10*freeze_iter = ", copy.steps_ % wrap);
+    if (copy.diagnostic_.failures < 0 || copy.diagnostic_.failures > copy.steps_)
+      r.fail("has ", copy.diagnostic_.failures, " failed steps, outside [0, steps = ", copy.steps_, "]");
     for (index_t s = 0; s < plan_.count(); ++s) {
       r.scalars(copy.running_.mean[s].data(), copy.running_.mean[s].size(), "running mean");
       r.scalars(copy.running_.D[s].data(), copy.running_.D[s].size(), "running D");
       if (options_.average_covariance) r.scalars(copy.running_cov_[s].data(), copy.running_cov_[s].size(), "running Cov");
+      if (!copy.running_.mean[s].allFinite() || !copy.running_.D[s].allFinite() ||
+          (options_.average_covariance && !copy.running_cov_[s].allFinite()))
+        r.fail("holds non-finite running statistics for block ", s);
     }
     return copy;
   }
 
  private:
+  /// The integer configuration fields a checkpoint must match, in the order save() writes them.
+  std::array<std::int64_t, 15> configuration() const {
+    return {std::int64_t(plan_.layout),       plan_.channels,           plan_.kernel_area,
+            plan_.groups,                     plan_.block,              options_.freeze,
+            options_.freeze_iter,             options_.first_step_copy, options_.average_covariance,
+            options_.relative_eps,            std::int64_t(options_.on_failure), options_.max_eps_raises,
+            std::int64_t(isqrt_.method),      isqrt_.iterations,        std::int64_t(isqrt_.scaling)};
+  }
+
   static bool all_ok(const std::vector<isqrt_report>& reports) {
     for (const auto& r : reports)
       if (r.status != isqrt_status::ok) return false;
@@ -295,7 +326,8 @@ class deconv_core {
 };
 
 /// What conv and linear layers share: the core, accessors and checkpoints. The configuration fields
-/// that shape the statistics beyond the plan (eps, sampling stride) are saved and checked too.
+/// that shape the statistics beyond the plan (geometry, eps, sampling stride) are saved and checked
+/// too.
 template <class T, layer_kind Kind>
 class folding_layer {
  public:
@@ -312,6 +344,7 @@ class folding_layer {
     byte_writer w(Kind, sizeof(T));
     w.f64(eps_);
     w.i64(sampling_stride_);
+    for (const index_t v : geometry_fields()) w.i64(v);
     core_.save(w);
     return w.finish();
   }
@@ -321,19 +354,30 @@ class folding_layer {
     byte_reader r(bytes, Kind, sizeof(T));
     r.expect_f64(eps_, "eps");
     r.expect_i64(sampling_stride_, "sampling_stride");
+    constexpr const char* names[] = {"kernel_h", "kernel_w", "stride_h", "stride_w",
+                                     "pad_h",    "pad_w",    "dilation_h", "dilation_w"};
+    const auto fields = geometry_fields();
+    for (std::size_t i = 0; i < fields.size(); ++i) r.expect_i64(fields[i], names[i]);
     auto loaded = core_.loaded(r);
     r.expect_end();
     core_ = std::move(loaded);
   }
 
  protected:
-  folding_layer(const block_plan& plan, double eps, index_t sampling_stride, const isqrt_options& isqrt,
-                const layer_options& options)
-      : eps_(eps), sampling_stride_(sampling_stride), core_(plan, eps, isqrt, options) {}
+  folding_layer(const block_plan& plan, const conv_geometry& geometry, double eps, index_t sampling_stride,
+                const isqrt_options& isqrt, const layer_options& options)
+      : geometry_(geometry), eps_(eps), sampling_stride_(sampling_stride), core_(plan, eps, isqrt, options) {}
 
+  conv_geometry geometry_;  ///< 1x1 for a linear layer
   double eps_;
   index_t sampling_stride_;
   deconv_core<T> core_;
+
+ private:
+  std::array<index_t, 8> geometry_fields() const {
+    const conv_geometry& g = geometry_;
+    return {g.kernel_h, g.kernel_w, g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w};
+  }
 };
 
 }  // namespace detail
