@@ -90,3 +90,20 @@ TEST_CASE("channel layer: bad arguments and non-finite remaining channels") {
   CHECK(tolerant.diagnostic().outcome == step_outcome::kept_previous);
   CHECK(tolerant.running_remaining_var() == 1.0f);
 }
+
+TEST_CASE("channel layer: an empty batch or image is an argument error, not a numerical one (issue 9)") {
+  std::vector<float> x(2 * 5 * 4 * 4, 0.5f), y(x.size());
+  channel_deconv_layer<float> layer(5, channel_deconv_config{2});
+  CHECK_THROWS_WITH_AS(layer.train_step(seq, nchw<const float>(x.data(), 0, 5, 4, 4), nchw(y.data(), 0, 5, 4, 4)),
+                       doctest::Contains("statistics need >= 2 samples, got 0"), invalid_argument);
+  CHECK_THROWS_WITH_AS(layer.train_step(seq, nchw<const float>(x.data(), 2, 5, 0, 0), nchw(y.data(), 2, 5, 0, 0)),
+                       doctest::Contains("statistics need >= 2 samples, got 0"), invalid_argument);
+  // one 1x1 image: 2 samples for the whitened rows (2 channels per row), 1 value for the remaining channel
+  CHECK_THROWS_WITH_AS(layer.train_step(seq, nchw<const float>(x.data(), 1, 5, 1, 1), nchw(y.data(), 1, 5, 1, 1)),
+                       doctest::Contains("the remaining channels' variance needs >= 2 samples, got 1"), invalid_argument);
+  CHECK(layer.steps() == 0);
+  CHECK_NOTHROW(layer.train_step(seq, nchw<const float>(x.data(), 2, 5, 1, 1), nchw(y.data(), 2, 5, 1, 1)));
+  CHECK(layer.steps() == 1);
+  // evaluation of an empty batch writes nothing and is fine
+  CHECK_NOTHROW(layer.eval(seq, nchw<const float>(x.data(), 0, 5, 4, 4), nchw(y.data(), 0, 5, 4, 4)));
+}

@@ -65,8 +65,14 @@ class channel_deconv_layer {
   /// x and y are (N, C, H, W) views of the same shape and must not overlap.
   template <class Policy>
   void train_step(const Policy& policy, image_view<const T> x, image_view<T> y) {
-    check("train_step", x, y);
+    constexpr const char* fn = "train_step";
+    check(fn, x, y);
     const index_t step = sampling_step(x);
+    const sample_source source{x, whitened_ / config_.block, config_.block, step};
+    NETDECONV_REQUIRE(source.rows() >= 2, fn, "statistics need >= 2 samples, got ", source.rows(), " (x is ", x.shape[0],
+                      "x", x.shape[1], "x", x.shape[2], "x", x.shape[3], ")");
+    NETDECONV_REQUIRE(whitened_ == channels_ || remaining_samples(x, step) >= 2, fn,
+                      "the remaining channels' variance needs >= 2 samples, got ", remaining_samples(x, step));
     scalar_stats batch = remaining_stats(x, step);
     if (!std::isfinite(batch.mean) || !std::isfinite(batch.var)) {
       if (core_.options().on_failure == failure_policy::throw_error)
@@ -75,7 +81,7 @@ class channel_deconv_layer {
       apply(x, y, core_.evaluation(policy), running_scalars_);
       return;
     }
-    const auto stats = core_.train(policy, sample_source{x, whitened_ / config_.block, config_.block, step});
+    const auto stats = core_.train(policy, source);
     if (core_.diagnostic().outcome == step_outcome::kept_previous) {
       batch = running_scalars_;
     } else {
@@ -123,6 +129,8 @@ class channel_deconv_layer {
     auto loaded = core_.loaded(r);
     T scalars[2];
     r.scalars(scalars, 2, "remaining-channel statistics");
+    if (!std::isfinite(scalars[0]) || !(scalars[1] >= T(0)) || !std::isfinite(scalars[1]))
+      r.fail("holds remaining-channel mean ", scalars[0], " and variance ", scalars[1], " (need finite, variance >= 0)");
     r.expect_end();
     core_ = std::move(loaded);
     running_scalars_ = {scalars[0], scalars[1]};
@@ -167,6 +175,12 @@ class channel_deconv_layer {
   index_t sampling_step(const image_view<const T>& x) const {
     const index_t S = config_.sampling_stride;
     return S > 1 && x.shape[2] >= S && x.shape[3] >= S ? S * S : 1;
+  }
+
+  /// Values the remaining channels' statistics read: every step-th of (C - c)*H*W per image.
+  index_t remaining_samples(const image_view<const T>& x, index_t step) const {
+    const index_t length = (channels_ - whitened_) * x.shape[2] * x.shape[3];
+    return length == 0 ? 0 : x.shape[0] * ((length - 1) / step + 1);
   }
 
   /// Mean and unbiased variance of every step-th value of x[n, c:, :, :] flattened, per image (double).
