@@ -2,6 +2,7 @@
 #include <doctest/doctest.h>
 
 #include <netdeconv/covariance.hpp>
+#include <netdeconv/statistics_step.hpp>
 
 #include "oracle.hpp"
 
@@ -182,4 +183,19 @@ TEST_CASE("SIMD fused covariance keeps a large offset when the first tile is zer
     CHECK(oracle::rel_err(got[0].covariance(0.0), oracle::covariance(ref[0], 0.0)) < 1e-5);
     CHECK(oracle::rel_err(got[0].mean(), ref[0].colwise().mean().transpose().eval()) < 1e-7);
   }
+}
+
+TEST_CASE("block_moments checks a patch source's C and K against the plan, not only C*K (issue 9)") {
+  // 1 channel with a 3x3 kernel and a plan of 9 channels with K = 1 have the same width 9; the
+  // SIMD path decoded the columns with the plan's K and read channels the image does not have
+  std::vector<float> buf(2 * 1 * 8 * 8, 1.0f);
+  const auto x = nchw<const float>(buf.data(), 2, 1, 8, 8);
+  const auto plan = make_block_plan(block_layout::interleaved_shared, 9, 1, 9);
+  const patch_sampler<float> rows(x, conv_geometry::square(3), 1);
+  REQUIRE(rows.width() == 9);
+  CHECK_THROWS_WITH_AS(block_moments(seq, rows, plan), doctest::Contains("the patches have C=1 and K=9, the plan has C=9 and K=1"),
+                       invalid_argument);
+  CHECK_THROWS_WITH_AS(block_moments(par, rows, plan), doctest::Contains("the patches have C=1 and K=9"), invalid_argument);
+  CHECK_THROWS_WITH_AS(estimate_statistics<float>(par, rows, plan, 1e-5, isqrt_options{}), doctest::Contains("the patches have"),
+                       invalid_argument);
 }

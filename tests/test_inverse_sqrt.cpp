@@ -426,3 +426,9 @@ TEST_CASE("a non-symmetric A and a step count above the cap are argument errors"
                        doctest::Contains("must be <= 10000"), invalid_argument);
   CHECK(inverse_sqrt(seq, I, D, isqrt_options::fixed(isqrt_max_iterations)).status == isqrt_status::ok);
 }
+
+TEST_CASE("statuses print their names, and out-of-range values their number") {
+  std::ostringstream os;
+  os << isqrt_status::not_positive_definite << ' ' << static_cast<isqrt_status>(9);
+  CHECK(os.str() == "not_positive_definite isqrt_status(9)");
+}

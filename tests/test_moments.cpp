@@ -58,3 +58,24 @@ TEST_CASE("a covariance needs at least two samples") {
   m.add(rows_matrix::Ones(1, 3));
   CHECK_THROWS_WITH_AS(m.covariance(0.0), doctest::Contains("got 1"), invalid_argument);
 }
+
+TEST_CASE("moments of another width are refused, not read out of bounds (issue 9)") {
+  moments<double> m(3), other(4);
+  CHECK_THROWS_WITH_AS(m.add(rows_matrix::Ones(2, 4)), doctest::Contains("samples have 4 features, the moments have 3"),
+                       invalid_argument);
+  m.add(rows_matrix::Ones(2, 3));
+  other.add(rows_matrix::Ones(2, 4));
+  CHECK_THROWS_WITH_AS(m.merge(other), doctest::Contains("moments of 4 features cannot merge into moments of 3"),
+                       invalid_argument);
+  CHECK(m.count() == 2);
+  CHECK_THROWS_WITH_AS(moments<double>(2, moments<double>::vector::Zero(3), moments<double>::matrix::Zero(3, 2)),
+                       doctest::Contains("scatter is 3x2 but the mean has 3 features"), invalid_argument);
+  CHECK_THROWS_WITH_AS(moments<double>(-1, moments<double>::vector::Zero(3), moments<double>::matrix::Zero(3, 3)),
+                       doctest::Contains("count must be >= 0, got -1"), invalid_argument);
+}
+
+TEST_CASE("moments: negative widths and counts that overflow are refused") {
+  CHECK_THROWS_WITH_AS(moments<double>(-1), doctest::Contains("features must be >= 0, got -1"), invalid_argument);
+  moments<double> a(std::numeric_limits<index_t>::max() - 1, moments<double>::vector::Zero(2), moments<double>::matrix::Zero(2, 2));
+  CHECK_THROWS_WITH_AS(a.merge(a), doctest::Contains("sample count"), invalid_argument);
+}

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <iterator>
 #include <ostream>
 #include <vector>
 
@@ -33,7 +34,9 @@ enum class block_layout {
 
 inline std::ostream& operator<<(std::ostream& os, block_layout layout) {
   constexpr const char* names[] = {"interleaved_shared", "contiguous_shared", "grouped", "independent"};
-  return os << names[static_cast<int>(layout)];
+  const auto i = static_cast<std::size_t>(layout);
+  if (i >= std::size(names)) return os << "block_layout(" << static_cast<int>(layout) << ")";
+  return os << names[i];
 }
 
 struct block_plan {

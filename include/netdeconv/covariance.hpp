@@ -59,6 +59,11 @@ std::vector<moments<double>> block_moments(const Policy& policy, const Source& s
   const index_t width = detail::checked_mul(fn, "C*K", plan.channels, plan.kernel_area);
   NETDECONV_REQUIRE(source.width() == width, fn, "rows have ", source.width(), " columns but the plan needs C*K = ",
                     plan.channels, "*", plan.kernel_area, " = ", width);
+  if constexpr (requires { source.sampling_geometry(); }) {  // patch rows: the same C and K, not only C*K
+    const index_t C = source.image().shape[1], K = source.sampling_geometry().kernel_area();
+    NETDECONV_REQUIRE(C == plan.channels && K == plan.kernel_area, fn, "the patches have C=", C, " and K=", K,
+                      ", the plan has C=", plan.channels, " and K=", plan.kernel_area);
+  }
   const index_t samples = detail::checked_mul(fn, "samples", source.rows(), plan.rows_per_patch());
   NETDECONV_REQUIRE(samples >= 2, fn, "statistics need >= 2 samples, got ", samples, " (", source.rows(),
                     " sampled rows x ", plan.rows_per_patch(), " per row)");

@@ -35,6 +35,7 @@
 
 #include <cmath>
 #include <limits>
+#include <iterator>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -52,7 +53,9 @@ enum class isqrt_status { ok, not_converged, non_finite, not_positive_definite }
 
 inline std::ostream& operator<<(std::ostream& os, isqrt_status s) {
   constexpr const char* names[] = {"ok", "not_converged", "non_finite", "not_positive_definite"};
-  return os << names[static_cast<int>(s)];
+  const auto i = static_cast<std::size_t>(s);
+  if (i >= std::size(names)) return os << "isqrt_status(" << static_cast<int>(s) << ")";
+  return os << names[i];
 }
 
 /// The most Newton-Schulz steps a call may ask for (fixed steps, or the converged mode's cap).

@@ -23,9 +23,13 @@ class moments {
   using rows_matrix = Eigen::Matrix<Acc, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
   moments() = default;
-  explicit moments(index_t features) : mean_(vector::Zero(features)), scatter_(matrix::Zero(features, features)) {}
+  explicit moments(index_t features) : mean_(vector::Zero(checked_features(features))), scatter_(matrix::Zero(features, features)) {}
   /// From centred parts: count n, mean mu, scatter M = sum (x - mu)(x - mu)^T (lower triangle read).
-  moments(index_t count, vector mean, matrix scatter) : count_(count), mean_(std::move(mean)), scatter_(std::move(scatter)) {}
+  moments(index_t count, vector mean, matrix scatter) : count_(count), mean_(std::move(mean)), scatter_(std::move(scatter)) {
+    NETDECONV_REQUIRE(count >= 0, "moments", "count must be >= 0, got ", count);
+    NETDECONV_REQUIRE(scatter_.rows() == mean_.size() && scatter_.cols() == mean_.size(), "moments", "scatter is ",
+                      scatter_.rows(), "x", scatter_.cols(), " but the mean has ", mean_.size(), " features");
+  }
 
   index_t count() const { return count_; }
   index_t features() const { return mean_.size(); }
@@ -36,6 +40,8 @@ class moments {
   /// Adds the rows of `samples` (m x F, rows are samples): the merge above with b = the tile,
   /// in place (M += centred tile scatter + d d^T * na*m/n), no F x F temporary.
   void add(const rows_matrix& samples) {
+    NETDECONV_REQUIRE(samples.cols() == features(), "moments::add", "samples have ", samples.cols(),
+                      " features, the moments have ", features());
     const index_t m = samples.rows();
     if (m == 0) return;
     const vector tile_mean = samples.colwise().mean().transpose();
@@ -51,6 +57,8 @@ class moments {
       *this = other;
       return;
     }
+    NETDECONV_REQUIRE(other.features() == features(), "moments::merge", "moments of ", other.features(),
+                      " features cannot merge into moments of ", features());
     scatter_ += other.scatter_;
     update_mean(other.count_, other.mean_);
   }
@@ -66,10 +74,15 @@ class moments {
   }
 
  private:
+  static index_t checked_features(index_t features) {
+    NETDECONV_REQUIRE(features >= 0, "moments", "features must be >= 0, got ", features);
+    return features;
+  }
+
   /// Merges in the count and mean of a set b whose scatter is already added:
   /// d = mu_b - mu, mu += d*nb/n, M += d d^T * na*nb/n.
   void update_mean(index_t count_b, const vector& mean_b) {
-    const index_t n = count_ + count_b;
+    const index_t n = detail::checked_add("moments", "sample count", count_, count_b);
     const vector delta = mean_b - mean_;
     scatter_.template selfadjointView<Eigen::Lower>().rankUpdate(delta, Acc(count_) * Acc(count_b) / Acc(n));
     mean_ += delta * (Acc(count_b) / Acc(n));
