@@ -213,3 +213,50 @@ TEST_CASE("SIMD fold: several row tiles per thread, strided (OHWI) weight and ou
                           Eigen::Map<const Eigen::VectorXf>(ref.bias.data(), cout)) < 1e-5);
   }
 }
+
+TEST_CASE("fold in place equals fold into new memory; other overlaps and self-overlapping outputs are refused") {
+  const block_plan plan = make_block_plan(block_layout::interleaved_shared, 4, 9, 2);
+  std::mt19937_64 rng(44);
+  const auto stats = random_statistics<float>(plan, rng);
+  std::vector<float> w(3 * 4 * 9), b(3);
+  std::normal_distribution<float> normal;
+  for (auto& v : w) v = normal(rng);
+  for (auto& v : b) v = normal(rng);
+  const auto Wc = nchw<const float>(w.data(), 3, 4, 3, 3);
+  const auto Bc = contiguous<const float>(b.data(), 3);
+  for (const int policy : {0, 1}) {
+    CAPTURE(policy);
+    auto wi = w, bi = b;
+    const auto W = nchw(wi.data(), 3, 4, 3, 3);
+    const auto B = contiguous(bi.data(), 3);
+    const auto expected = policy == 0 ? fold(seq, stats, Wc, Bc) : fold(par, stats, Wc, Bc);
+    if (policy == 0)
+      fold(seq, stats, image_view<const float>(W), vector_view<const float>(B), W, B);
+    else
+      fold(par, stats, image_view<const float>(W), vector_view<const float>(B), W, B);
+    CHECK(wi == expected.weight);
+    CHECK(bi == expected.bias);
+  }
+  std::vector<float> buf(w.size() + 8, 0.0f), bo(3);
+  std::copy(w.begin(), w.end(), buf.begin());
+  const auto W = nchw<const float>(buf.data(), 3, 4, 3, 3);
+  CHECK_THROWS_WITH_AS(fold(seq, stats, W, {}, nchw(buf.data() + 1, 3, 4, 3, 3), contiguous(bo.data(), 3)),
+                       doctest::Contains("weight_out overlaps weight (only an exact in-place call is allowed)"),
+                       invalid_argument);
+  CHECK_THROWS_WITH_AS(fold(seq, stats, W, {}, nchw(buf.data(), 3, 4, 3, 3), contiguous(buf.data() + 5, 3)),
+                       doctest::Contains("bias_out overlaps weight"), invalid_argument);
+  std::vector<float> wo(w.size());
+  const image_view<float> self_overlapping{wo.data(), {3, 4, 3, 3}, {0, 9, 3, 1}};
+  CHECK_THROWS_WITH_AS(fold(seq, stats, W, {}, self_overlapping, contiguous(bo.data(), 3)),
+                       doctest::Contains("weight_out has elements that share memory"), invalid_argument);
+}
+
+TEST_CASE("the returning fold validates before it allocates") {
+  const block_plan plan = make_block_plan(block_layout::interleaved_shared, 4, 9, 2);
+  std::mt19937_64 rng(45);
+  const auto stats = random_statistics<float>(plan, rng);
+  float one = 1.0f;
+  // 2^40 logical elements over one float (stride 0), and the wrong channel count
+  const image_view<const float> huge{&one, {index_t(1) << 16, index_t(1) << 16, index_t(1) << 8, 1}, {0, 0, 0, 0}};
+  CHECK_THROWS_WITH_AS(fold(seq, stats, huge, {}), doctest::Contains("the plan needs C/groups = 4/1"), invalid_argument);
+}

@@ -167,3 +167,15 @@ TEST_CASE("geometry arithmetic is checked before it can overflow (issue 9)") {
   // the largest padding whose arithmetic fits still works: the output is just large
   CHECK(conv_geometry::square(3, 1, index_t(1) << 40).out_h(5) == (index_t(1) << 41) + 3);
 }
+
+TEST_CASE("im2col and col2im refuse outputs that overlap their input or themselves") {
+  std::vector<float> buf(81, 1.0f);
+  const auto g = conv_geometry::square(3, 1, 1);
+  // cols (9 x 9) over the same memory as x (1 x 1 x 3 x 3): row 0 would overwrite x before rows 1-8 read it
+  CHECK_THROWS_WITH_AS(im2col(seq, nchw<const float>(buf.data(), 1, 1, 3, 3), g, row_major(buf.data(), 9, 9)),
+                       doctest::Contains("cols overlaps x"), invalid_argument);
+  std::vector<float> cols(2 * 9 * 9), x(2 * 9);
+  const image_view<float> shared_images{x.data(), {2, 1, 3, 3}, {0, 9, 3, 1}};  // both images in one place
+  CHECK_THROWS_WITH_AS(col2im(seq, row_major<const float>(cols.data(), 18, 9), g, shared_images),
+                       doctest::Contains("x has elements that share memory"), invalid_argument);
+}

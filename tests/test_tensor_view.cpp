@@ -86,3 +86,20 @@ TEST_CASE("strided() takes a framework's sizes and strides") {
   CHECK_THROWS_WITH_AS((strided<const float, 4>(buf.data(), std::vector<int>{2, 3}, strides)),
                        doctest::Contains("a rank-4 view needs 4 sizes and strides, got 2 and 4"), invalid_argument);
 }
+
+TEST_CASE("output views: elements that share memory are refused; every ordinary layout is accepted") {
+  std::vector<float> buf(2 * 3 * 4 * 5);
+  CHECK_NOTHROW(detail::check_output_view("f", "y", nchw(buf.data(), 2, 3, 4, 5)));
+  CHECK_NOTHROW(detail::check_output_view("f", "y", nhwc(buf.data(), 2, 4, 5, 3)));
+  CHECK_NOTHROW(detail::check_output_view("f", "y", image_view<float>{buf.data() + 119, {2, 3, 4, 5}, {-60, -20, -5, -1}}));
+  CHECK_NOTHROW(detail::check_output_view("f", "y", image_view<float>{buf.data(), {2, 1, 4, 5}, {60, 0, 5, 1}}));  // extent 1
+  CHECK_THROWS_WITH_AS(detail::check_output_view("f", "y", image_view<float>{buf.data(), {2, 3, 4, 5}, {0, 20, 5, 1}}),
+                       doctest::Contains("y has elements that share memory"), invalid_argument);
+  CHECK_THROWS_WITH_AS(detail::check_output_view("f", "y", matrix_view<float>{buf.data(), {4, 5}, {3, 1}}),
+                       doctest::Contains("share memory"), invalid_argument);
+  // disjoint halves of one buffer are fine; a shifted copy is not
+  const auto first = row_major(buf.data(), 6, 10), second = row_major(buf.data() + 60, 6, 10);
+  CHECK_NOTHROW(detail::check_disjoint("f", "out", second, "in", matrix_view<const float>(first)));
+  CHECK_THROWS_WITH_AS(detail::check_disjoint("f", "out", row_major(buf.data() + 59, 6, 10), "in", matrix_view<const float>(first)),
+                       doctest::Contains("out overlaps in"), invalid_argument);
+}

@@ -171,3 +171,17 @@ TEST_CASE("apply_whitening validates the statistics it is given (issue 9)") {
   CHECK_NOTHROW(apply_whitening(par, w.statistics, view(X), view_mut(out)));
   CHECK(out.isApprox(w.data.cast<double>()));
 }
+
+TEST_CASE("apply_whitening in place equals the out-of-place result; partial overlap is refused") {
+  std::mt19937_64 rng(67);
+  const MatrixXd X = correlated(40, 6, rng);
+  const auto w = whiten(seq, view(X));
+  MatrixXd inplace = X;
+  apply_whitening(par, w.statistics, view(inplace), view_mut(inplace));
+  CHECK(oracle::rel_err(inplace, MatrixXd(w.data.cast<double>())) < 1e-14);
+  MatrixXd big(41, 6);
+  big.topRows(40) = X;
+  const auto in = matrix_view<const double>{big.data(), {40, 6}, {1, 41}};
+  const auto shifted = matrix_view<double>{big.data() + 1, {40, 6}, {1, 41}};
+  CHECK_THROWS_WITH_AS(apply_whitening(seq, w.statistics, in, shifted), doctest::Contains("out overlaps X"), invalid_argument);
+}

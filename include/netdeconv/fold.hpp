@@ -64,7 +64,8 @@ image_view<T> as_conv_weight(const matrix_view<T>& w) {
 namespace netdeconv {
 
 /// W' and b' (see file comment). weight_out has weight's shape, bias_out has Cout entries (always
-/// written, also when bias is absent). weight and bias are not modified.
+/// written, also when bias is absent). weight and bias are not modified, unless weight_out is
+/// weight (or bias_out is bias) exactly: folding in place is allowed; any other overlap is not.
 template <class Policy, class T>
 void fold(const Policy& policy, const block_statistics<T>& stats, image_view<const T> weight,
           vector_view<const T> bias, image_view<T> weight_out, vector_view<T> bias_out) {
@@ -72,8 +73,13 @@ void fold(const Policy& policy, const block_statistics<T>& stats, image_view<con
   constexpr const char* fn = "fold";
   detail::check_statistics(fn, stats);
   detail::check_weight(fn, stats.plan, weight, bias);
-  detail::check_view(fn, "weight_out", weight_out);
-  detail::check_view(fn, "bias_out", bias_out);
+  detail::check_output_view(fn, "weight_out", weight_out);
+  detail::check_output_view(fn, "bias_out", bias_out);
+  detail::check_disjoint(fn, "weight_out", weight_out, "weight", weight, true);
+  detail::check_disjoint(fn, "weight_out", weight_out, "bias", bias);
+  detail::check_disjoint(fn, "bias_out", bias_out, "bias", bias, true);
+  detail::check_disjoint(fn, "bias_out", bias_out, "weight", weight);
+  detail::check_disjoint(fn, "bias_out", bias_out, "weight_out", weight_out);
   NETDECONV_REQUIRE(weight_out.shape == weight.shape, fn, "weight_out must have weight's shape");
   NETDECONV_REQUIRE(bias_out.shape[0] == weight.shape[0], fn, "bias_out has ", bias_out.shape[0],
                     " entries, weight has Cout=", weight.shape[0]);
@@ -91,6 +97,8 @@ struct folded_weights {
 template <class Policy, class T>
 folded_weights<T> fold(const Policy& policy, const block_statistics<T>& stats, image_view<const T> weight,
                        vector_view<const T> bias) {
+  detail::check_statistics("fold", stats);
+  detail::check_weight("fold", stats.plan, weight, bias);
   const auto& s = weight.shape;
   folded_weights<T> out{std::vector<T>(std::max<index_t>(weight.size(), 0)), std::vector<T>(std::max<index_t>(s[0], 0))};
   fold(policy, stats, weight, bias, nchw(out.weight.data(), s[0], s[1], s[2], s[3]), contiguous(out.bias.data(), s[0]));

@@ -9,9 +9,11 @@
 //   auto e = as_eigen(m);                                  // Eigen::Map with run-time strides
 
 #include <array>
+#include <cstdint>
 #include <iterator>
 #include <limits>
 #include <type_traits>
+#include <utility>
 
 #include <Eigen/Core>
 
@@ -106,6 +108,76 @@ vector_view<T> contiguous(T* data, index_t n) {
   return {data, {n}, {1}};
 }
 
+namespace detail {
+
+/// Validates that no extent is negative, that the element count and the span of offsets
+/// sum_a (shape[a] - 1) |stride[a]| fit index_t (so no element's offset overflows), and that data
+/// is present when there are elements. `name` is the argument's name in the message.
+template <class T, int R>
+void check_view(const char* function, const char* name, const tensor_view<T, R>& v) {
+  for (int a = 0; a < R; ++a)
+    NETDECONV_REQUIRE(v.shape[a] >= 0, function, name, " has negative extent ", v.shape[a], " on axis ", a);
+  const index_t n = v.size();
+  NETDECONV_REQUIRE(n == 0 || v.data != nullptr, function, name, " is null but has ", n, " elements");
+  if (n == 0) return;
+  index_t span = 0;
+  for (int a = 0; a < R; ++a) {
+    NETDECONV_REQUIRE(v.stride[a] > std::numeric_limits<index_t>::min(), function, name, " has stride ", v.stride[a],
+                      " on axis ", a);
+    span = checked_add(function, "offset span of the view", span,
+                       checked_mul(function, "offset span of the view", v.shape[a] - 1, v.stride[a] < 0 ? -v.stride[a] : v.stride[a]));
+  }
+}
+
+/// An output view: check_view, and no two of its elements share memory. Sufficient test: with
+/// the axes of extent > 1 ordered by |stride|, each |stride| exceeds the offset span of the axes
+/// before it (true of every contiguous, permuted, channels-last or sliced layout).
+template <class T, int R>
+void check_output_view(const char* function, const char* name, const tensor_view<T, R>& v) {
+  check_view(function, name, v);
+  if (v.size() == 0) return;
+  if constexpr (R == 1) {  // (the general loop trips GCC 12's -Warray-bounds for R = 1)
+    NETDECONV_REQUIRE(v.shape[0] <= 1 || v.stride[0] != 0, function, name, " has elements that share memory (stride 0)");
+    return;
+  }
+  const auto magnitude = [&](int a) { return v.stride[a] < 0 ? -v.stride[a] : v.stride[a]; };
+  for (int a = 0; a < R; ++a) {
+    if (v.shape[a] <= 1) continue;
+    index_t inner = 0;  // span of the axes ordered before a (ties by index); fits index_t: check_view
+    for (int b = 0; b < R; ++b)
+      if (b != a && v.shape[b] > 1 && (magnitude(b) < magnitude(a) || (magnitude(b) == magnitude(a) && b < a)))
+        inner += (v.shape[b] - 1) * magnitude(b);
+    NETDECONV_REQUIRE(magnitude(a) > inner, function, name, " has elements that share memory (stride ", v.stride[a],
+                      " on axis ", a, " does not clear the span ", inner, " of the axes inside it)");
+  }
+}
+
+/// Byte addresses [first, last) that a non-empty view touches.
+template <class T, int R>
+std::pair<std::uintptr_t, std::uintptr_t> address_range(const tensor_view<T, R>& v) {
+  index_t lo = 0, hi = 0;
+  for (int a = 0; a < R; ++a) (v.stride[a] < 0 ? lo : hi) += (v.shape[a] - 1) * v.stride[a];
+  const auto base = reinterpret_cast<std::uintptr_t>(v.data);
+  return {base + std::uintptr_t(lo) * sizeof(T), base + std::uintptr_t(hi + 1) * sizeof(T)};
+}
+
+/// Throws unless output `out` and input `in` (both checked views) touch disjoint memory, or, with
+/// `in_place`, are the same view (an in-place call that the function documents as safe).
+template <class A, int RA, class B, int RB>
+void check_disjoint(const char* function, const char* out_name, const tensor_view<A, RA>& out, const char* in_name,
+                    const tensor_view<B, RB>& in, bool in_place = false) {
+  if (out.size() == 0 || in.size() == 0) return;
+  if constexpr (RA == RB && std::is_same_v<std::remove_const_t<A>, std::remove_const_t<B>>)
+    if (in_place && static_cast<const void*>(out.data) == static_cast<const void*>(in.data) && out.shape == in.shape &&
+        out.stride == in.stride)
+      return;
+  const auto o = address_range(out), i = address_range(in);
+  NETDECONV_REQUIRE(o.second <= i.first || i.second <= o.first, function, out_name, " overlaps ", in_name,
+                    in_place ? " (only an exact in-place call is allowed)" : " (outputs must not share memory with inputs)");
+}
+
+}  // namespace detail
+
 /// View of an Eigen dense object with direct access (Matrix, Map, Block, Ref), in place.
 template <class Derived>
 auto view(const Eigen::DenseBase<Derived>& m) {
@@ -129,32 +201,11 @@ auto view_mut(Eigen::DenseBase<Derived>& m) {
 /// Eigen::Map of a matrix view with run-time strides (column-major Map; stride order (outer, inner)).
 template <class T>
 auto as_eigen(const matrix_view<T>& m) {
+  detail::check_view("as_eigen", "m", m);
   using Plain = Eigen::Matrix<std::remove_const_t<T>, Eigen::Dynamic, Eigen::Dynamic>;
   using MapT = Eigen::Map<std::conditional_t<std::is_const_v<T>, const Plain, Plain>, 0,
                           Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>>;
   return MapT(m.data, m.shape[0], m.shape[1], Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>(m.stride[1], m.stride[0]));
 }
 
-namespace detail {
-
-/// Validates that no extent is negative, that the element count and the span of offsets
-/// sum_a (shape[a] - 1) |stride[a]| fit index_t (so no element's offset overflows), and that data
-/// is present when there are elements. `name` is the argument's name in the message.
-template <class T, int R>
-void check_view(const char* function, const char* name, const tensor_view<T, R>& v) {
-  for (int a = 0; a < R; ++a)
-    NETDECONV_REQUIRE(v.shape[a] >= 0, function, name, " has negative extent ", v.shape[a], " on axis ", a);
-  const index_t n = v.size();
-  NETDECONV_REQUIRE(n == 0 || v.data != nullptr, function, name, " is null but has ", n, " elements");
-  if (n == 0) return;
-  index_t span = 0;
-  for (int a = 0; a < R; ++a) {
-    NETDECONV_REQUIRE(v.stride[a] > std::numeric_limits<index_t>::min(), function, name, " has stride ", v.stride[a],
-                      " on axis ", a);
-    span = checked_add(function, "offset span of the view", span,
-                       checked_mul(function, "offset span of the view", v.shape[a] - 1, v.stride[a] < 0 ? -v.stride[a] : v.stride[a]));
-  }
-}
-
-}  // namespace detail
 }  // namespace netdeconv

@@ -51,7 +51,8 @@ matrix_view<T> transposed(const matrix_view<T>& m) {
 }  // namespace detail
 
 /// out = (X - mu_s) D_s block by block, with the statistics of a previous whiten() (or any
-/// block_statistics with K = 1). X and out have the same shape and orientation; X is not modified.
+/// block_statistics with K = 1). X and out have the same shape and orientation; X is not modified
+/// unless out is X exactly (whitening in place is allowed; any other overlap is not).
 template <class Policy, class T>
 void apply_whitening(const Policy& policy, const block_statistics<T>& stats, matrix_view<const T> X, matrix_view<T> out,
                      bool columns_are_samples = false) {
@@ -59,7 +60,8 @@ void apply_whitening(const Policy& policy, const block_statistics<T>& stats, mat
   (void)policy;
   constexpr const char* fn = "apply_whitening";
   detail::check_view(fn, "X", X);
-  detail::check_view(fn, "out", out);
+  detail::check_output_view(fn, "out", out);
+  detail::check_disjoint(fn, "out", out, "X", X, true);
   NETDECONV_REQUIRE(out.shape == X.shape, fn, "out is ", out.shape[0], "x", out.shape[1], " but X is ", X.shape[0],
                     "x", X.shape[1]);
   if (columns_are_samples) {
