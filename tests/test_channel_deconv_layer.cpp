@@ -107,3 +107,33 @@ TEST_CASE("channel layer: an empty batch or image is an argument error, not a nu
   // evaluation of an empty batch writes nothing and is fine
   CHECK_NOTHROW(layer.eval(seq, nchw<const float>(x.data(), 0, 5, 4, 4), nchw(y.data(), 0, 5, 4, 4)));
 }
+
+TEST_CASE("channel layer: no freeze, a dead remaining channel with eps = 0 is a failed step, in place equals out of place") {
+  layer_options frozen = channel_deconv_layer<float>::reference_options();
+  frozen.freeze = true;
+  CHECK_THROWS_WITH_AS(channel_deconv_layer<float>(5, channel_deconv_config{2}, frozen),
+                       doctest::Contains("the channel layer has no freeze"), invalid_argument);
+  std::vector<float> x(2 * 5 * 6 * 6), y(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(std::sin(0.37 * double(i * i % 89)));
+  for (std::size_t i = 0; i < 36; ++i) x[4 * 36 + i] = x[5 * 36 + 4 * 36 + i] = 0.0f;  // channel 4 (remaining) dead
+  channel_deconv_config config{2};
+  config.eps = 0.0;
+  channel_deconv_layer<float> layer(5, config);
+  CHECK_THROWS_WITH_AS(layer.train_step(seq, nchw<const float>(x.data(), 2, 5, 6, 6), nchw(y.data(), 2, 5, 6, 6)),
+                       doctest::Contains("variance + eps is 0"), numerical_error);
+  layer_options keep = channel_deconv_layer<float>::reference_options();
+  keep.on_failure = failure_policy::keep_previous;
+  channel_deconv_layer<float> tolerant(5, config, keep);
+  tolerant.train_step(seq, nchw<const float>(x.data(), 2, 5, 6, 6), nchw(y.data(), 2, 5, 6, 6));
+  CHECK(tolerant.diagnostic().outcome == step_outcome::kept_previous);
+  CHECK(std::all_of(y.begin(), y.end(), [](float v) { return std::isfinite(v); }));
+  // in place (y is x) gives what a separate y gets
+  channel_deconv_layer<float> a(5, channel_deconv_config{2}), b(5, channel_deconv_config{2});
+  x[4 * 36 + 7] = 0.5f;
+  a.train_step(seq, nchw<const float>(x.data(), 2, 5, 6, 6), nchw(y.data(), 2, 5, 6, 6));
+  auto inplace = x;
+  b.train_step(seq, nchw<const float>(inplace.data(), 2, 5, 6, 6), nchw(inplace.data(), 2, 5, 6, 6));
+  CHECK(inplace == y);
+  CHECK_THROWS_WITH_AS(b.eval(seq, nchw<const float>(x.data(), 2, 5, 6, 6), nchw(x.data() + 1, 2, 5, 6, 6)),
+                       doctest::Contains("y overlaps x"), invalid_argument);
+}

@@ -230,3 +230,33 @@ TEST_CASE("a run resumed from a checkpoint equals the uninterrupted run, freeze 
     CHECK(resumed.state() == whole.state());
   }
 }
+
+TEST_CASE("evaluation of a running covariance whose iteration misses its cap takes the exact root (issue 9 review)") {
+  linear_fixture f;
+  layer_options options = layer_options::improved();
+  options.on_failure = failure_policy::exact_fallback;
+  auto cfg = small_linear();
+  cfg.isqrt = isqrt_options::converged(1e-7, 3);  // never reached in 3 steps
+  linear_deconv_layer<double> layer(6, cfg, options);
+  const auto x = f.batch();
+  const std::vector<double> xd(x.begin(), x.end()), W(f.W.begin(), f.W.end());
+  const auto Wv = row_major<const double>(W.data(), 3, 6);
+  layer.train_step(seq, row_major<const double>(xd.data(), 64, 6), Wv, {});
+  REQUIRE(layer.diagnostic().outcome == step_outcome::exact_fallback);
+  const auto ev = layer.eval(seq, Wv, {});
+  // the first step copied Cov: evaluation is the exact root of the batch covariance
+  auto exact = small_linear();
+  exact.isqrt = isqrt_options::exact();
+  linear_deconv_layer<double> reference(6, exact, layer_options::improved());
+  reference.train_step(seq, row_major<const double>(xd.data(), 64, 6), Wv, {});
+  const auto want = reference.eval(seq, Wv, {});
+  CHECK(oracle::rel_err(Eigen::Map<const Eigen::VectorXd>(ev.weight.data(), 18),
+                        Eigen::Map<const Eigen::VectorXd>(want.weight.data(), 18)) < 1e-12);
+}
+
+TEST_CASE("max_eps_raises is capped at 30") {
+  layer_options options;
+  options.max_eps_raises = 31;
+  CHECK_THROWS_WITH_AS(linear_deconv_layer<float>(6, small_linear(), options), doctest::Contains("max_eps_raises must be in [0, 30]"),
+                       invalid_argument);
+}

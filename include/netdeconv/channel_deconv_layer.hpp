@@ -14,8 +14,9 @@
 // Reference-compatible mode (the defaults, reference_options()): the B x B matrix is the
 // UNcentred second moment x_s x_s^T / n_s + eps I (a quirk of the reference; set
 // uncentred_covariance = false for the centred covariance), and the first step copies its
-// statistics into the running ones. Training rule and failure policies: layer_state.hpp (the
-// freeze options do not apply to this layer).
+// statistics into the running ones. Training rule and failure policies: layer_state.hpp
+// (freeze is refused: the reference channel layer has none). A batch whose remaining variance plus
+// eps is not positive (a dead remaining channel with eps = 0) is a failed step.
 //
 //   netdeconv::channel_deconv_layer<float> layer(/*C*/ 512, netdeconv::channel_deconv_config{/*block*/ 16});
 //   layer.train_step(netdeconv::par, x, y);    // x, y: (N, C, H, W) views, any layout
@@ -59,10 +60,12 @@ class channel_deconv_layer {
         channels_(channels) {
     NETDECONV_REQUIRE(config.sampling_stride >= 1, "channel_deconv_layer", "sampling_stride must be >= 1, got ",
                       config.sampling_stride);
+    NETDECONV_REQUIRE(!options.freeze, "channel_deconv_layer",
+                      "the channel layer has no freeze (its remaining-channel statistics would keep moving)");
   }
 
   /// Training forward: y = whitened x with the batch statistics; updates the running statistics.
-  /// x and y are (N, C, H, W) views of the same shape and must not overlap.
+  /// x and y are (N, C, H, W) views of the same shape; y may be x exactly (in place), no other overlap.
   template <class Policy>
   void train_step(const Policy& policy, image_view<const T> x, image_view<T> y) {
     constexpr const char* fn = "train_step";
@@ -74,9 +77,10 @@ class channel_deconv_layer {
     NETDECONV_REQUIRE(whitened_ == channels_ || remaining_samples(x, step) >= 2, fn,
                       "the remaining channels' variance needs >= 2 samples, got ", remaining_samples(x, step));
     scalar_stats batch = remaining_stats(x, step);
-    if (!std::isfinite(batch.mean) || !std::isfinite(batch.var)) {
+    if (!std::isfinite(batch.mean) || !std::isfinite(batch.var) || !(double(batch.var) + config_.eps > 0)) {
       if (core_.options().on_failure == failure_policy::throw_error)
-        throw numerical_error("netdeconv: channel layer statistics failed: the remaining channels' mean or variance is not finite");
+        throw numerical_error("netdeconv: channel layer statistics failed: the remaining channels' mean "
+                              "or variance is not finite, or variance + eps is 0");
       core_.keep_previous_step();
       apply(x, y, core_.evaluation(policy), running_scalars_);
       return;
@@ -129,8 +133,10 @@ class channel_deconv_layer {
     auto loaded = core_.loaded(r);
     T scalars[2];
     r.scalars(scalars, 2, "remaining-channel statistics");
-    if (!std::isfinite(scalars[0]) || !(scalars[1] >= T(0)) || !std::isfinite(scalars[1]))
-      r.fail("holds remaining-channel mean ", scalars[0], " and variance ", scalars[1], " (need finite, variance >= 0)");
+    if (!std::isfinite(scalars[0]) || !(scalars[1] >= T(0)) || !std::isfinite(scalars[1]) ||
+        !(double(scalars[1]) + config_.eps > 0))
+      r.fail("holds remaining-channel mean ", scalars[0], " and variance ", scalars[1],
+             " (need finite values, variance >= 0 and variance + eps > 0)");
     r.expect_end();
     core_ = std::move(loaded);
     running_scalars_ = {scalars[0], scalars[1]};
@@ -167,7 +173,8 @@ class channel_deconv_layer {
 
   void check(const char* fn, const image_view<const T>& x, const image_view<T>& y) const {
     detail::check_view(fn, "x", x);
-    detail::check_view(fn, "y", y);
+    detail::check_output_view(fn, "y", y);
+    detail::check_disjoint(fn, "y", y, "x", x, true);
     NETDECONV_REQUIRE(x.shape[1] == channels_, fn, "x has C=", x.shape[1], ", the layer has ", channels_);
     NETDECONV_REQUIRE(y.shape == x.shape, fn, "y must have x's shape");
   }
@@ -204,7 +211,7 @@ class channel_deconv_layer {
     const index_t B = config_.block, per_row = whitened_ / B;
     const auto& D = stats.D[0];
     const auto& mu = stats.mean[0];
-    const T inv_sd = T(1) / std::sqrt(scalars.var + T(config_.eps));
+    const T inv_sd = T(1.0 / std::sqrt(double(scalars.var) + config_.eps));
     Eigen::Matrix<T, Eigen::Dynamic, 1> centred(B);
     for (index_t n = 0; n < x.shape[0]; ++n)
       for (index_t yy = 0; yy < x.shape[2]; ++yy)

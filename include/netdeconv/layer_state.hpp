@@ -45,7 +45,9 @@ enum class step_outcome { computed, frozen, kept_previous, exact_fallback, eps_r
 
 inline std::ostream& operator<<(std::ostream& os, step_outcome o) {
   constexpr const char* names[] = {"computed", "frozen", "kept_previous", "exact_fallback", "eps_raised"};
-  return os << names[static_cast<int>(o)];
+  const auto i = static_cast<std::size_t>(o);
+  if (i >= std::size(names)) return os << "step_outcome(" << static_cast<int>(o) << ")";
+  return os << names[i];
 }
 
 /// Thrown by failure_policy::throw_error.
@@ -115,7 +117,8 @@ class deconv_core {
     NETDECONV_REQUIRE(options.freeze_iter >= 1 && options.freeze_iter <= std::numeric_limits<index_t>::max() / 10, fn,
                       "freeze_iter must be in [1, 2^63/10] (the counter wraps at 10*freeze_iter), got ",
                       options.freeze_iter);
-    NETDECONV_REQUIRE(options.max_eps_raises >= 0, fn, "max_eps_raises must be >= 0, got ", options.max_eps_raises);
+    NETDECONV_REQUIRE(options.max_eps_raises >= 0 && options.max_eps_raises <= 30, fn,
+                      "max_eps_raises must be in [0, 30] (eps x 10^30 at most), got ", options.max_eps_raises);
     const index_t F = plan.features();
     running_.plan = plan;
     running_.mean.assign(plan.count(), vector::Zero(F));
@@ -138,8 +141,9 @@ class deconv_core {
     diag.failures = diagnostic_.failures;
     if (frozen) {
       diag.outcome = step_outcome::frozen;
+      auto stats = evaluation(policy);
       commit(diag);
-      return evaluation(policy);
+      return stats;
     }
     const auto moments = block_moments(policy, source, plan_);
     std::vector<square_matrix<double>> cov0;  // Cov without eps, in double
@@ -175,8 +179,9 @@ class deconv_core {
       }
       if (!all_ok(diag.reports) || !all_finite(batch.mean)) {
         diag.outcome = step_outcome::kept_previous;
+        auto stats = evaluation(policy);
         commit(diag);
-        return evaluation(policy);
+        return stats;
       }
     }
     const bool copy = options_.first_step_copy && steps_ == 0;
@@ -191,12 +196,18 @@ class deconv_core {
   }
 
   /// Statistics for evaluation: running mean with running D, or (average_covariance) the inverse
-  /// square root of the running covariance.
+  /// square root of the running covariance. A block whose iteration fails (not converged within its
+  /// cap, say) takes the exact float64 root of the running covariance, a positive combination of
+  /// positive definite matrices; if that fails too, numerical_error is thrown.
   template <class Policy>
   block_statistics<T> evaluation(const Policy& policy) const {
     if (!options_.average_covariance || steps_ == 0) return running_;
     block_statistics<T> out{plan_, running_.mean, {}};
-    inverse_sqrt(policy, running_cov_, out.D, isqrt_);
+    auto reports = inverse_sqrt(policy, running_cov_, out.D, isqrt_);
+    for (std::size_t s = 0; s < reports.size(); ++s)
+      if (reports[s].status != isqrt_status::ok) reports[s] = inverse_sqrt_exact(running_cov_[s], out.D[s]);
+    if (!all_ok(reports))
+      throw numerical_error("netdeconv: the running covariance has no inverse square root:" + describe(reports));
     return out;
   }
 
@@ -226,8 +237,8 @@ class deconv_core {
 
   /// This state with what save() wrote; throws checkpoint_error (and changes nothing) when the
   /// configuration differs or the contents make no sense: counters outside
-  /// 0 <= failures <= steps < 2^63 - 1 and counter == steps mod (10 freeze_iter) (the next step
-  /// could not be taken), or running statistics that are not finite.
+  /// 0 <= failures <= steps < 2^62 and counter == steps mod (10 freeze_iter), running statistics
+  /// that are not finite, or a running covariance that is not symmetric.
   deconv_core loaded(byte_reader& r) const {
     deconv_core copy = *this;
     constexpr const char* names[] = {"block layout",   "channels",         "kernel area",        "groups",
@@ -244,8 +255,8 @@ class deconv_core {
     copy.diagnostic_ = {};
     copy.diagnostic_.failures = r.i64();
     const index_t wrap = 10 * options_.freeze_iter;
-    if (copy.steps_ < 0 || copy.steps_ == std::numeric_limits<index_t>::max())
-      r.fail("has steps = ", copy.steps_, ", outside [0, 2^63 - 1)");
+    if (copy.steps_ < 0 || copy.steps_ >= max_steps)
+      r.fail("has steps = ", copy.steps_, ", outside [0, 2^62)");
     if (copy.counter_ != copy.steps_ % wrap)
       r.fail("has freeze counter ", copy.counter_, ", but steps ", copy.steps_, " mod 10*freeze_iter = ", copy.steps_ % wrap);
     if (copy.diagnostic_.failures < 0 || copy.diagnostic_.failures > copy.steps_)
@@ -257,6 +268,11 @@ class deconv_core {
       if (!copy.running_.mean[s].allFinite() || !copy.running_.D[s].allFinite() ||
           (options_.average_covariance && !copy.running_cov_[s].allFinite()))
         r.fail("holds non-finite running statistics for block ", s);
+      if (options_.average_covariance) {
+        const auto& c = copy.running_cov_[s];
+        const T bound = T(plan_.features()) * std::numeric_limits<T>::epsilon() * c.norm();
+        if (!((c - c.transpose()).norm() <= bound)) r.fail("holds a non-symmetric running covariance for block ", s);
+      }
     }
     return copy;
   }
@@ -282,8 +298,10 @@ class deconv_core {
     return true;
   }
   static std::string describe_failure(const std::vector<isqrt_report>& reports) {
+    return "netdeconv: layer statistics failed:" + describe(reports);
+  }
+  static std::string describe(const std::vector<isqrt_report>& reports) {
     std::ostringstream os;
-    os << "netdeconv: layer statistics failed:";
     for (std::size_t s = 0; s < reports.size(); ++s)
       if (reports[s].status != isqrt_status::ok)
         os << " block " << s << ' ' << reports[s].status << " (residual " << reports[s].residual << " after "
@@ -308,6 +326,9 @@ class deconv_core {
     else
       running = (T(1) - m) * running + m * value;
   }
+  /// Steps a checkpoint may hold: far beyond any run, and far from overflowing ++steps_.
+  static constexpr index_t max_steps = index_t(1) << 62;
+
   void commit(const step_diagnostic& diag) {
     counter_ = (counter_ + 1) % (10 * options_.freeze_iter);
     ++steps_;
