@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // Fused sampled im2col + covariance (block_moments with netdeconv::par) on 1 and on --threads
-// threads, for the SPEC §9 rows whose covariance is >= 5 GFLOP of useful work at --batch; and the
+// threads, for the docs/method.md §9 rows whose covariance is >= 5 GFLOP of useful work at --batch; and the
 // sequential oracle once, for scale. Interleaved medians of --reps. Prints `BENCH_JSON` lines:
 //   {"bench": "covariance_threads", "shape", "batch", "gflop", "t1_s", "tN_s", "threads", "speedup", "seq_s"}
 //   bench_covariance [--threads 2] [--batch 16] [--reps 5]

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // The statistics path of a reference conv deconvolution layer (interleaved-shared blocks, padding
-// k/2, stride 1, eps 1e-5, 5 Newton-Schulz steps) on every shape of SPEC §9, ours against the
+// k/2, stride 1, eps 1e-5, 5 Newton-Schulz steps) on every shape of docs/method.md §9, ours against the
 // baselines a user would otherwise pick, all measured in this run, interleaved, medians of --reps:
 //   ours      block_moments (fused sampled im2col + covariance), inverse_sqrt, fold, and the whole
 //             conv_statistics_step, with netdeconv::par (SIMD + OpenMP) on --threads threads;

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// Shared pieces of the benchmarks: the layer shapes of SPEC §9, interleaved median timing, OpenBLAS
+// Shared pieces of the benchmarks: the layer shapes of docs/method.md §9, interleaved median timing, OpenBLAS
 // baselines, the machine's sgemm rate, a memory read-bandwidth probe, and heap accounting (malloc
 // is wrapped, so every allocation of the process counts: Eigen, std::vector, xsimd).
 // Include from exactly one translation unit per executable (it defines malloc and friends).
@@ -122,7 +122,7 @@ inline std::vector<double> interleaved_medians(const std::vector<std::function<v
   return out;
 }
 
-/// SPEC §9 rows: (H, W, Cin, Cout, channel blocks C/B, k, S).
+/// docs/method.md §9 rows: (H, W, Cin, Cout, channel blocks C/B, k, S).
 struct layer_shape {
   int H, W, C, Cout, blocks, k, S;
 };

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
-"""Plot of bench_statistics_step's BENCH_JSON lines: per SPEC row, time of ours against the baselines.
+"""Plot of bench_statistics_step's BENCH_JSON lines: per docs/method.md §9 shape, time of ours against the baselines.
   plot.py statistics_step.txt out.png"""
 import json
 import sys

@@ -3,7 +3,7 @@
 """Timed statistics path of the PyTorch reference conv layer (float32, CPU), for bench/.
 
 The training-forward statistics of the reference deconvolution conv layer (Ye et al.), written
-from SPEC.md sections 2-6 as tests/reference/generate_goldens.py does, in float32 as the layer runs:
+from docs/method.md §2-6 as tests/reference/generate_goldens.py does, in float32 as the layer runs:
   unfold with stride S (sampled patches) -> interleaved block reshape -> mean, centred
   Cov = Xc^T Xc / n + eps I (addmm) -> 5 coupled Newton-Schulz steps (15 products) -> fold W D, b - W' mu.
 

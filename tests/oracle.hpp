@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// Test oracles: float64 implementations written directly from SPEC.md, independent of the library's
+// Test oracles: float64 implementations written directly from docs/method.md, independent of the library's
 // loops, plus random data helpers. Every fast or blocked path is compared with these.
 
 #include <cmath>
@@ -90,7 +90,7 @@ MatrixXd im2col(const image<T>& x, const netdeconv::conv_geometry& g) {
   return X;
 }
 
-/// Sampled rows of SPEC §2: k > 1: im2col with stride S*s; 1x1: every (S*s)^2-th pixel row.
+/// Sampled rows of docs/method.md §2: k > 1: im2col with stride S*s; 1x1: every (S*s)^2-th pixel row.
 template <class T>
 MatrixXd sampled_rows(const image<T>& x, netdeconv::conv_geometry g, index_t S) {
   if (g.kernel_h > 1 || g.kernel_w > 1) {
@@ -108,7 +108,7 @@ MatrixXd sampled_rows(const image<T>& x, netdeconv::conv_geometry g, index_t S) 
   return X;
 }
 
-/// The sample matrices of each statistic of a block layout, from SPEC §3 (reshape semantics of the
+/// The sample matrices of each statistic of a block layout, from docs/method.md §3 (reshape semantics of the
 /// reference: interleaved = row viewed as (F, G) then transposed to G rows of F).
 inline std::vector<MatrixXd> blocked(const MatrixXd& X, const netdeconv::block_plan& plan) {
   using netdeconv::block_layout;
@@ -145,7 +145,7 @@ inline MatrixXd covariance(const MatrixXd& X, double eps) {
   return Xc.transpose() * Xc / double(X.rows()) + eps * MatrixXd::Identity(X.cols(), X.cols());
 }
 
-/// The coupled Newton-Schulz recurrence of SPEC §5 in float64, n steps, Frobenius scaling.
+/// The coupled Newton-Schulz recurrence of docs/method.md §5 in float64, n steps, Frobenius scaling.
 inline MatrixXd newton_schulz(const MatrixXd& A, int n) {
   const double s = A.norm();
   const MatrixXd I = MatrixXd::Identity(A.rows(), A.cols());

@@ -9,7 +9,7 @@
 
 using namespace netdeconv;
 
-TEST_CASE("block size adjustment follows SPEC section 3") {
+TEST_CASE("block size adjustment follows docs/method.md §3") {
   SUBCASE("B = min(B, C)") {
     const auto p = make_block_plan(block_layout::interleaved_shared, 3, 9, 64);
     CHECK(p.block == 3);

@@ -107,7 +107,7 @@ TEST_CASE_TEMPLATE("col2im (sequential and OpenMP) is the adjoint of im2col: <im
   }
 }
 
-TEST_CASE("patch_sampler yields the sampled rows of SPEC section 2") {
+TEST_CASE("patch_sampler yields the sampled rows of docs/method.md §2") {
   std::mt19937_64 rng(7);
   for (int trial = 0; trial < 40; ++trial) {
     random_case c = draw(rng);

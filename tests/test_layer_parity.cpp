@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Parity with the reference layers over SEQUENCES of training steps followed by evaluation
-// (SPEC §7): the golden files of tests/reference/sequence_goldens (written by
-// tests/reference/generate_sequence_goldens.py, an independent float64 PyTorch model of SPEC §2-7)
+// (docs/method.md §7): the golden files of tests/reference/sequence_goldens (written by
+// tests/reference/generate_sequence_goldens.py, an independent float64 PyTorch model of docs/method.md §2-7)
 // hold the batches, the weights, and after every step the running statistics, W', b' and the layer
 // output, then evaluation's W', b' and output. conv_deconv_layer, linear_deconv_layer and
 // channel_deconv_layer, in reference-compatible mode, replay each sequence in float32 and float64,
@@ -394,7 +394,7 @@ TEST_CASE("the sequence golden files are all there and well formed") {
       const auto& v = g.array(key);
       CHECK(std::all_of(v.begin(), v.end(), [](double a) { return double(float(a)) == a; }));
     }
-    // The freeze schedule the generator recorded is the one SPEC §7 defines.
+    // The freeze schedule the generator recorded is the one docs/method.md §7 defines.
     const auto& frozen = g.array("frozen");
     REQUIRE(index_t(frozen.size()) == steps);
     const bool freeze = kind == "conv" && g.get("freeze") != 0;

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Parity with the reference layers' training forward pass: the golden files of tests/reference/goldens
 // (written by tests/reference/generate_goldens.py, an independent float64 PyTorch implementation of
-// SPEC §2-7) hold x, W, b and the reference mean, D, W', b' and layer output y. The statistics step
+// docs/method.md §2-7) hold x, W, b and the reference mean, D, W', b' and layer output y. The statistics step
 // of the library, run in float32 and float64 with the matching configuration (interleaved_shared for
 // groups == 1, grouped for groups > 1, contiguous_shared for linear layers), must reproduce them.
 #include <doctest/doctest.h>

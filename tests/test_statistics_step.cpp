@@ -9,7 +9,7 @@ using namespace netdeconv;
 
 namespace {
 
-/// Float64 pipeline of SPEC §2-6 from the oracles: sampled rows -> blocks -> mean, Cov + eps I ->
+/// Float64 pipeline of docs/method.md §2-6 from the oracles: sampled rows -> blocks -> mean, Cov + eps I ->
 /// n-step Newton-Schulz -> W'[o, piece] = W[o, piece] D_s, b'[o] = b[o] - sum W'[o, piece] . mu_s.
 struct expected {
   std::vector<oracle::VectorXd> mean;
@@ -64,7 +64,7 @@ std::vector<T> random_vector(index_t n, std::mt19937_64& rng) {
 
 }  // namespace
 
-TEST_CASE_TEMPLATE("conv statistics step equals the float64 pipeline of SPEC 2-6", T, float, double) {
+TEST_CASE_TEMPLATE("conv statistics step equals the float64 pipeline of docs/method.md §2-6", T, float, double) {
   std::mt19937_64 rng(51);
   const double tol = std::is_same_v<T, float> ? 1e-5 : 1e-11;  // float32 rounding of 5 steps: ~1e-6
   struct step_case {

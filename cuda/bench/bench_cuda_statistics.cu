@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// GPU statistics path vs cuBLAS in the same process (SPEC §9 shapes, smaller batch):
+// GPU statistics path vs cuBLAS in the same process (docs/method.md §9 shapes, smaller batch):
 //   covariance: netdeconv::block_moments (sampled im2col fused into the tiled FP32 covariance)
 //               vs im2col of the sampled rows + cublasSgemm X^T X (the same 2 n F^2 FLOP);
 //   TF32 covariance (sm_80+): block_moments with cov_precision::tf32 vs the same im2col + SGEMM
@@ -11,7 +11,7 @@
 // the n = (sampled patch rows) * (C K / F) samples of all statistics. Machine-readable lines:
 // "bench_row <row> <key> <value>", keys cov_ms, cov_gflops, cov_tf32_ms, cov_tf32_gflops (TF32
 // keys only where the device and the build support it). Usage: bench_cuda_statistics [batch=8] [reps=20]
-// [row index into SPEC §9, -1 = all]. bench_torch_reference.py runs PyTorch unfold + addmm on the
+// [row index into docs/method.md §9, -1 = all]. bench_torch_reference.py runs PyTorch unfold + addmm on the
 // same shapes and calls this binary, for the ratio to PyTorch.
 
 #include <cstdio>
@@ -25,7 +25,7 @@ namespace {
 struct shape {
   long long H, W, C, Cout, blocks, k, S;
 };
-// (H, W, Cin, Cout, channel blocks C/B, k, S), SPEC §9
+// (H, W, Cin, Cout, channel blocks C/B, k, S), docs/method.md §9
 const shape rows[] = {{256, 256, 3, 64, 1, 3, 3},     {128, 128, 64, 128, 1, 3, 3},  {64, 64, 128, 256, 2, 3, 3},
                       {32, 32, 256, 512, 4, 3, 3},    {16, 16, 512, 512, 8, 3, 3},   {128, 128, 64, 128, 64, 3, 3},
                       {64, 64, 128, 256, 128, 3, 3},  {32, 32, 256, 512, 256, 3, 3}, {16, 16, 512, 512, 512, 3, 3},

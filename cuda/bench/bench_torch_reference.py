@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
-"""PyTorch baseline for bench_cuda_statistics, in the same run: for each SPEC §9 row, time the
+"""PyTorch baseline for bench_cuda_statistics, in the same run: for each docs/method.md §9 row, time the
 reference layer's covariance (F.unfold of the sampled input + torch.addmm of the blocked patch
 matrix) on the GPU, run the netdeconv binary on the same shape and print the ratio.
 

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// Block layouts of the patch matrix (SPEC §3): which patch column feeds which feature of which
+// Block layouts of the patch matrix (docs/method.md §3): which patch column feeds which feature of which
 // covariance statistic.
 //
 // A patch row has C*K columns (K = kh*kw, channel-major). A plan has count() statistics of
@@ -110,7 +110,7 @@ inline void check_plan(const char* fn, const block_plan& plan) {
 }  // namespace detail
 
 /// Builds the plan for C channels, kernel area K, requested block B and conv groups, applying the
-/// adjustment rule of SPEC §3: B = min(B, C); B = gcd(B, C) if B does not divide C (shared layouts);
+/// adjustment rule of docs/method.md §3: B = min(B, C); B = gcd(B, C) if B does not divide C (shared layouts);
 /// B = C/groups for `grouped`. `independent` requires B | (C/groups) and throws otherwise;
 /// interleaved_shared and contiguous_shared require groups == 1, grouped requires groups > 1.
 inline block_plan make_block_plan(block_layout layout, index_t channels, index_t kernel_area, index_t block,

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// Channel-only deconvolution (SPEC §7, last bullet): whitens the channels of a feature map, e.g.
+// Channel-only deconvolution (docs/method.md §7, last bullet): whitens the channels of a feature map, e.g.
 // the last one before a classifier. It rewrites the data (there are no weights to fold into).
 //
 // With c = floor(C/B)*B, the first c channels form B feature rows: row f is channels

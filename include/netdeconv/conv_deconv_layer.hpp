@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// Conv deconvolution layer (SPEC §7): the state object a framework keeps next to its conv weights.
+// Conv deconvolution layer (docs/method.md §7): the state object a framework keeps next to its conv weights.
 // Weights are passed in as views, never owned; the training rule is in layer_state.hpp.
 //
 //   netdeconv::conv_deconv_config cfg;                 // reference defaults

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// Blocked moments of sampled patches (SPEC §3-4), without materialising the patch matrix.
+// Blocked moments of sampled patches (docs/method.md §3-4), without materialising the patch matrix.
 //
 // A row source (patch_sampler for conv inputs, matrix_rows for an n x F matrix) yields rows of
 // width C*K; a block_plan maps each row to rows_per_patch() rows of F features for each of its

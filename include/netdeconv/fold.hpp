@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// Implicit deconvolution: fold the whitening into the layer's weights (SPEC §6), so that
+// Implicit deconvolution: fold the whitening into the layer's weights (docs/method.md §6), so that
 //   conv(x, W', b') == (X - mu) D W^T + b   for the patch matrix X of x
 // (X - mu and D taken block by block as the plan says). For every output o and every piece (s, g)
 // of the plan that lies in o's input group, with w = W[o, column(s, g, :)] (length F):

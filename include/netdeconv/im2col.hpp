@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 // im2col (patch matrix of a convolution) and its adjoint col2im; the sampled patch rows that the
-// statistics use (SPEC §2).
+// statistics use (docs/method.md §2).
 //
 // x: image view with axes (N, C, H, W) in any memory layout.
 // cols: (N*Ho*Wo) x (C*kh*kw); row r = (n, oy, ox) in raster order, column j = c*kh*kw + ky*kw + kx
@@ -83,7 +83,7 @@ void visit_patch_row(const image_view<T>& x, const conv_geometry& g, index_t out
 
 }  // namespace detail
 
-/// The rows of the patch matrix that statistics are estimated from, with sampling stride S (SPEC §2):
+/// The rows of the patch matrix that statistics are estimated from, with sampling stride S (docs/method.md §2):
 /// - kernel > 1: the rows of im2col run with stride S*s (every (S*s)-th output position per axis);
 /// - kernel 1x1: the pixels of x in (n, y, x) raster order, every (S*s_h)*(S*s_w)-th one from row 0.
 /// gather(r, out) writes row r (C*kh*kw values, channel-major) to out[0 .. width()).

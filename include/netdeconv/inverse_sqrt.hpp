@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// Inverse square root D ~ A^(-1/2) of a symmetric positive definite F x F matrix (SPEC §5).
+// Inverse square root D ~ A^(-1/2) of a symmetric positive definite F x F matrix (docs/method.md §5).
 //
 // Coupled Newton-Schulz (Denman-Beavers form), computed in the scalar type T:
 //   s = ||A||_F (or tr A);  Y_0 = A/s;  Z_0 = I

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// Training state shared by the deconvolution layers (SPEC §7): running statistics, the reference
+// Training state shared by the deconvolution layers (docs/method.md §7): running statistics, the reference
 // freeze counter, the failure policy and the per-step diagnostic.
 //
 // One training step (running mean r_mu, running D r_D per statistic, momentum m):

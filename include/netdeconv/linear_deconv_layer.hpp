@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// Linear deconvolution layer (SPEC §7): all rows of the (rows, Fin) input, contiguous blocks
+// Linear deconvolution layer (docs/method.md §7): all rows of the (rows, Fin) input, contiguous blocks
 // (shared as in the reference, or independent), no sampling. Training rule: layer_state.hpp.
 //
 //   netdeconv::linear_deconv_layer<float> layer(/*in_features*/ 64, netdeconv::linear_deconv_config{});

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// Mergeable first and second moments of a set of F-dimensional samples (SPEC §4), kept in centred
+// Mergeable first and second moments of a set of F-dimensional samples (docs/method.md §4), kept in centred
 // form so that large means do not cancel:
 //   count n, mean mu = (1/n) sum x, scatter M = sum (x - mu)(x - mu)^T   (lower triangle stored).
 // Two sets merge exactly into the moments of their union (Chan, Golub & LeVeque):

@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// The training-mode statistics step of a deconvolution layer (SPEC §7): from the input batch x and
+// The training-mode statistics step of a deconvolution layer (docs/method.md §7): from the input batch x and
 // the layer's weights, compute the blocked mean mu_s and D_s ~ Cov_s^(-1/2) and the folded weights
 // W' = W D, b' = b - W' mu. The host framework then runs its own conv/linear with (W', b').
 //
 //   conv:   x (N, C, H, W) any layout; weight (Cout, C/groups, kh, kw); bias (Cout) or empty.
-//           Rows: the sampled patches of SPEC §2; blocks: config.layout (SPEC §3).
+//           Rows: the sampled patches of docs/method.md §2; blocks: config.layout (docs/method.md §3).
 //   linear: x (rows, Fin); weight (Cout, Fin); bias (Cout) or empty. All rows are used.
 //
 //   netdeconv::conv_deconv_config cfg;             // reference defaults: block 64, S = 3, eps 1e-5, 5 iterations

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// ZCA whitening of an arbitrary matrix (SPEC §8).
+// ZCA whitening of an arbitrary matrix (docs/method.md §8).
 //
 // X: n x F with rows as samples (or F x n with columns_are_samples), any strides.
 //   mu = column mean, Cov = (X - mu)^T (X - mu) / n + eps I, D = Cov^(-1/2) (symmetric),

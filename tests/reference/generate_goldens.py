@@ -2,12 +2,12 @@
 # SPDX-License-Identifier: MIT
 """Golden files for tests/test_reference_parity.cpp.
 
-An independent PyTorch re-implementation, written from SPEC.md sections 2-7, of the TRAINING
+An independent PyTorch re-implementation, written from docs/method.md §2-7, of the TRAINING
 forward pass of the reference deconvolution layers (conv and fully-connected):
 
-  sampled patch rows (SPEC 2) -> block reshape (SPEC 3) -> mean, Cov = Xc^T Xc / n + eps I (SPEC 4)
-  -> D = coupled Newton-Schulz with Frobenius scaling, n_iter steps (SPEC 5)
-  -> W' = fold(W, D), b' = b - W' mu (SPEC 6) -> y = conv2d / linear with (W', b').
+  sampled patch rows (docs/method.md §2) -> block reshape (docs/method.md §3) -> mean, Cov = Xc^T Xc / n + eps I (docs/method.md §4)
+  -> D = coupled Newton-Schulz with Frobenius scaling, n_iter steps (docs/method.md §5)
+  -> W' = fold(W, D), b' = b - W' mu (docs/method.md §6) -> y = conv2d / linear with (W', b').
 
 Everything is computed in float64 from inputs whose values are exactly float32, so the files do
 not depend on the machine beyond float64 BLAS rounding (far below the 1e-10 check tolerance).
@@ -142,11 +142,11 @@ def make_inputs(case):
 
 
 # ----------------------------------------------------------------------------------------------
-# The reference training forward (SPEC 2-7), float64
+# The reference training forward (docs/method.md §2-7), float64
 # ----------------------------------------------------------------------------------------------
 
 def adjust_block(block, C, groups=1):
-    """SPEC 3: B = min(B, C); gcd(B, C) if B does not divide C; C/groups for grouped convs."""
+    """docs/method.md §3: B = min(B, C); gcd(B, C) if B does not divide C; C/groups for grouped convs."""
     B = min(block, C)
     if C % B != 0:
         B = math.gcd(B, C)
@@ -156,7 +156,7 @@ def adjust_block(block, C, groups=1):
 
 
 def sampled_patches(x, k, stride, padding, dilation, S):
-    """SPEC 2: rows of the statistics' patch matrix, (rows, C*k*k) in unfold column order."""
+    """docs/method.md §2: rows of the statistics' patch matrix, (rows, C*k*k) in unfold column order."""
     N, C, H, W = x.shape
     es = S * stride
     if k > 1:
@@ -167,7 +167,7 @@ def sampled_patches(x, k, stride, padding, dilation, S):
 
 
 def newton_schulz_isqrt(A, n_iter):
-    """SPEC 5: coupled Newton-Schulz, Frobenius scaling, exactly n_iter steps."""
+    """docs/method.md §5: coupled Newton-Schulz, Frobenius scaling, exactly n_iter steps."""
     F = A.shape[0]
     I = torch.eye(F, dtype=A.dtype)
     s = torch.linalg.norm(A)  # Frobenius
@@ -181,7 +181,7 @@ def newton_schulz_isqrt(A, n_iter):
 
 
 def moments_and_isqrt(X, eps, n_iter):
-    """SPEC 4-5: column mean, Cov = Xc^T Xc / n + eps I (biased), D ~ Cov^(-1/2)."""
+    """docs/method.md §4-5: column mean, Cov = Xc^T Xc / n + eps I (biased), D ~ Cov^(-1/2)."""
     n, F = X.shape
     mu = X.mean(dim=0)
     Xc = X - mu
@@ -229,7 +229,7 @@ def conv_forward(case, x, weight, bias):
         Wf = Wf.reshape(weight.shape).contiguous()
     y = Fn.conv2d(x, Wf, bf, stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
                   groups=groups)
-    # SPEC 6 check: the folded conv equals the unfolded layer applied to explicitly whitened patches
+    # docs/method.md §6 check: the folded conv equals the unfolded layer applied to explicitly whitened patches
     P = Fn.unfold(x, kernel_size=k, dilation=case["dilation"], padding=case["padding"], stride=case["stride"])
     P = P.transpose(1, 2).reshape(-1, C * K)
     if groups == 1:

@@ -2,20 +2,20 @@
 # SPDX-License-Identifier: MIT
 """Sequence golden files for tests/test_layer_parity.cpp.
 
-An independent float64 PyTorch model, written from SPEC.md sections 2-7, of the reference layers'
+An independent float64 PyTorch model, written from docs/method.md §2-7, of the reference layers'
 LIFE CYCLE in reference-compatible mode: a number of training steps on different batches, then
 evaluation with the running statistics. Three layer kinds:
 
-  conv     sampled patches (SPEC 2) -> interleaved-shared or grouped blocks (SPEC 3) -> mean and
-           biased covariance + eps I (SPEC 4) -> coupled Newton-Schulz, Frobenius scaling, exactly
-           n_iter steps (SPEC 5) -> W' = fold(W, D), b' = b - W' mu (SPEC 6) -> y = conv2d(x, W', b')
+  conv     sampled patches (docs/method.md §2) -> interleaved-shared or grouped blocks (docs/method.md §3) -> mean and
+           biased covariance + eps I (docs/method.md §4) -> coupled Newton-Schulz, Frobenius scaling, exactly
+           n_iter steps (docs/method.md §5) -> W' = fold(W, D), b' = b - W' mu (docs/method.md §6) -> y = conv2d(x, W', b')
   linear   the same with contiguous-shared blocks and no sampling
-  channel  channel-only deconvolution with the reference quirks (SPEC 7, last bullet): first-step
+  channel  channel-only deconvolution with the reference quirks (docs/method.md §7, last bullet): first-step
            copy, UNcentred B x B second moment of the sampled columns, every S^2-th column only when
            H >= S and W >= S, remaining C - c channels standardised with one scalar mean and one
            unbiased variance of their sampled values (x[:, c:] flattened per image, every S^2-th)
 
-State (SPEC 7): running mean 0 and running D = I at the start; after a step that computes
+State (docs/method.md §7): running mean 0 and running D = I at the start; after a step that computes
 statistics, r <- (1 - m) r + m value (m = 0.1) for the mean and D (channel: r <- value on the first
 step, for mean1, D, mean2 and var). Freeze (conv): frozen = freeze and c > freeze_iter, checked
 before c <- (c + 1) mod (10 freeze_iter), on every training step; a frozen step folds the running
@@ -162,11 +162,11 @@ def make_inputs(case):
 
 
 # ----------------------------------------------------------------------------------------------
-# Numerics from SPEC 2-6, float64
+# Numerics from docs/method.md §2-6, float64
 # ----------------------------------------------------------------------------------------------
 
 def block_size(block, C, groups=1):
-    """SPEC 3."""
+    """docs/method.md §3."""
     if groups > 1:
         return C // groups
     B = min(block, C)
@@ -174,7 +174,7 @@ def block_size(block, C, groups=1):
 
 
 def isqrt_ns(A, n_iter):
-    """SPEC 5: coupled Newton-Schulz from Y = A/||A||_F, Z = I; exactly n_iter steps."""
+    """docs/method.md §5: coupled Newton-Schulz from Y = A/||A||_F, Z = I; exactly n_iter steps."""
     eye = torch.eye(A.shape[0], dtype=torch.float64)
     norm = torch.sqrt((A * A).sum())
     Y, Z = A / norm, eye
@@ -185,7 +185,7 @@ def isqrt_ns(A, n_iter):
 
 
 def mean_and_D(rows, eps, n_iter, uncentred=False):
-    """SPEC 4: mean of the rows and D = (M / n + eps I)^(-1/2), M = centred (or raw) scatter."""
+    """docs/method.md §4: mean of the rows and D = (M / n + eps I)^(-1/2), M = centred (or raw) scatter."""
     n, F = rows.shape
     mu = rows.sum(dim=0) / n
     R = rows if uncentred else rows - mu
@@ -194,7 +194,7 @@ def mean_and_D(rows, eps, n_iter, uncentred=False):
 
 
 def conv_statistics_rows(case, x):
-    """SPEC 2: rows of the sampled patch matrix, columns in (c, ky, kx) order."""
+    """docs/method.md §2: rows of the sampled patch matrix, columns in (c, ky, kx) order."""
     C, k = case["C"], case["kernel"]
     es = case["sampling_stride"] * case["stride"]
     if k == 1:
@@ -229,7 +229,7 @@ def conv_batch_statistics(case, x):
 
 
 def conv_fold(case, weight, bias, stats):
-    """SPEC 6 for conv weights (Cout, C/groups, k, k), returned with the same shape."""
+    """docs/method.md §6 for conv weights (Cout, C/groups, k, k), returned with the same shape."""
     Cout = case["Cout"]
     W2 = weight.reshape(Cout, -1)
     Wf = torch.zeros_like(W2)

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// Blocked moments of sampled patches on the GPU (SPEC §3-4; netdeconv/covariance.hpp), with the
+// Blocked moments of sampled patches on the GPU (docs/method.md §3-4; netdeconv/covariance.hpp), with the
 // sampled im2col fused into a tiled covariance: the patch matrix is never formed.
 //
 // Grid (tile k, statistic s, row chunk z); 256 threads own a 64 x 64 tile of the upper triangle
@@ -43,7 +43,7 @@ namespace cuda {
 enum class cov_precision { full, tf32 };
 }  // namespace cuda
 
-/// Sampled patch rows of x (patch_sampler's rule, SPEC §2) as a device row source.
+/// Sampled patch rows of x (patch_sampler's rule, docs/method.md §2) as a device row source.
 template <class T, class Geometry>
 cuda::image_rows<T> device_patch_sampler(device_image_view<const T> x, const Geometry& geometry, cuda::index_t sampling_stride) {
   return {x, cuda::detail::make_sampler("patch_sampler", x, cuda::to_geometry(geometry), sampling_stride, true)};

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// Weight folding on the GPU (SPEC §6; netdeconv/fold.hpp): for every output o and every piece
+// Weight folding on the GPU (docs/method.md §6; netdeconv/fold.hpp): for every output o and every piece
 // (s, g) of the plan in o's input group, with w = W[o, column(s, g, :)]:
 //   W'[o, column(s, g, :)] = w D_s        b'[o] = b[o] - sum over pieces of (w D_s) . mu_s
 // One block per output channel (kernel_bodies.hpp: fold_output_part); the bias sum is a fixed-order

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// CUDA im2col and col2im (SPEC §2; same semantics as netdeconv/im2col.hpp) on device views.
+// CUDA im2col and col2im (docs/method.md §2; same semantics as netdeconv/im2col.hpp) on device views.
 // One thread per output element; col2im gathers the kernel taps of each pixel (no atomics, so the
 // result is deterministic). Geometry is any object with conv_geometry's fields (netdeconv::conv_geometry
 // or netdeconv::cuda::geometry).

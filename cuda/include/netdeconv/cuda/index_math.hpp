@@ -7,8 +7,8 @@
 //
 //   device_view<T, R>   pointer + shape + strides in elements (the device twin of tensor_view)
 //   geometry            conv_geometry's fields (kernel, stride, padding, dilation per axis)
-//   plan                block_plan's fields; column(s, g, f) is the same map (SPEC §3)
-//   sampler             sampled patch rows (SPEC §2): locate(r, j) -> pixel (n, c, y, x) or padding
+//   plan                block_plan's fields; column(s, g, f) is the same map (docs/method.md §3)
+//   sampler             sampled patch rows (docs/method.md §2): locate(r, j) -> pixel (n, c, y, x) or padding
 //   upper_tile          k -> (ti, tj), ti <= tj: the upper-triangle tiles of an F x F statistic
 //   chunking            how the rows of a statistic are split across grid.z
 
@@ -120,7 +120,7 @@ struct patch_coord {
   bool inside;
 };
 
-/// The sampled patch rows of patch_sampler (SPEC §2) over an image (N, C, H, W); with sampling
+/// The sampled patch rows of patch_sampler (docs/method.md §2) over an image (N, C, H, W); with sampling
 /// stride 1 and pointwise = false it is plain im2col.
 struct sampler {
   index_t N = 0, C = 0, H = 0, W = 0;

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// Batched inverse square root on the GPU (SPEC §5; netdeconv/inverse_sqrt.hpp): the coupled
+// Batched inverse square root on the GPU (docs/method.md §5; netdeconv/inverse_sqrt.hpp): the coupled
 // Newton-Schulz iteration of the CPU path, step for step, for `batch` F x F matrices at once, with
 // cuBLAS strided-batched GEMMs for the products and small kernels for the rest.
 //   s = ||A||_F (or tr A); Y = A/s; Z = I; k = 0, 1, ...: P = Z Y; residual ||I - P||_F/sqrt(F);

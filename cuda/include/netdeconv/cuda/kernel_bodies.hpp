@@ -14,7 +14,7 @@
 namespace netdeconv::cuda::detail {
 
 // ---------------------------------------------------------------------------------------------
-// im2col / col2im (SPEC §2)
+// im2col / col2im (docs/method.md §2)
 
 /// cols(r, j) = x at sampler.locate(r, j) (0 for padding).
 template <class T>
@@ -46,7 +46,7 @@ NETDECONV_HD void col2im_pixel(const sampler& s, const device_view<const T, 2>& 
 }
 
 // ---------------------------------------------------------------------------------------------
-// Tiled covariance (SPEC §3-4): block (k, s, z) owns tile upper_tile(k) of statistic s and the
+// Tiled covariance (docs/method.md §3-4): block (k, s, z) owns tile upper_tile(k) of statistic s and the
 // samples of row chunk z. With shift c = sample 0 of the statistic, it accumulates in Acc
 //   sum_i = sum_q (x_qi - c_i)            (diagonal tiles only)
 //   cross_ij = sum_q (x_qi - c_i)(x_qj - c_j)

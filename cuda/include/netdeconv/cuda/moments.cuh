@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// Device-side mergeable moments (SPEC §4), in the form of netdeconv::moments<double>:
+// Device-side mergeable moments (docs/method.md §4), in the form of netdeconv::moments<double>:
 //   count n, mean mu, centred scatter M = sum (x - mu)(x - mu)^T   (here stored full and symmetric)
 // for each of the S statistics of a plan, in caller-owned device memory (device_moments):
 //   count: S long long; mean: S*F double; scatter: S*F*F double, statistic s at s*F*F (row-major).

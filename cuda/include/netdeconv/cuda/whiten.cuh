@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// Applying a whitening on the GPU (SPEC §8; netdeconv::apply_whitening): out = (X - mu_s) D_s
+// Applying a whitening on the GPU (docs/method.md §8; netdeconv::apply_whitening): out = (X - mu_s) D_s
 // block by block, rows as samples (or columns, with columns_are_samples), any strides. One thread
 // per output entry (kernel_bodies.hpp: whiten_element). The statistics come from the device
 // pipeline (block_moments -> covariance -> inverse_sqrt) or from a CPU whiten() copied over;
