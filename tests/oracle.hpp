@@ -11,6 +11,7 @@
 #include <Eigen/Core>
 #include <Eigen/QR>
 
+#include <netdeconv/eigen.hpp>
 #include <netdeconv/blocks.hpp>
 #include <netdeconv/im2col.hpp>
 #include <netdeconv/tensor_view.hpp>

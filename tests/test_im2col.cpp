@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include <doctest/doctest.h>
 
+#include <netdeconv/eigen.hpp>
 #include <netdeconv/im2col.hpp>
 
 #include "oracle.hpp"

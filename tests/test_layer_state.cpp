@@ -3,6 +3,7 @@
 // reference freeze counter, running covariance, relative eps, failure policies, resume.
 #include <doctest/doctest.h>
 
+#include <netdeconv/eigen.hpp>
 #include <netdeconv/conv_deconv_layer.hpp>
 #include <netdeconv/linear_deconv_layer.hpp>
 

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include <doctest/doctest.h>
 
+#include <netdeconv/eigen.hpp>
 #include <netdeconv/linear_deconv_layer.hpp>
 
 #include "oracle.hpp"

@@ -14,6 +14,7 @@
 #include <doctest/doctest.h>
 #include <Eigen/Core>
 
+#include <netdeconv/eigen.hpp>
 #include <netdeconv/blocks.hpp>
 #include <netdeconv/covariance.hpp>
 #include <netdeconv/fold.hpp>

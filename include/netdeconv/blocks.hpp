@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// Block layouts of the patch matrix (docs/method.md §3): which patch column feeds which feature of which
-// covariance statistic.
+// Block layouts of the patch matrix (docs/method.md §3): which patch column feeds which feature of
+// which covariance statistic. Eigen-free.
 //
 // A patch row has C*K columns (K = kh*kw, channel-major). A plan has count() statistics of
 // F = K*B features each; every patch row contributes rows_per_patch() rows of length F to every
@@ -19,8 +19,7 @@
 #include <ostream>
 #include <vector>
 
-#include <Eigen/Core>
-
+#include "config.hpp"
 #include "error.hpp"
 
 namespace netdeconv {
@@ -46,8 +45,8 @@ struct block_plan {
   index_t groups = 1;       ///< conv groups
   index_t block = 0;        ///< B after adjustment
 
-  index_t features() const { return kernel_area * block; }
-  index_t count() const {
+  NETDECONV_HOST_DEVICE index_t features() const { return kernel_area * block; }
+  NETDECONV_HOST_DEVICE index_t count() const {
     switch (layout) {
       case block_layout::interleaved_shared:
       case block_layout::contiguous_shared: return 1;
@@ -56,11 +55,11 @@ struct block_plan {
     }
     return 0;
   }
-  index_t rows_per_patch() const {
+  NETDECONV_HOST_DEVICE index_t rows_per_patch() const {
     const bool shared = layout == block_layout::interleaved_shared || layout == block_layout::contiguous_shared;
     return shared ? channels / block : 1;
   }
-  index_t column(index_t s, index_t g, index_t f) const {
+  NETDECONV_HOST_DEVICE index_t column(index_t s, index_t g, index_t f) const {
     switch (layout) {
       case block_layout::interleaved_shared: return f * (channels / block) + g;
       case block_layout::contiguous_shared: return g * block + f;
@@ -141,14 +140,5 @@ inline block_plan make_block_plan(block_layout layout, index_t channels, index_t
   detail::check_plan(fn, plan);
   return plan;
 }
-
-/// Whitening statistics of a plan: per statistic s, the mean (F) and D_s ~ Cov_s^(-1/2) (F x F).
-/// What a conv/linear layer folds into its weights, and what whiten() returns for reuse.
-template <class T>
-struct block_statistics {
-  block_plan plan;
-  std::vector<Eigen::Matrix<T, Eigen::Dynamic, 1>> mean;
-  std::vector<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>> D;
-};
 
 }  // namespace netdeconv

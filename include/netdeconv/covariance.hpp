@@ -17,31 +17,11 @@
 #include "blocks.hpp"
 #include "error.hpp"
 #include "execution.hpp"
-#include "im2col.hpp"
+#include "geometry.hpp"
+#include "matrix_rows.hpp"
 #include "moments.hpp"
 #include "tensor_view.hpp"
 
-namespace netdeconv {
-
-/// Row source over the rows of a matrix (rows are samples).
-template <class T>
-class matrix_rows {
- public:
-  explicit matrix_rows(matrix_view<const T> x) : x_(x) { detail::check_view("matrix_rows", "x", x); }
-  index_t rows() const { return x_.shape[0]; }
-  index_t width() const { return x_.shape[1]; }
-  template <class Out>
-  void gather(index_t r, Out* out) const {
-    for (index_t j = 0; j < x_.shape[1]; ++j) out[j] = static_cast<Out>(x_(r, j));
-  }
-  /// The matrix, for backends with their own gather.
-  const matrix_view<const T>& matrix() const { return x_; }
-
- private:
-  matrix_view<const T> x_;
-};
-
-}  // namespace netdeconv
 
 #include "sequential/covariance.hpp"
 #include "omp/covariance.hpp"

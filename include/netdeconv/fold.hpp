@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "block_statistics.hpp"
 #include "blocks.hpp"
 #include "error.hpp"
 #include "execution.hpp"

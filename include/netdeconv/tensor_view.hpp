@@ -5,8 +5,8 @@
 //
 //   image_view<const float> x = nchw(ptr, N, C, H, W);    // logical axes are always (N, C, H, W)
 //   image_view<const float> y = nhwc(ptr, N, H, W, C);    // channels-last memory, same logical axes
-//   matrix_view<const double> m = view(eigen_matrix);      // any Eigen dense object with direct access
-//   auto e = as_eigen(m);                                  // Eigen::Map with run-time strides
+//   auto v = strided<const float, 4>(ptr, t.sizes(), t.strides());   // any framework's tensor
+// Eigen-free (host and device code); the Eigen adapters are in eigen.hpp.
 
 #include <array>
 #include <cstdint>
@@ -15,8 +15,7 @@
 #include <type_traits>
 #include <utility>
 
-#include <Eigen/Core>
-
+#include "config.hpp"
 #include "error.hpp"
 
 namespace netdeconv {
@@ -35,7 +34,7 @@ struct tensor_view {
   std::array<index_t, Rank> stride{};
 
   template <class... I>
-  T& operator()(I... i) const {
+  NETDECONV_HOST_DEVICE T& operator()(I... i) const {
     static_assert(sizeof...(I) == Rank, "wrong number of indices");
     const std::array<index_t, Rank> idx{static_cast<index_t>(i)...};
     index_t offset = 0;
@@ -43,8 +42,8 @@ struct tensor_view {
     return data[offset];
   }
 
-  index_t extent(int axis) const { return shape[axis]; }
-  bool empty() const { return data == nullptr; }
+  NETDECONV_HOST_DEVICE index_t extent(int axis) const { return shape[axis]; }
+  NETDECONV_HOST_DEVICE bool empty() const { return data == nullptr; }
 
   /// Number of elements, checked against index_t overflow.
   index_t size() const {
@@ -177,35 +176,5 @@ void check_disjoint(const char* function, const char* out_name, const tensor_vie
 }
 
 }  // namespace detail
-
-/// View of an Eigen dense object with direct access (Matrix, Map, Block, Ref), in place.
-template <class Derived>
-auto view(const Eigen::DenseBase<Derived>& m) {
-  using Scalar = typename Derived::Scalar;
-  static_assert(bool(Eigen::internal::traits<Derived>::Flags & Eigen::DirectAccessBit),
-                "netdeconv::view needs an Eigen object with direct memory access (evaluate expressions first)");
-  const index_t inner = m.innerStride(), outer = m.outerStride();
-  return matrix_view<const Scalar>{m.derived().data(), {m.rows(), m.cols()},
-                                   Derived::IsRowMajor ? std::array<index_t, 2>{outer, inner}
-                                                       : std::array<index_t, 2>{inner, outer}};
-}
-
-/// Mutable view of an Eigen dense object with direct access.
-template <class Derived>
-auto view_mut(Eigen::DenseBase<Derived>& m) {
-  using Scalar = typename Derived::Scalar;
-  const auto v = view(m);
-  return matrix_view<Scalar>{const_cast<Scalar*>(v.data), v.shape, v.stride};
-}
-
-/// Eigen::Map of a matrix view with run-time strides (column-major Map; stride order (outer, inner)).
-template <class T>
-auto as_eigen(const matrix_view<T>& m) {
-  detail::check_view("as_eigen", "m", m);
-  using Plain = Eigen::Matrix<std::remove_const_t<T>, Eigen::Dynamic, Eigen::Dynamic>;
-  using MapT = Eigen::Map<std::conditional_t<std::is_const_v<T>, const Plain, Plain>, 0,
-                          Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>>;
-  return MapT(m.data, m.shape[0], m.shape[1], Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>(m.stride[1], m.stride[0]));
-}
 
 }  // namespace netdeconv

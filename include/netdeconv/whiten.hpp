@@ -19,6 +19,7 @@
 
 #include "blocks.hpp"
 #include "covariance.hpp"
+#include "eigen.hpp"
 #include "error.hpp"
 #include "execution.hpp"
 #include "fold.hpp"

@@ -3,6 +3,7 @@
 // Sequential im2col / col2im: one patch row at a time (detail::visit_patch_row).
 
 #include "../execution.hpp"
+#include "../geometry.hpp"
 #include "../tensor_view.hpp"
 
 namespace netdeconv::detail {

@@ -10,7 +10,9 @@
 #include <Eigen/Cholesky>
 #include <Eigen/Eigenvalues>
 
+#include "../eigen.hpp"
 #include "../execution.hpp"
+#include "../isqrt_options.hpp"
 
 namespace netdeconv::detail {
 

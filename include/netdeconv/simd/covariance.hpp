@@ -33,12 +33,12 @@
 
 #include "../blocks.hpp"
 #include "../execution.hpp"
-#include "../im2col.hpp"
+#include "../geometry.hpp"
+#include "../matrix_rows.hpp"
 #include "../moments.hpp"
 #include "../omp/covariance.hpp"
 
 namespace netdeconv {
-template <class T> class matrix_rows;
 }
 
 #ifndef NETDECONV_TILE_FLOATS

@@ -13,6 +13,7 @@
 
 #include <Eigen/Core>
 
+#include "../block_statistics.hpp"
 #include "../blocks.hpp"
 #include "../execution.hpp"
 #include "../tensor_view.hpp"
