@@ -241,10 +241,10 @@ class deconv_core {
   /// that are not finite, or a running covariance that is not symmetric.
   deconv_core loaded(byte_reader& r) const {
     deconv_core copy = *this;
-    constexpr const char* names[] = {"block layout",   "channels",         "kernel area",        "groups",
-                                     "block",          "freeze",           "freeze_iter",        "first_step_copy",
-                                     "average_covariance", "relative_eps", "on_failure",         "max_eps_raises",
-                                     "isqrt method",   "isqrt iterations", "isqrt scaling"};
+    constexpr const char* names[] = {"block layout", "channels", "kernel area", "groups", "block",
+                                     "freeze", "freeze_iter", "first_step_copy", "average_covariance",
+                                     "relative_eps", "on_failure", "max_eps_raises", "isqrt method",
+                                     "isqrt iterations", "isqrt scaling"};
     const auto config = configuration();
     static_assert(std::size(names) == std::tuple_size_v<decltype(config)>);
     for (std::size_t i = 0; i < config.size(); ++i) r.expect_i64(config[i], names[i]);
@@ -280,11 +280,10 @@ class deconv_core {
  private:
   /// The integer configuration fields a checkpoint must match, in the order save() writes them.
   std::array<std::int64_t, 15> configuration() const {
-    return {std::int64_t(plan_.layout),       plan_.channels,           plan_.kernel_area,
-            plan_.groups,                     plan_.block,              options_.freeze,
-            options_.freeze_iter,             options_.first_step_copy, options_.average_covariance,
-            options_.relative_eps,            std::int64_t(options_.on_failure), options_.max_eps_raises,
-            std::int64_t(isqrt_.method),      isqrt_.iterations,        std::int64_t(isqrt_.scaling)};
+    return {std::int64_t(plan_.layout), plan_.channels, plan_.kernel_area, plan_.groups, plan_.block,
+            options_.freeze, options_.freeze_iter, options_.first_step_copy, options_.average_covariance,
+            options_.relative_eps, std::int64_t(options_.on_failure), options_.max_eps_raises,
+            std::int64_t(isqrt_.method), isqrt_.iterations, std::int64_t(isqrt_.scaling)};
   }
 
   static bool all_ok(const std::vector<isqrt_report>& reports) {
