@@ -310,7 +310,7 @@ TEST_CASE_TEMPLATE("final_residual = false: the same D, a NaN residual, status o
 namespace {
 
 /// seq, OpenMP and SIMD (1 and 2 threads) on one matrix.
-template <class T, class F>
+template <class F>
 void for_each_policy(F&& f) {
   f(seq);
   f(omp_policy{{}, 2});
@@ -339,7 +339,7 @@ TEST_CASE("float32 A + eps I with A positive semi-definite is never rejected, an
         }
         const square_matrix<float> cov = (A + 1e-5 * MatrixXd::Identity(F, F)).cast<float>();
         const MatrixXd ref = oracle::newton_schulz(cov.cast<double>(), 5);
-        for_each_policy<float>([&](const auto& policy) {
+        for_each_policy([&](const auto& policy) {
           square_matrix<float> D;
           const auto r = inverse_sqrt(policy, cov, D, isqrt_options::fixed(5));
           CHECK(r.status == isqrt_status::ok);
@@ -357,7 +357,7 @@ TEST_CASE_TEMPLATE("not_positive_definite is for an eigenvalue below -F*epsilon(
   const MatrixXd X = MatrixXd::Random(10, F);
   const MatrixXd A = oracle::covariance(X, 0.0);  // rank 9, PSD
   const double tau = double(F) * double(std::numeric_limits<T>::epsilon()) * A.diagonal().maxCoeff();
-  for_each_policy<T>([&](const auto& policy) {
+  for_each_policy([&](const auto& policy) {
     square_matrix<T> D;
     CHECK(inverse_sqrt(policy, square_matrix<T>(A.cast<T>()), D).status == isqrt_status::ok);
     CHECK(oracle::rel_err(D, oracle::newton_schulz(A.cast<T>().template cast<double>(), 5)) <
@@ -391,7 +391,7 @@ TEST_CASE("the scale is taken in double: 1e30 I and 1e-30 I in float are whitene
           Z = Tk * Z;
         }
         const MatrixXd ref = Z / std::sqrt(s * magnitude);
-        for_each_policy<float>([&](const auto& policy) {
+        for_each_policy([&](const auto& policy) {
           square_matrix<float> D;
           const auto r = inverse_sqrt(policy, square_matrix<float>(A.cast<float>()), D, options);
           CHECK(r.status == isqrt_status::ok);
@@ -408,7 +408,7 @@ TEST_CASE("the scale is taken in double: 1e30 I and 1e-30 I in float are whitene
 TEST_CASE("a non-symmetric A and a step count above the cap are argument errors") {
   square_matrix<float> A = square_matrix<float>::Identity(4, 4), D;
   A(0, 1) = 0.25f;
-  for_each_policy<float>([&](const auto& policy) {
+  for_each_policy([&](const auto& policy) {
     CHECK_THROWS_WITH_AS(inverse_sqrt(policy, A, D), doctest::Contains("A is not symmetric"), invalid_argument);
     std::vector<square_matrix<float>> batch{square_matrix<float>::Identity(3, 3), A}, Ds;
     CHECK_THROWS_WITH_AS(inverse_sqrt(policy, batch, Ds), doctest::Contains("A[1] is not symmetric"), invalid_argument);

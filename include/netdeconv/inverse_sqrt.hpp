@@ -49,21 +49,33 @@ namespace netdeconv {
 
 namespace detail {
 
+/// ||A - A^T||_F and the bound F*epsilon(T)*||A||_F it must not exceed, in double (square A).
+struct symmetry {
+  double asymmetry = 0, bound = 0;
+  bool ok() const { return asymmetry <= bound; }
+};
+
+template <class T>
+symmetry measure_symmetry(const Eigen::Ref<const square_matrix<T>>& A) {
+  symmetry out;
+  for (index_t j = 0; j < A.cols(); ++j)
+    for (index_t i = 0; i < j; ++i) {
+      const double d = double(A(i, j)) - double(A(j, i));
+      out.asymmetry += 2 * d * d;
+    }
+  out.asymmetry = std::sqrt(out.asymmetry);
+  out.bound = double(A.rows()) * double(std::numeric_limits<T>::epsilon()) * A.template cast<double>().stableNorm();
+  return out;
+}
+
 template <class T>
 void check_square_symmetric(const char* fn, const char* name, const Eigen::Ref<const square_matrix<T>>& A) {
   NETDECONV_REQUIRE(A.rows() == A.cols(), fn, name, " must be square, got ", A.rows(), "x", A.cols());
   NETDECONV_REQUIRE(A.rows() >= 1, fn, name, " must be at least 1x1, got ", A.rows(), "x", A.cols());
   if (!A.allFinite()) return;  // reported as non_finite
-  double asymmetry = 0;        // ||A - A^T||_F^2, in double
-  for (index_t j = 0; j < A.cols(); ++j)
-    for (index_t i = 0; i < j; ++i) {
-      const double d = double(A(i, j)) - double(A(j, i));
-      asymmetry += 2 * d * d;
-    }
-  asymmetry = std::sqrt(asymmetry);
-  const double bound = double(A.rows()) * double(std::numeric_limits<T>::epsilon()) * A.template cast<double>().stableNorm();
-  NETDECONV_REQUIRE(asymmetry <= bound, fn, name, " is not symmetric: ||A - A^T||_F = ", asymmetry,
-                    " exceeds F*epsilon*||A||_F = ", bound);
+  const symmetry sym = measure_symmetry<T>(A);
+  NETDECONV_REQUIRE(sym.ok(), fn, name, " is not symmetric: ||A - A^T||_F = ", sym.asymmetry,
+                    " exceeds F*epsilon*||A||_F = ", sym.bound);
 }
 
 }  // namespace detail

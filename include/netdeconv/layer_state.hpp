@@ -268,11 +268,8 @@ class deconv_core {
       if (!copy.running_.mean[s].allFinite() || !copy.running_.D[s].allFinite() ||
           (options_.average_covariance && !copy.running_cov_[s].allFinite()))
         r.fail("holds non-finite running statistics for block ", s);
-      if (options_.average_covariance) {
-        const auto& c = copy.running_cov_[s];
-        const T bound = T(plan_.features()) * std::numeric_limits<T>::epsilon() * c.norm();
-        if (!((c - c.transpose()).norm() <= bound)) r.fail("holds a non-symmetric running covariance for block ", s);
-      }
+      if (options_.average_covariance && !measure_symmetry<T>(copy.running_cov_[s]).ok())
+        r.fail("holds a non-symmetric running covariance for block ", s);
     }
     return copy;
   }

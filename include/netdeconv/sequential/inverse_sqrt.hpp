@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include <Eigen/Cholesky>
@@ -28,13 +29,13 @@ namespace netdeconv::detail {
 /// only a matrix that is indefinite beyond its own rounding is refused. A singular positive
 /// semi-definite A passes too: the truncated iteration is a polynomial in A/s and is defined there
 /// (fixed mode returns it, as the reference layers do; converged mode reports not_converged).
+/// (a is consumed: the shift is applied in place.)
 template <class T>
-isqrt_status classify_spd(const square_matrix<double>& a) {
+isqrt_status classify_spd(square_matrix<double> a) {
   if (!a.allFinite()) return isqrt_status::non_finite;
   const double tau = double(a.rows()) * double(std::numeric_limits<T>::epsilon()) * a.diagonal().cwiseAbs().maxCoeff();
-  square_matrix<double> shifted = a;
-  shifted.diagonal().array() += tau;
-  const Eigen::LLT<square_matrix<double>> llt(shifted);
+  a.diagonal().array() += tau;
+  const Eigen::LLT<square_matrix<double>, Eigen::Lower> llt(a);
   return llt.info() == Eigen::Success ? isqrt_status::ok : isqrt_status::not_positive_definite;
 }
 
@@ -49,10 +50,10 @@ struct screened {
 template <class T>
 screened screen(const Eigen::Ref<const square_matrix<T>>& A, square_matrix<T>& D, isqrt_scaling scaling) {
   screened out;
-  const square_matrix<double> a = A.template cast<double>();
-  out.report.status = classify_spd<T>(a);
+  square_matrix<double> a = A.template cast<double>();
+  out.scale = scaling == isqrt_scaling::frobenius ? a.stableNorm() : a.trace();  // before a is consumed
+  out.report.status = classify_spd<T>(std::move(a));
   if (out.report.status == isqrt_status::ok) {
-    out.scale = scaling == isqrt_scaling::frobenius ? a.stableNorm() : a.trace();
     if (!std::isfinite(out.scale))
       out.report.status = isqrt_status::non_finite;
     else if (!(out.scale > 0))  // tr A <= 0 within the tolerance above
