@@ -81,8 +81,8 @@ TEST_CASE("strided() takes a framework's sizes and strides") {
   std::vector<float> buf(2 * 3 * 4 * 5);
   const std::vector<std::int64_t> sizes{2, 3, 4, 5}, strides{60, 1, 15, 3};  // channels_last
   const auto v = strided<const float, 4>(buf.data(), sizes, strides);
-  CHECK(v.shape == std::array<index_t, 4>{2, 3, 4, 5});
-  CHECK(v.stride == std::array<index_t, 4>{60, 1, 15, 3});
+  CHECK(v.shape == index_array<4>{2, 3, 4, 5});
+  CHECK(v.stride == index_array<4>{60, 1, 15, 3});
   CHECK(&v(1, 2, 3, 4) == buf.data() + 60 + 2 + 45 + 12);
   CHECK_THROWS_WITH_AS((strided<const float, 4>(buf.data(), std::vector<int>{2, 3}, strides)),
                        doctest::Contains("a rank-4 view needs 4 sizes and strides, got 2 and 4"), invalid_argument);

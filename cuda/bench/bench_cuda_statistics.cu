@@ -74,26 +74,31 @@ int main(int argc, char** argv) {
     if (only >= 0 && r != only) continue;
     const shape& sh = rows[r];
     const long long C = sh.C, K = sh.k * sh.k, B = C / sh.blocks;
-    const netdeconv::cuda::plan p{netdeconv::cuda::plan::interleaved_shared, C, K, 1, B};  // the reference conv layer
-    const netdeconv::cuda::geometry g{sh.k, sh.k, 1, 1, sh.k / 2, sh.k / 2, 1, 1};
+    const netdeconv::block_plan p = netdeconv::make_block_plan(netdeconv::block_layout::interleaved_shared, C, K, B);
+    const netdeconv::conv_geometry g = netdeconv::conv_geometry::square(sh.k, 1, sh.k / 2);  // the reference conv layer
     const long long F = p.features(), count = p.count();
     float* x = nullptr;
     NETDECONV_CUDA_CHECK(cudaMalloc(&x, sizeof(float) * N * C * sh.H * sh.W));
     NETDECONV_CUDA_CHECK(cudaMemset(x, 0, sizeof(float) * N * C * sh.H * sh.W));
     netdeconv::cuda_policy policy{stream};
     policy.blas = blas;
-    const auto xv = netdeconv::device_nchw<const float>(x, N, C, sh.H, sh.W);
-    const auto src = netdeconv::device_patch_sampler(xv, g, sh.S);
+    const auto xv = netdeconv::nchw<const float>(x, N, C, sh.H, sh.W);
+    const netdeconv::patch_sampler<float> src(xv, g, sh.S);
     const std::size_t ws_bytes = netdeconv::block_moments_workspace(policy, src, p);
     void* ws = nullptr;
     NETDECONV_CUDA_CHECK(cudaMalloc(&ws, ws_bytes));
     policy.workspace = {ws, ws_bytes};
-    netdeconv::device_moments_buffer m(count, F);
-    const float t_cov = time_ms(stream, reps, [&] { netdeconv::block_moments(policy, src, p, m.view()); });
+    netdeconv::index_t* m_count = nullptr;
+    double *m_mean = nullptr, *m_scatter = nullptr;
+    NETDECONV_CUDA_CHECK(cudaMalloc(&m_count, sizeof(netdeconv::index_t) * count));
+    NETDECONV_CUDA_CHECK(cudaMalloc(&m_mean, sizeof(double) * count * F));
+    NETDECONV_CUDA_CHECK(cudaMalloc(&m_scatter, sizeof(double) * count * F * F));
+    const auto m = netdeconv::contiguous_moments<double>(m_count, m_mean, m_scatter, count, F);
+    const float t_cov = time_ms(stream, reps, [&] { netdeconv::block_moments(policy, src, p, m); });
 
     // Baseline: the sampled patch matrix (im2col with stride S) and one SGEMM X^T X over it viewed
     // as n = rows * C/B samples of F features: the same 2 n F^2 FLOP on the same bytes.
-    netdeconv::cuda::geometry gs = g;
+    netdeconv::conv_geometry gs = g;
     gs.stride_h = gs.stride_w = sh.S;
     const long long prow = N * gs.out_h(sh.H) * gs.out_w(sh.W), n = prow * (C * K) / F;
     float *cols = nullptr, *out = nullptr;
@@ -101,7 +106,7 @@ int main(int argc, char** argv) {
     NETDECONV_CUDA_CHECK(cudaMalloc(&out, sizeof(float) * F * F));
     const float one = 1, zero = 0;
     const auto im2col_gemm = [&] {
-      netdeconv::im2col(policy, xv, gs, netdeconv::device_row_major(cols, prow, C * K));
+      netdeconv::im2col(policy, xv, gs, netdeconv::row_major(cols, prow, C * K));
       NETDECONV_CUBLAS_CHECK(cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, int(F), int(F), int(n), &one, cols, int(F), cols,
                                          int(F), &zero, out, int(F)));
     };
@@ -113,7 +118,7 @@ int main(int argc, char** argv) {
     if (tf32) {
       try {
         t_tf32 = time_ms(stream, reps, [&] {
-          netdeconv::block_moments(policy, src, p, m.view(), netdeconv::cuda::cov_precision::tf32);
+          netdeconv::block_moments(policy, src, p, m, netdeconv::cuda::cov_precision::tf32);
         });
       } catch (const netdeconv::invalid_argument& e) {
         std::printf("no TF32: %s\n", e.what());
@@ -132,19 +137,17 @@ int main(int argc, char** argv) {
     NETDECONV_CUDA_CHECK(cudaMalloc(&A, sizeof(float) * count * F * F));
     NETDECONV_CUDA_CHECK(cudaMalloc(&D, sizeof(float) * count * F * F));
     NETDECONV_CUDA_CHECK(cudaMalloc(&T3, sizeof(float) * count * F * F));
-    netdeconv::covariance(policy, m.view(), 1e-5, A);
-    int *it = nullptr, *st = nullptr;
-    double* res = nullptr;
-    NETDECONV_CUDA_CHECK(cudaMalloc(&it, sizeof(int) * count));
-    NETDECONV_CUDA_CHECK(cudaMalloc(&st, sizeof(int) * count));
-    NETDECONV_CUDA_CHECK(cudaMalloc(&res, sizeof(double) * count));
+    const netdeconv::tensor_view<float, 3> av{A, {count, F, F}, {F * F, F, 1}}, dv{D, {count, F, F}, {F * F, F, 1}};
+    netdeconv::covariance(policy, netdeconv::moments_view<const double>(m), 1e-5, av);
+    netdeconv::isqrt_report* reports = nullptr;
+    NETDECONV_CUDA_CHECK(cudaMalloc(&reports, sizeof(netdeconv::isqrt_report) * count));
+    netdeconv::isqrt_options five = netdeconv::isqrt_options::fixed(5);
+    five.final_residual = false;
     netdeconv::cuda_policy ns_policy{stream};
     ns_policy.blas = blas;
-    const netdeconv::device_view<const float, 3> av{A, {count, F, F}, {F * F, F, 1}};
-    const netdeconv::device_view<float, 3> dv{D, {count, F, F}, {F * F, F, 1}};
     const float t_ns = time_ms(stream, reps, [&] {
-      netdeconv::inverse_sqrt(ns_policy, av, dv, netdeconv::cuda::isqrt_params{5, 0.0, false, false},
-                              netdeconv::device_isqrt_reports{it, res, st});
+      netdeconv::inverse_sqrt(ns_policy, netdeconv::tensor_view<const float, 3>(av), dv, five,
+                              netdeconv::contiguous(reports, count));
     });
     const float t_ref = time_ms(stream, reps, [&] {
       for (int i = 0; i < 15; ++i)
@@ -166,7 +169,8 @@ int main(int argc, char** argv) {
       std::printf("bench_row %d cov_tf32_ms %.6f\n", r, t_tf32);
       std::printf("bench_row %d cov_tf32_gflops %.3f\n", r, useful_gflop / (t_tf32 * 1e-3));
     }
-    for (void* ptr : {(void*)x, ws, (void*)cols, (void*)out, (void*)A, (void*)D, (void*)T3, (void*)it, (void*)st, (void*)res})
+    for (void* ptr : {(void*)x, ws, (void*)cols, (void*)out, (void*)A, (void*)D, (void*)T3, (void*)reports, (void*)m_count,
+                      (void*)m_mean, (void*)m_scatter})
       NETDECONV_CUDA_CHECK(cudaFree(ptr));
   }
   (void)cublasDestroy(blas);

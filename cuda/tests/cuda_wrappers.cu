@@ -46,34 +46,92 @@ class stream {
   cudaStream_t s_{};
 };
 
+/// The view v with its pointer moved to `data` (same shape and strides).
 template <class T, int R>
-device_view<T, R> rebind(device_view<const T, R> v, T* data) {
-  device_view<T, R> out;
-  out.data = data;
-  for (int a = 0; a < R; ++a) {
-    out.shape[a] = v.shape[a];
-    out.stride[a] = v.stride[a];
+tensor_view<const T, R> rebind(tensor_view<const T, R> v, const T* data) {
+  v.data = data;
+  return v;
+}
+
+/// Moments in device memory: three buffers and their view.
+struct device_moments {
+  buffer<index_t> count;
+  buffer<double> mean, scatter;
+  index_t S, F;
+  device_moments(index_t S, index_t F)
+      : count(std::size_t(S)), mean(std::size_t(S * F)), scatter(std::size_t(S * F * F)), S(S), F(F) {}
+  explicit device_moments(const host_moments& h)
+      : count(h.count.data(), h.count.size()), mean(h.mean.data(), h.mean.size()),
+        scatter(h.scatter.data(), h.scatter.size()), S(h.statistics), F(h.features) {}
+  moments_view<double> view() const { return contiguous_moments<double>(count.get(), mean.get(), scatter.get(), S, F); }
+  host_moments download() const { return {S, F, count.download(), mean.download(), scatter.download()}; }
+};
+
+template <class T>
+host_moments moments_of(const cuda_policy& policy, const T& source, const block_plan& p, cov_precision precision) {
+  device_moments m(p.count(), p.features());
+  block_moments(policy, source, p, m.view(), precision);
+  NETDECONV_CUDA_CHECK(cudaStreamSynchronize(policy.stream));
+  return m.download();
+}
+
+template <class T>
+host_moments moments_image(image_view<const T> x, std::size_t span, const conv_geometry& g, index_t sampling_stride,
+                           const block_plan& p, bool use_workspace, cov_precision precision) {
+  buffer<T> dx(x.data, span);
+  stream st;
+  cuda_policy policy{st.get()};
+  const patch_sampler<T> rows(rebind(x, dx.get()), g, sampling_stride);
+  const std::size_t bytes = block_moments_workspace(policy, rows, p);
+  buffer<char> ws{use_workspace ? bytes : 0};
+  if (use_workspace) policy.workspace = {ws.get(), bytes};
+  return moments_of(policy, rows, p, precision);
+}
+
+template <class T>
+host_moments moments_matrix(matrix_view<const T> x, std::size_t span, const block_plan& p, cov_precision precision) {
+  buffer<T> dx(x.data, span);
+  stream st;
+  return moments_of(cuda_policy{st.get()}, matrix_rows<T>(rebind(x, dx.get())), p, precision);
+}
+
+__global__ void float_to_tf32_kernel(const float* x, float* out, long long n) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();
+#else
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+    out[i] = nvcuda::wmma::__float_to_tf32(x[i]);
+#endif
+}
+
+/// Statistics of a plan in device memory.
+template <class T>
+struct device_statistics {
+  buffer<T> mean, D;
+  block_plan plan;
+  device_statistics(const block_plan& p, const std::vector<T>& m, const std::vector<T>& d)
+      : mean(m.data(), m.size()), D(d.data(), d.size()), plan(p) {}
+  block_statistics_view<const T> view() const {
+    const index_t S = plan.count(), F = plan.features();
+    return {plan, row_major<const T>(mean.get(), S, F), {D.get(), {S, F, F}, {F * F, F, 1}}};
   }
-  return out;
-}
+};
 
-host_moments download(const device_moments& m) {
-  host_moments h;
-  h.statistics = m.statistics;
-  h.features = m.features;
-  h.count.resize(m.statistics);
-  h.mean.resize(m.statistics * m.features);
-  h.scatter.resize(m.statistics * m.features * m.features);
-  NETDECONV_CUDA_CHECK(cudaMemcpy(h.count.data(), m.count, h.count.size() * sizeof(long long), cudaMemcpyDeviceToHost));
-  NETDECONV_CUDA_CHECK(cudaMemcpy(h.mean.data(), m.mean, h.mean.size() * sizeof(double), cudaMemcpyDeviceToHost));
-  NETDECONV_CUDA_CHECK(cudaMemcpy(h.scatter.data(), m.scatter, h.scatter.size() * sizeof(double), cudaMemcpyDeviceToHost));
-  return h;
-}
+/// A step's outputs in device memory for S statistics of F features and a weight of `size`
+/// elements with Cout outputs.
+template <class T>
+struct device_step {
+  buffer<T> mean, D, weight, bias;
+  buffer<isqrt_report> reports;
+  device_step(index_t S, index_t F, index_t size, index_t cout)
+      : mean(std::size_t(S * F)), D(std::size_t(S * F * F)), weight(std::size_t(size)), bias(std::size_t(cout)),
+        reports(std::size_t(S)) {}
+  host_step<T> download() const { return {mean.download(), D.download(), weight.download(), bias.download(), reports.download()}; }
+};
 
-void upload(const host_moments& h, const device_moments& m) {
-  NETDECONV_CUDA_CHECK(cudaMemcpy(m.count, h.count.data(), h.count.size() * sizeof(long long), cudaMemcpyHostToDevice));
-  NETDECONV_CUDA_CHECK(cudaMemcpy(m.mean, h.mean.data(), h.mean.size() * sizeof(double), cudaMemcpyHostToDevice));
-  NETDECONV_CUDA_CHECK(cudaMemcpy(m.scatter, h.scatter.data(), h.scatter.size() * sizeof(double), cudaMemcpyHostToDevice));
+template <class T>
+tensor_view<T, 3> cube(T* data, index_t S, index_t F) {
+  return {data, {S, F, F}, {F * F, F, 1}};
 }
 
 }  // namespace
@@ -94,86 +152,44 @@ std::string device_name() {
 }
 
 template <class T>
-std::vector<T> im2col(device_view<const T, 4> x, std::size_t span, const geometry& g) {
+std::vector<T> im2col(image_view<const T> x, std::size_t span, const conv_geometry& g) {
   buffer<T> dx(x.data, span);
-  const sampler s = sampler::make(x.shape[0], x.shape[1], x.shape[2], x.shape[3], g, 1, false);
-  buffer<T> cols{std::size_t(s.rows * s.width)};
+  const patch_map map = ::netdeconv::detail::make_patch_map("im2col", x.shape, g, 1, false);
+  buffer<T> cols{std::size_t(map.rows * map.width)};
   stream st;
-  netdeconv::im2col(cuda_policy{st.get()}, device_view<const T, 4>(rebind(x, dx.get())), g,
-                    device_row_major(cols.get(), s.rows, s.width));
+  netdeconv::im2col(cuda_policy{st.get()}, rebind(x, dx.get()), g, row_major(cols.get(), map.rows, map.width));
   st.sync();
   return cols.download();
 }
 
 template <class T>
-std::vector<T> col2im(const std::vector<T>& cols, index_t N, index_t C, index_t H, index_t W, const geometry& g) {
-  const sampler s = sampler::make(N, C, H, W, g, 1, false);
+std::vector<T> col2im(const std::vector<T>& cols, index_t N, index_t C, index_t H, index_t W, const conv_geometry& g) {
+  const patch_map map = ::netdeconv::detail::make_patch_map("col2im", {N, C, H, W}, g, 1, false);
   buffer<T> dcols(cols.data(), cols.size());
   buffer<T> x{std::size_t(N * C * H * W)};
   stream st;
-  netdeconv::col2im(cuda_policy{st.get()}, device_row_major<const T>(dcols.get(), s.rows, s.width), g,
-                    device_nchw(x.get(), N, C, H, W));
+  netdeconv::col2im(cuda_policy{st.get()}, row_major<const T>(dcols.get(), map.rows, map.width), g, nchw(x.get(), N, C, H, W));
   st.sync();
   return x.download();
 }
 
-namespace {
-
 template <class T>
-host_moments moments_image(device_view<const T, 4> x, std::size_t span, const geometry& g, index_t sampling_stride,
-                           const plan& p, bool use_workspace, cov_precision precision) {
-  buffer<T> dx(x.data, span);
-  stream st;
-  cuda_policy policy{st.get()};
-  const auto rows = device_patch_sampler(device_view<const T, 4>(rebind(x, dx.get())), g, sampling_stride);
-  const std::size_t bytes = block_moments_workspace(policy, rows, p);
-  buffer<char> ws{use_workspace ? bytes : 0};
-  if (use_workspace) policy.workspace = {ws.get(), bytes};
-  device_moments_buffer m(p.count(), p.features());
-  block_moments(policy, rows, p, m.view(), precision);
-  st.sync();
-  return download(m.view());
-}
-
-template <class T>
-host_moments moments_matrix(device_view<const T, 2> x, std::size_t span, const plan& p, cov_precision precision) {
-  buffer<T> dx(x.data, span);
-  stream st;
-  device_moments_buffer m(p.count(), p.features());
-  block_moments(cuda_policy{st.get()}, device_matrix_rows(device_view<const T, 2>(rebind(x, dx.get()))), p, m.view(),
-                precision);
-  st.sync();
-  return download(m.view());
-}
-
-__global__ void float_to_tf32_kernel(const float* x, float* out, long long n) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-  __trap();
-#else
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
-    out[i] = nvcuda::wmma::__float_to_tf32(x[i]);
-#endif
-}
-
-}  // namespace
-
-template <class T>
-host_moments block_moments_image(device_view<const T, 4> x, std::size_t span, const geometry& g, index_t sampling_stride,
-                                 const plan& p, bool use_workspace) {
+host_moments block_moments_image(image_view<const T> x, std::size_t span, const conv_geometry& g, index_t sampling_stride,
+                                 const block_plan& p, bool use_workspace) {
   return moments_image(x, span, g, sampling_stride, p, use_workspace, cov_precision::full);
 }
 
 template <class T>
-host_moments block_moments_matrix(device_view<const T, 2> x, std::size_t span, const plan& p) {
+host_moments block_moments_matrix(matrix_view<const T> x, std::size_t span, const block_plan& p) {
   return moments_matrix(x, span, p, cov_precision::full);
 }
 
-host_moments block_moments_image_tf32(device_view<const float, 4> x, std::size_t span, const geometry& g,
-                                      index_t sampling_stride, const plan& p) {
+host_moments block_moments_image_tf32(image_view<const float> x, std::size_t span, const conv_geometry& g,
+                                      index_t sampling_stride, const block_plan& p) {
   return moments_image(x, span, g, sampling_stride, p, false, cov_precision::tf32);
 }
 
-host_moments block_moments_matrix_tf32(device_view<const float, 2> x, std::size_t span, const plan& p) {
+host_moments block_moments_matrix_tf32(matrix_view<const float> x, std::size_t span, const block_plan& p) {
   return moments_matrix(x, span, p, cov_precision::tf32);
 }
 
@@ -186,57 +202,53 @@ std::vector<float> float_to_tf32(const std::vector<float>& x) {
 }
 
 host_moments merge(const host_moments& a, const host_moments& b) {
-  device_moments_buffer da(a.statistics, a.features), db(b.statistics, b.features), out(a.statistics, a.features);
-  upload(a, da.view());
-  upload(b, db.view());
+  const device_moments da(a), db(b);
+  device_moments out(a.statistics, a.features);
   stream st;
   netdeconv::merge(cuda_policy{st.get()}, da.view(), db.view(), out.view());
   st.sync();
-  return download(out.view());
+  return out.download();
 }
 
 template <class T>
 std::vector<T> covariance(const host_moments& m, double eps) {
-  device_moments_buffer dm(m.statistics, m.features);
-  upload(m, dm.view());
-  buffer<T> cov{std::size_t(m.statistics * m.features * m.features + m.statistics * m.features)};
+  const index_t S = m.statistics, F = m.features;
+  const device_moments dm(m);
+  buffer<T> cov{std::size_t(S * F * F + S * F)};
   stream st;
-  netdeconv::covariance(cuda_policy{st.get()}, dm.view(), eps, cov.get(), cov.get() + m.statistics * m.features * m.features);
+  netdeconv::covariance(cuda_policy{st.get()}, moments_view<const double>(dm.view()), eps, cube(cov.get(), S, F),
+                        row_major(cov.get() + S * F * F, S, F));
   st.sync();
   return cov.download();
 }
 
 template <class T>
-host_isqrt<T> inverse_sqrt(const std::vector<T>& A, index_t batch, index_t F, int iterations, double tolerance,
-                           bool trace_scaling, bool final_residual) {
+host_isqrt<T> inverse_sqrt(const std::vector<T>& A, index_t batch, index_t F, const isqrt_options& options) {
   buffer<T> dA(A.data(), A.size()), dD(A.size());
-  buffer<int> it{std::size_t(batch)}, status{std::size_t(batch)};
-  buffer<double> res{std::size_t(batch)};
+  buffer<isqrt_report> reports{std::size_t(batch)};
   stream st;
   cublasHandle_t handle{};
   NETDECONV_CUBLAS_CHECK(cublasCreate(&handle));
   cuda_policy policy{st.get()};
   policy.blas = handle;
-  const device_view<const T, 3> a{dA.get(), {batch, F, F}, {F * F, F, 1}};
-  const device_view<T, 3> d{dD.get(), {batch, F, F}, {F * F, F, 1}};
-  netdeconv::inverse_sqrt(policy, a, d, isqrt_params{iterations, tolerance, trace_scaling, final_residual},
-                          device_isqrt_reports{it.get(), res.get(), status.get()});
+  netdeconv::inverse_sqrt(policy, tensor_view<const T, 3>(cube(dA.get(), batch, F)), cube(dD.get(), batch, F), options,
+                          contiguous(reports.get(), batch));
   st.sync();
   (void)cublasDestroy(handle);
-  return {dD.download(), it.download(), status.download(), res.download()};
+  return {dD.download(), reports.download()};
 }
 
 template <class T>
-std::vector<T> fold(const plan& p, const std::vector<T>& mean, const std::vector<T>& D, device_view<const T, 4> weight,
+std::vector<T> fold(const block_plan& p, const std::vector<T>& mean, const std::vector<T>& D, image_view<const T> weight,
                     std::size_t span, const std::vector<T>& bias) {
-  buffer<T> dmean(mean.data(), mean.size()), dD(D.data(), D.size()), dw(weight.data, span), db(bias.data(), bias.size());
-  const index_t cout = weight.shape[0], ci = weight.shape[1], kh = weight.shape[2], kw = weight.shape[3];
-  buffer<T> wout{std::size_t(cout * ci * kh * kw)}, bout{std::size_t(cout)};
+  const device_statistics<T> stats(p, mean, D);
+  buffer<T> dw(weight.data, span), db(bias.data(), bias.size());
+  const auto& s = weight.shape;
+  buffer<T> wout{std::size_t(weight.size())}, bout{std::size_t(s[0])};
   stream st;
-  device_vector_view<const T> b = bias.empty() ? device_vector_view<const T>{} : device_contiguous<const T>(db.get(), cout);
-  netdeconv::fold(cuda_policy{st.get()}, device_block_statistics<T>{p, dmean.get(), dD.get()},
-                  device_view<const T, 4>(rebind(weight, dw.get())), b, device_nchw(wout.get(), cout, ci, kh, kw),
-                  device_contiguous(bout.get(), cout));
+  const vector_view<const T> b = bias.empty() ? vector_view<const T>{} : contiguous<const T>(db.get(), s[0]);
+  netdeconv::fold(cuda_policy{st.get()}, stats.view(), rebind(weight, dw.get()), b, nchw(wout.get(), s[0], s[1], s[2], s[3]),
+                  contiguous(bout.get(), s[0]));
   st.sync();
   std::vector<T> out = wout.download();
   const std::vector<T> bo = bout.download();
@@ -245,14 +257,49 @@ std::vector<T> fold(const plan& p, const std::vector<T>& mean, const std::vector
 }
 
 template <class T>
-std::vector<T> apply_whitening(const plan& p, const std::vector<T>& mean, const std::vector<T>& D,
-                               device_view<const T, 2> X, std::size_t span, bool columns_are_samples) {
-  buffer<T> dmean(mean.data(), mean.size()), dD(D.data(), D.size()), dx(X.data, span);
-  buffer<T> out{std::size_t(X.shape[0] * X.shape[1])};
+std::vector<T> apply_whitening(const block_plan& p, const std::vector<T>& mean, const std::vector<T>& D,
+                               matrix_view<const T> X, std::size_t span, bool columns_are_samples) {
+  const device_statistics<T> stats(p, mean, D);
+  buffer<T> dx(X.data, span);
+  buffer<T> out{std::size_t(X.size())};
   stream st;
-  netdeconv::apply_whitening(cuda_policy{st.get()}, device_block_statistics<T>{p, dmean.get(), dD.get()},
-                             device_view<const T, 2>(rebind(X, dx.get())), device_row_major(out.get(), X.shape[0], X.shape[1]),
-                             columns_are_samples);
+  netdeconv::apply_whitening(cuda_policy{st.get()}, stats.view(), rebind(X, dx.get()),
+                             row_major(out.get(), X.shape[0], X.shape[1]), columns_are_samples);
+  st.sync();
+  return out.download();
+}
+
+template <class T>
+host_step<T> conv_step(image_view<const T> x, std::size_t span, image_view<const T> w, const std::vector<T>& bias,
+                       const conv_deconv_config& config) {
+  const block_plan p = conv_statistics_plan(x.shape[1], config);
+  const index_t S = p.count(), F = p.features(), cout = w.shape[0];
+  buffer<T> dx(x.data, span), dw(w.data, std::size_t(w.size())), db(bias.data(), bias.size());
+  device_step<T> out(S, F, w.size(), cout);
+  stream st;
+  const auto& s = w.shape;
+  const statistics_step_outputs<T, 4> views{row_major(out.mean.get(), S, F), cube(out.D.get(), S, F),
+                                            nchw(out.weight.get(), s[0], s[1], s[2], s[3]), contiguous(out.bias.get(), cout),
+                                            contiguous(out.reports.get(), S)};
+  conv_statistics_step(cuda_policy{st.get()}, rebind(x, dx.get()), nchw<const T>(dw.get(), s[0], s[1], s[2], s[3]),
+                       bias.empty() ? vector_view<const T>{} : contiguous<const T>(db.get(), cout), config, views);
+  st.sync();
+  return out.download();
+}
+
+template <class T>
+host_step<T> linear_step(matrix_view<const T> x, std::size_t span, matrix_view<const T> w, const std::vector<T>& bias,
+                         const linear_deconv_config& config) {
+  const block_plan p = linear_statistics_plan(x.shape[1], config);
+  const index_t S = p.count(), F = p.features(), cout = w.shape[0];
+  buffer<T> dx(x.data, span), dw(w.data, std::size_t(w.size())), db(bias.data(), bias.size());
+  device_step<T> out(S, F, w.size(), cout);
+  stream st;
+  const statistics_step_outputs<T, 2> views{row_major(out.mean.get(), S, F), cube(out.D.get(), S, F),
+                                            row_major(out.weight.get(), cout, w.shape[1]), contiguous(out.bias.get(), cout),
+                                            contiguous(out.reports.get(), S)};
+  linear_statistics_step(cuda_policy{st.get()}, rebind(x, dx.get()), row_major<const T>(dw.get(), cout, w.shape[1]),
+                         bias.empty() ? vector_view<const T>{} : contiguous<const T>(db.get(), cout), config, views);
   st.sync();
   return out.download();
 }
@@ -274,10 +321,10 @@ std::string small_workspace_message() {
   buffer<char> ws{16};
   cuda_policy policy{};
   policy.workspace = {ws.get(), 16};
-  const plan p{plan::independent, 3, 9, 1, 3};
-  device_moments_buffer m(p.count(), p.features());
+  const block_plan p{block_layout::independent, 3, 9, 1, 3};
+  device_moments m(p.count(), p.features());
   try {
-    block_moments(policy, device_patch_sampler(device_nchw<const float>(dx.get(), 2, 3, 5, 5), geometry{3, 3}, 1), p,
+    block_moments(policy, patch_sampler<float>(nchw<const float>(dx.get(), 2, 3, 5, 5), conv_geometry::square(3), 1), p,
                   m.view());
   } catch (const netdeconv::invalid_argument& e) {
     return e.what();
@@ -288,10 +335,10 @@ std::string small_workspace_message() {
 std::string tf32_double_message() {
   std::vector<double> x(2 * 3, 1.0);
   buffer<double> dx(x.data(), x.size());
-  const plan p{plan::independent, 3, 1, 1, 3};
-  device_moments_buffer m(p.count(), p.features());
+  const block_plan p{block_layout::independent, 3, 1, 1, 3};
+  device_moments m(p.count(), p.features());
   try {
-    block_moments(cuda_policy{}, device_matrix_rows(device_row_major<const double>(dx.get(), 2, 3)), p, m.view(),
+    block_moments(cuda_policy{}, matrix_rows<double>(row_major<const double>(dx.get(), 2, 3)), p, m.view(),
                   cov_precision::tf32);
   } catch (const netdeconv::invalid_argument& e) {
     return e.what();
@@ -299,18 +346,34 @@ std::string tf32_double_message() {
   return {};
 }
 
-#define NETDECONV_INSTANTIATE(T)                                                                                     \
-  template std::vector<T> im2col<T>(device_view<const T, 4>, std::size_t, const geometry&);                          \
-  template std::vector<T> col2im<T>(const std::vector<T>&, index_t, index_t, index_t, index_t, const geometry&);     \
-  template host_moments block_moments_image<T>(device_view<const T, 4>, std::size_t, const geometry&, index_t,        \
-                                               const plan&, bool);                                                   \
-  template host_moments block_moments_matrix<T>(device_view<const T, 2>, std::size_t, const plan&);                 \
-  template std::vector<T> covariance<T>(const host_moments&, double);                                                \
-  template host_isqrt<T> inverse_sqrt<T>(const std::vector<T>&, index_t, index_t, int, double, bool, bool);          \
-  template std::vector<T> fold<T>(const plan&, const std::vector<T>&, const std::vector<T>&, device_view<const T, 4>, \
-                                  std::size_t, const std::vector<T>&);                                               \
-  template std::vector<T> apply_whitening<T>(const plan&, const std::vector<T>&, const std::vector<T>&,              \
-                                             device_view<const T, 2>, std::size_t, bool);
+std::string host_pointer_message() {
+  std::vector<double> x(4 * 3, 1.0);
+  const block_plan p{block_layout::independent, 3, 1, 1, 3};
+  device_moments m(p.count(), p.features());
+  try {
+    block_moments(cuda_policy{}, matrix_rows<double>(row_major<const double>(x.data(), 4, 3)), p, m.view());
+  } catch (const netdeconv::invalid_argument& e) {
+    return e.what();
+  }
+  return {};
+}
+
+#define NETDECONV_INSTANTIATE(T)                                                                                       \
+  template std::vector<T> im2col<T>(image_view<const T>, std::size_t, const conv_geometry&);                           \
+  template std::vector<T> col2im<T>(const std::vector<T>&, index_t, index_t, index_t, index_t, const conv_geometry&);  \
+  template host_moments block_moments_image<T>(image_view<const T>, std::size_t, const conv_geometry&, index_t,         \
+                                               const block_plan&, bool);                                               \
+  template host_moments block_moments_matrix<T>(matrix_view<const T>, std::size_t, const block_plan&);                 \
+  template std::vector<T> covariance<T>(const host_moments&, double);                                                  \
+  template host_isqrt<T> inverse_sqrt<T>(const std::vector<T>&, index_t, index_t, const isqrt_options&);               \
+  template std::vector<T> fold<T>(const block_plan&, const std::vector<T>&, const std::vector<T>&, image_view<const T>, \
+                                  std::size_t, const std::vector<T>&);                                                 \
+  template std::vector<T> apply_whitening<T>(const block_plan&, const std::vector<T>&, const std::vector<T>&,          \
+                                             matrix_view<const T>, std::size_t, bool);                                 \
+  template host_step<T> conv_step<T>(image_view<const T>, std::size_t, image_view<const T>, const std::vector<T>&,     \
+                                     const conv_deconv_config&);                                                       \
+  template host_step<T> linear_step<T>(matrix_view<const T>, std::size_t, matrix_view<const T>, const std::vector<T>&, \
+                                       const linear_deconv_config&);
 
 NETDECONV_INSTANTIATE(float)
 NETDECONV_INSTANTIATE(double)

@@ -1,50 +1,47 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// Host functions around the CUDA primitives, compiled by nvcc (cuda_wrappers.cu) and called from the
-// g++ test (test_cuda.cpp), which holds Eigen and the CPU oracle. Inputs are host buffers described
-// by device_view objects over host memory (pointer, shape, strides; `span` elements are copied);
-// each wrapper copies to the device, runs the primitive on a non-default stream, synchronises and
-// copies back. Plain C++.
+// The GPU backend of tests/backend_checks.hpp: host functions around the CUDA calls, compiled by
+// nvcc (cuda_wrappers.cu) and called from the g++ test (test_cuda.cpp), which holds Eigen and the
+// CPU oracle. Inputs are views over host memory (`span` elements reachable from the pointer);
+// each wrapper copies them to the device, runs the public call with a cuda_policy on a
+// non-default stream, synchronises and copies the results back. Plain C++.
 
 #include <cstddef>
 #include <string>
 #include <vector>
 
-#include <netdeconv/cuda/index_math.hpp>
+#include <netdeconv/blocks.hpp>
+#include <netdeconv/geometry.hpp>
+#include <netdeconv/isqrt_options.hpp>
+#include <netdeconv/statistics_step_config.hpp>
+#include <netdeconv/tensor_view.hpp>
+
+#include "../../tests/host_results.hpp"
 
 namespace netdeconv::cuda::test {
+
+using checks::host_isqrt;
+using checks::host_moments;
+using checks::host_step;
 
 /// GPUs visible to the CUDA runtime (0 when there is no device or no driver).
 int device_count();
 std::string device_name();
 
-struct host_moments {
-  index_t statistics = 0, features = 0;
-  std::vector<long long> count;
-  std::vector<double> mean, scatter;
-};
-
 template <class T>
-struct host_isqrt {
-  std::vector<T> D;
-  std::vector<int> iterations, status;
-  std::vector<double> residual;
-};
-
+std::vector<T> im2col(image_view<const T> x, std::size_t span, const conv_geometry& g);
 template <class T>
-std::vector<T> im2col(device_view<const T, 4> x, std::size_t span, const geometry& g);
-template <class T>
-std::vector<T> col2im(const std::vector<T>& cols, index_t N, index_t C, index_t H, index_t W, const geometry& g);
+std::vector<T> col2im(const std::vector<T>& cols, index_t N, index_t C, index_t H, index_t W, const conv_geometry& g);
 /// use_workspace: pass a caller workspace of the queried size instead of letting the call allocate.
 template <class T>
-host_moments block_moments_image(device_view<const T, 4> x, std::size_t span, const geometry& g, index_t sampling_stride,
-                                 const plan& p, bool use_workspace);
+host_moments block_moments_image(image_view<const T> x, std::size_t span, const conv_geometry& g, index_t sampling_stride,
+                                 const block_plan& p, bool use_workspace);
 template <class T>
-host_moments block_moments_matrix(device_view<const T, 2> x, std::size_t span, const plan& p);
+host_moments block_moments_matrix(matrix_view<const T> x, std::size_t span, const block_plan& p);
 /// The same with cuda::cov_precision::tf32 (float only).
-host_moments block_moments_image_tf32(device_view<const float, 4> x, std::size_t span, const geometry& g,
-                                      index_t sampling_stride, const plan& p);
-host_moments block_moments_matrix_tf32(device_view<const float, 2> x, std::size_t span, const plan& p);
+host_moments block_moments_image_tf32(image_view<const float> x, std::size_t span, const conv_geometry& g,
+                                      index_t sampling_stride, const block_plan& p);
+host_moments block_moments_matrix_tf32(matrix_view<const float> x, std::size_t span, const block_plan& p);
 /// wmma::__float_to_tf32 of each value, on the device.
 std::vector<float> float_to_tf32(const std::vector<float>& x);
 host_moments merge(const host_moments& a, const host_moments& b);
@@ -52,20 +49,28 @@ host_moments merge(const host_moments& a, const host_moments& b);
 template <class T>
 std::vector<T> covariance(const host_moments& m, double eps);
 template <class T>
-host_isqrt<T> inverse_sqrt(const std::vector<T>& A, index_t batch, index_t F, int iterations, double tolerance,
-                           bool trace_scaling, bool final_residual);
+host_isqrt<T> inverse_sqrt(const std::vector<T>& A, index_t batch, index_t F, const isqrt_options& options);
 /// weight: (Cout, C/groups, kh, kw) host view; bias empty for none. Returns W' (contiguous OIHW) then b'.
 template <class T>
-std::vector<T> fold(const plan& p, const std::vector<T>& mean, const std::vector<T>& D, device_view<const T, 4> weight,
+std::vector<T> fold(const block_plan& p, const std::vector<T>& mean, const std::vector<T>& D, image_view<const T> weight,
                     std::size_t span, const std::vector<T>& bias);
 /// out: same logical shape as X, contiguous row-major.
 template <class T>
-std::vector<T> apply_whitening(const plan& p, const std::vector<T>& mean, const std::vector<T>& D,
-                               device_view<const T, 2> X, std::size_t span, bool columns_are_samples);
+std::vector<T> apply_whitening(const block_plan& p, const std::vector<T>& mean, const std::vector<T>& D,
+                               matrix_view<const T> X, std::size_t span, bool columns_are_samples);
+/// The statistics steps; w contiguous, W' returned contiguous. use_workspace as block_moments_image.
+template <class T>
+host_step<T> conv_step(image_view<const T> x, std::size_t span, image_view<const T> w, const std::vector<T>& bias,
+                       const conv_deconv_config& config);
+template <class T>
+host_step<T> linear_step(matrix_view<const T> x, std::size_t span, matrix_view<const T> w, const std::vector<T>& bias,
+                         const linear_deconv_config& config);
 
-/// Messages of the error paths: a failing CUDA call, a too small workspace, TF32 asked for double rows.
+/// Messages of the error paths: a failing CUDA call, a too small workspace, TF32 asked for double
+/// rows, a view over pageable host memory.
 std::string failing_call_message();
 std::string small_workspace_message();
 std::string tf32_double_message();
+std::string host_pointer_message();
 
 }  // namespace netdeconv::cuda::test

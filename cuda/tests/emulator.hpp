@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// Host emulation of the CUDA kernels: the same per-thread functions (kernel_bodies.hpp), run for
-// every block and thread id, phase by phase where the kernel has __syncthreads, with the grid
-// shapes the .cuh launchers use. Same interface as cuda_wrappers.hpp, so checks.hpp runs the same
-// comparisons with the CPU oracle on the host (always) and on the GPU (when there is one).
+// Host emulation of the CUDA kernels: the same per-thread functions (cuda/include/netdeconv/cuda/
+// bodies/), run for every block and thread id, phase by phase where the kernel has __syncthreads,
+// with the grid shapes the .cuh launchers use, and composed as the launchers compose them. It has
+// the backend interface of tests/backend_checks.hpp (plus the TF32 moments), so the same
+// comparisons with the CPU oracle run on the host (always) and on the GPU (when there is one).
 
 #include <algorithm>
 #include <array>
@@ -16,45 +17,38 @@
 
 #include <Eigen/Core>
 
-#include <netdeconv/cuda/kernel_bodies.hpp>
+#include <netdeconv/cuda/bodies/covariance.hpp>
+#include <netdeconv/cuda/bodies/fold.hpp>
+#include <netdeconv/cuda/bodies/im2col.hpp>
+#include <netdeconv/cuda/bodies/inverse_sqrt.hpp>
+#include <netdeconv/cuda/bodies/moments.hpp>
+#include <netdeconv/cuda/bodies/whiten.hpp>
 
+#include "../../tests/backend_checks.hpp"
 #include "tf32_model.hpp"
 
 namespace netdeconv::cuda::emulate {
 
-struct host_moments {
-  index_t statistics = 0, features = 0;
-  std::vector<long long> count;
-  std::vector<double> mean, scatter;
-  detail::moments_view view() {
-    return {statistics, features, count.data(), mean.data(), scatter.data()};
-  }
-};
-
-template <class T>
-struct host_isqrt {
-  std::vector<T> D;
-  std::vector<int> iterations, status;
-  std::vector<double> residual;
-};
+using checks::host_isqrt;
+using checks::host_moments;
+using checks::host_step;
 
 struct backend {
   template <class T>
-  static std::vector<T> im2col(device_view<const T, 4> x, std::size_t, const geometry& g) {
-    const sampler s = sampler::make(x.shape[0], x.shape[1], x.shape[2], x.shape[3], g, 1, false);
-    std::vector<T> cols(std::size_t(s.rows * s.width));
-    const device_view<T, 2> c{cols.data(), {s.rows, s.width}, {s.width, 1}};
-    for (index_t e = 0; e < s.rows * s.width; ++e) detail::im2col_element(s, x, c, e);
+  static std::vector<T> im2col(image_view<const T> x, std::size_t, const conv_geometry& g) {
+    const patch_map map = ::netdeconv::detail::make_patch_map("im2col", x.shape, g, 1, false);
+    std::vector<T> cols(std::size_t(map.rows * map.width));
+    const matrix_view<T> c = row_major(cols.data(), map.rows, map.width);
+    for (index_t e = 0; e < map.rows * map.width; ++e) detail::im2col_element(map, x, c, e);
     return cols;
   }
 
   template <class T>
-  static std::vector<T> col2im(const std::vector<T>& cols, index_t N, index_t C, index_t H, index_t W, const geometry& g) {
-    const sampler s = sampler::make(N, C, H, W, g, 1, false);
+  static std::vector<T> col2im(const std::vector<T>& cols, index_t N, index_t C, index_t H, index_t W, const conv_geometry& g) {
+    const patch_map map = ::netdeconv::detail::make_patch_map("col2im", {N, C, H, W}, g, 1, false);
     std::vector<T> x(std::size_t(N * C * H * W));
-    const device_view<const T, 2> c{cols.data(), {s.rows, s.width}, {s.width, 1}};
-    const device_view<T, 4> xv{x.data(), {N, C, H, W}, {C * H * W, H * W, W, 1}};
-    for (index_t e = 0; e < N * C * H * W; ++e) detail::col2im_pixel(s, c, xv, e);
+    const matrix_view<const T> c = row_major(cols.data(), map.rows, map.width);
+    for (index_t e = 0; e < N * C * H * W; ++e) detail::col2im_pixel(map, c, nchw(x.data(), N, C, H, W), e);
     return x;
   }
 
@@ -84,7 +78,7 @@ struct backend {
   /// and the finalize kernel. tf32 (Acc = float): the TF32 kernel, its products modelled by
   /// tf32_warp_products, then cov_gather.
   template <class Acc, class Source>
-  static host_moments moments(const Source& src, const plan& p, bool tf32 = false) {
+  static host_moments moments(const Source& src, const block_plan& p, bool tf32 = false) {
     using namespace detail;
     const index_t samples = src.rows() * p.rows_per_patch(), F = p.features(), S = p.count();
     const index_t tiles = upper_tile_count(ceil_div(F, cov_tile));
@@ -120,7 +114,7 @@ struct backend {
           for (int t = 0; t < cov_threads; ++t)
             cov_store<Acc>(p, b, reinterpret_cast<const Acc(&)[16]>(*acc[t].data()), sum[t], sums.data(), cross.data(), t);
         }
-    host_moments out{S, F, std::vector<long long>(S), std::vector<double>(S * F), std::vector<double>(S * F * F)};
+    host_moments out = host_moments::zeros(S, F);
     const auto v = out.view();
     for (index_t e = 0; e < S * F * F; ++e)
       cov_finalize_element<Acc>(src, p, ch, samples, sums.data(), cross.data(), v, e / (F * F), (e / F) % F, e % F);
@@ -128,30 +122,27 @@ struct backend {
   }
 
   template <class T>
-  static host_moments block_moments_image(device_view<const T, 4> x, std::size_t, const geometry& g,
-                                          index_t sampling_stride, const plan& p, bool) {
-    const image_rows<T> src{x, sampler::make(x.shape[0], x.shape[1], x.shape[2], x.shape[3], g, sampling_stride, true)};
-    return moments<T>(src, p);
+  static host_moments block_moments_image(image_view<const T> x, std::size_t, const conv_geometry& g, index_t S,
+                                          const block_plan& p, bool) {
+    return moments<T>(patch_sampler<T>(x, g, S), p);
   }
 
   template <class T>
-  static host_moments block_moments_matrix(device_view<const T, 2> x, std::size_t, const plan& p) {
-    return moments<T>(matrix_rows<T>{x}, p);
+  static host_moments block_moments_matrix(matrix_view<const T> x, std::size_t, const block_plan& p) {
+    return moments<T>(matrix_rows<T>(x), p);
   }
 
-  static host_moments block_moments_image_tf32(device_view<const float, 4> x, std::size_t, const geometry& g,
-                                               index_t sampling_stride, const plan& p) {
-    const image_rows<float> src{x, sampler::make(x.shape[0], x.shape[1], x.shape[2], x.shape[3], g, sampling_stride, true)};
-    return moments<float>(src, p, true);
+  static host_moments block_moments_image_tf32(image_view<const float> x, std::size_t, const conv_geometry& g, index_t S,
+                                               const block_plan& p) {
+    return moments<float>(patch_sampler<float>(x, g, S), p, true);
   }
 
-  static host_moments block_moments_matrix_tf32(device_view<const float, 2> x, std::size_t, const plan& p) {
-    return moments<float>(matrix_rows<float>{x}, p, true);
+  static host_moments block_moments_matrix_tf32(matrix_view<const float> x, std::size_t, const block_plan& p) {
+    return moments<float>(matrix_rows<float>(x), p, true);
   }
 
-  static host_moments merge(host_moments a, host_moments b) {
-    host_moments out{a.statistics, a.features, std::vector<long long>(a.count.size()),
-                     std::vector<double>(a.mean.size()), std::vector<double>(a.scatter.size())};
+  static host_moments merge(const host_moments& a, const host_moments& b) {
+    host_moments out = host_moments::zeros(a.statistics, a.features);
     const index_t F = a.features;
     for (index_t e = 0; e < a.statistics * F * F; ++e)
       detail::merge_element(a.view(), b.view(), out.view(), e / (F * F), (e / F) % F, e % F);
@@ -159,75 +150,71 @@ struct backend {
   }
 
   template <class T>
-  static std::vector<T> covariance(host_moments m, double eps) {
-    const index_t F = m.features;
-    std::vector<T> cov(std::size_t(m.statistics * F * F + m.statistics * F));
-    for (index_t e = 0; e < m.statistics * F * F; ++e)
-      detail::covariance_element(m.view(), eps, cov.data(), cov.data() + m.statistics * F * F, e / (F * F), (e / F) % F,
-                                 e % F);
-    return cov;
+  static std::vector<T> covariance(const host_moments& m, double eps) {
+    const index_t S = m.statistics, F = m.features;
+    std::vector<T> out(std::size_t(S * F * F + S * F));
+    const tensor_view<T, 3> cov{out.data(), {S, F, F}, {F * F, F, 1}};
+    for (index_t e = 0; e < S * F * F; ++e)
+      detail::covariance_element(m.view(), eps, cov, row_major(out.data() + S * F * F, S, F), e / (F * F), (e / F) % F, e % F);
+    return out;
   }
 
-  /// run_newton_schulz with the GPU's elementwise bodies and Eigen products in place of cuBLAS.
+  /// run_newton_schulz with the GPU's elementwise bodies and Eigen products in place of cuBLAS;
+  /// the block reductions (scale, residual, finiteness) as plain loops.
   template <class T>
   struct ns_ops {
     using M = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-    const std::vector<T>& A;
-    index_t batch, F;
-    bool trace;
-    int iterations;
-    std::vector<T> Y, Z, P, Tk, W, scale, D;
-    std::vector<int> it, status, done, converged;
-    std::vector<double> res;
-    detail::ns_state st() { return {it.data(), res.data(), status.data(), done.data(), converged.data()}; }
-    Eigen::Map<M> mat(std::vector<T>& v, index_t b) { return Eigen::Map<M>(v.data() + b * F * F, F, F); }
+    tensor_view<const T, 3> A;
+    tensor_view<T, 3> D;
+    isqrt_options options;
+    std::vector<T> Y, Z, P, Tk, W;
+    std::vector<double> scale;
+    std::vector<int> done, converged;
+    detail::ns_state st;
+    index_t batch() const { return A.shape[0]; }
+    index_t F() const { return A.shape[1]; }
+    Eigen::Map<M> mat(std::vector<T>& v, index_t b) { return Eigen::Map<M>(v.data() + b * F() * F(), F(), F()); }
     void gemm(std::vector<T>& a, std::vector<T>& b, std::vector<T>& c) {
-      for (index_t i = 0; i < batch; ++i) mat(c, i).noalias() = mat(a, i) * mat(b, i);
+      for (index_t i = 0; i < batch(); ++i) mat(c, i).noalias() = mat(a, i) * mat(b, i);
     }
-    void init() {
-      const std::size_t n = std::size_t(batch * F * F);
-      for (auto* v : {&Y, &Z, &P, &Tk, &W, &D}) v->assign(n, T(0));
-      scale.assign(batch, T(0));
-      for (auto* v : {&it, &status, &done, &converged}) v->assign(batch, 0);
-      res.assign(batch, 0);
-      for (index_t b = 0; b < batch; ++b) {  // ns_scale_kernel
+    void init() {  // ns_scale_kernel, ns_init_kernel
+      const index_t n = batch() * F() * F();
+      for (auto* v : {&Y, &Z, &P, &Tk, &W}) v->assign(std::size_t(n), T(0));
+      scale.assign(std::size_t(batch()), 0.0);
+      for (index_t b = 0; b < batch(); ++b) {
         double acc = 0;
         bool bad = false, nonpos = false;
-        for (index_t e = 0; e < F * F; ++e) {
-          const double a = double(A[b * F * F + e]);
-          bad |= !std::isfinite(a);
-          const bool diag = e / F == e % F;
-          nonpos |= diag && !(a > 0);
-          acc += trace ? (diag ? a : 0.0) : a * a;
-        }
-        scale[b] = trace ? T(acc) : T(std::sqrt(acc));
-        status[b] = bad ? 2 : (nonpos || !(scale[b] > T(0))) ? 3 : 0;
-        done[b] = status[b] != 0;
-        res[b] = std::numeric_limits<double>::quiet_NaN();
+        for (index_t i = 0; i < F(); ++i)
+          for (index_t j = 0; j < F(); ++j) {
+            const double a = double(A(b, i, j));
+            bad |= !std::isfinite(a);
+            nonpos |= i == j && !(a > 0);
+            acc += options.scaling == isqrt_scaling::trace ? (i == j ? a : 0.0) : a * a;
+          }
+        scale[b] = options.scaling == isqrt_scaling::trace ? acc : std::sqrt(acc);
+        detail::ns_start(st, scale[b], bad, nonpos, std::numeric_limits<double>::quiet_NaN(), b);
       }
-      for (index_t e = 0; e < batch * F * F; ++e)
-        detail::ns_init_element(A.data(), scale.data(), Y.data(), Z.data(), F, e / (F * F), e % (F * F));
+      for (index_t e = 0; e < n; ++e)
+        detail::ns_init_element(A, scale.data(), Y.data(), Z.data(), F(), e / (F() * F()), e % (F() * F()));
     }
     void copy_P_from_Y() { P = Y; }
     void gemm_P() { gemm(Z, Y, P); }
     void residual(int k, bool last, double tolerance) {
-      for (index_t b = 0; b < batch; ++b) {
+      for (index_t b = 0; b < batch(); ++b) {
         double acc = 0;
-        for (index_t e = 0; e < F * F; ++e) {
-          const double r = (e / F == e % F ? 1.0 : 0.0) - double(P[b * F * F + e]);
+        for (index_t e = 0; e < F() * F(); ++e) {
+          const double r = (e / F() == e % F() ? 1.0 : 0.0) - double(P[b * F() * F() + e]);
           acc += r * r;
         }
-        detail::ns_record(st(), std::sqrt(acc) / std::sqrt(double(F)), k, last, tolerance, b);
+        detail::ns_record(st, std::sqrt(acc) / std::sqrt(double(F())), k, last, tolerance, b);
       }
     }
     bool all_done() {
-      for (int d : done)
-        if (!d) return false;
-      return true;
+      return std::all_of(done.begin(), done.end(), [](int d) { return d != 0; });
     }
     void update_T() {
-      for (index_t e = 0; e < batch * F * F; ++e)
-        detail::ns_T_element(P.data(), done.data(), Tk.data(), F, e / (F * F), e % (F * F));
+      for (index_t e = 0; e < batch() * F() * F(); ++e)
+        detail::ns_T_element(P.data(), done.data(), Tk.data(), F(), e / (F() * F()), e % (F() * F()));
     }
     void gemm_Y() {
       gemm(Y, Tk, W);
@@ -238,63 +225,110 @@ struct backend {
       gemm(Tk, Z, W);
       std::swap(Z, W);
     }
-    void finalize(double tolerance, bool have_residual) {
-      for (index_t b = 0; b < batch; ++b) {
-        const T root = T(std::sqrt(scale[b]));
+    void finalize(double tolerance, bool have_residual) {  // ns_finalize_kernel
+      const double nan = std::numeric_limits<double>::quiet_NaN();
+      for (index_t b = 0; b < batch(); ++b) {
         bool finite = true;
-        for (index_t e = 0; e < F * F; ++e) {
-          D[b * F * F + e] = Z[b * F * F + e] / root;
-          finite &= std::isfinite(double(D[b * F * F + e]));
+        for (index_t e = 0; e < F() * F(); ++e) {
+          const T d = detail::ns_result_element(Z.data(), scale.data(), F(), b, e);
+          D(b, e / F(), e % F()) = d;
+          finite &= std::isfinite(double(d));
         }
-        const auto state = st();
-        detail::ns_finish_report(state, iterations, have_residual, std::numeric_limits<double>::quiet_NaN(), b);
-        status[b] = detail::ns_final_status(state, tolerance, finite, have_residual, b);
-        if (status[b] >= 2) {
-          res[b] = std::numeric_limits<double>::quiet_NaN();
-          it[b] = 0;
-          for (index_t e = 0; e < F * F; ++e) D[b * F * F + e] = std::numeric_limits<T>::quiet_NaN();
-        }
+        if (detail::ns_finish(st, options.iterations, tolerance, have_residual, finite, nan, b))
+          for (index_t e = 0; e < F() * F(); ++e) D(b, e / F(), e % F()) = std::numeric_limits<T>::quiet_NaN();
       }
     }
   };
 
+  /// The launcher's composition: the iteration on views A, D and reports (check_interval 5).
   template <class T>
-  static host_isqrt<T> inverse_sqrt(const std::vector<T>& A, index_t batch, index_t F, int iterations, double tolerance,
-                                    bool trace_scaling, bool final_residual) {
-    ns_ops<T> ops{A, batch, F, trace_scaling, iterations, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}};
-    detail::run_newton_schulz(ops, iterations, tolerance, final_residual, 5);
-    return {ops.D, ops.it, ops.status, ops.res};
+  static void inverse_sqrt(tensor_view<const T, 3> A, tensor_view<T, 3> D, const isqrt_options& o,
+                           vector_view<isqrt_report> reports) {
+    ns_ops<T> ops{A, D, o, {}, {}, {}, {}, {}, {}, std::vector<int>(std::size_t(A.shape[0])),
+                  std::vector<int>(std::size_t(A.shape[0])), {}};
+    ops.st = {reports, ops.done.data(), ops.converged.data()};
+    detail::run_newton_schulz(ops, o.iterations, o.tolerance, o.final_residual, 5);
+  }
+
+  template <class T>
+  static host_isqrt<T> inverse_sqrt(const std::vector<T>& A, index_t batch, index_t F, const isqrt_options& o) {
+    host_isqrt<T> out{std::vector<T>(A.size()), std::vector<isqrt_report>(std::size_t(batch))};
+    inverse_sqrt<T>({A.data(), {batch, F, F}, {F * F, F, 1}}, {out.D.data(), {batch, F, F}, {F * F, F, 1}}, o,
+                    contiguous(out.reports.data(), batch));
+    return out;
   }
 
   /// fold_kernel: one block of 128 threads per output, then the bias reduction.
   template <class T>
-  static std::vector<T> fold(const plan& p, const std::vector<T>& mean, const std::vector<T>& D,
-                             device_view<const T, 4> weight, std::size_t, const std::vector<T>& bias) {
-    const index_t cout = weight.shape[0], ci = weight.shape[1], kh = weight.shape[2], kw = weight.shape[3];
-    std::vector<T> out(std::size_t(cout * ci * kh * kw + cout));
-    const device_view<T, 4> wo{out.data(), {cout, ci, kh, kw}, {ci * kh * kw, kh * kw, kw, 1}};
+  static void fold(const block_statistics_view<const T>& st, image_view<const T> w, vector_view<const T> bias,
+                   image_view<T> wo, vector_view<T> bo) {
     constexpr int threads = 128;
-    for (index_t o = 0; o < cout; ++o) {
+    for (index_t o = 0; o < w.shape[0]; ++o) {
       std::vector<T> part(threads);
-      for (int t = 0; t < threads; ++t) part[t] = detail::fold_output_part(p, weight, mean.data(), D.data(), wo, o, t, threads);
+      for (int t = 0; t < threads; ++t) part[t] = detail::fold_output_part(st, w, wo, o, t, threads);
       for (int s = threads / 2; s > 0; s /= 2)
         for (int t = 0; t < s; ++t) part[t] += part[t + s];
-      out[std::size_t(cout * ci * kh * kw + o)] = (bias.empty() ? T(0) : bias[o]) - part[0];
+      bo(o) = (bias.empty() ? T(0) : bias(o)) - part[0];
     }
+  }
+
+  template <class T>
+  static std::vector<T> fold(const block_plan& plan, const std::vector<T>& mean, const std::vector<T>& D,
+                             image_view<const T> w, std::size_t, const std::vector<T>& bias) {
+    const auto& s = w.shape;
+    std::vector<T> out(std::size_t(s[0] * s[1] * s[2] * s[3] + s[0]));
+    fold<T>(checks::cpu_backend<sequential_policy>::statistics(plan, mean, D), w,
+            bias.empty() ? vector_view<const T>{} : contiguous(bias.data(), s[0]), nchw(out.data(), s[0], s[1], s[2], s[3]),
+            contiguous(out.data() + s[0] * s[1] * s[2] * s[3], s[0]));
     return out;
   }
 
   template <class T>
-  static std::vector<T> apply_whitening(const plan& p, const std::vector<T>& mean, const std::vector<T>& D,
-                                        device_view<const T, 2> X, std::size_t, bool columns_are_samples) {
+  static std::vector<T> apply_whitening(const block_plan& plan, const std::vector<T>& mean, const std::vector<T>& D,
+                                        matrix_view<const T> X, std::size_t, bool columns_are_samples) {
     std::vector<T> out(std::size_t(X.shape[0] * X.shape[1]));
-    device_view<T, 2> o{out.data(), {X.shape[0], X.shape[1]}, {X.shape[1], 1}};
+    matrix_view<T> o = row_major(out.data(), X.shape[0], X.shape[1]);
     if (columns_are_samples) {
-      X = {X.data, {X.shape[1], X.shape[0]}, {X.stride[1], X.stride[0]}};
-      o = {o.data, {o.shape[1], o.shape[0]}, {o.stride[1], o.stride[0]}};
+      X = ::netdeconv::detail::transposed(X);
+      o = ::netdeconv::detail::transposed(o);
     }
-    for (index_t e = 0; e < X.shape[0] * X.shape[1]; ++e) detail::whiten_element(X, mean.data(), D.data(), p.features(), o, e);
+    const auto st = checks::cpu_backend<sequential_policy>::statistics(plan, mean, D);
+    for (index_t e = 0; e < X.shape[0] * X.shape[1]; ++e) detail::whiten_element(st, X, o, e);
     return out;
+  }
+
+  /// statistics_step.cuh's composition: block_moments -> covariance (+ mean) -> inverse_sqrt -> fold.
+  template <class T, class Source>
+  static host_step<T> step(const Source& source, const block_plan& plan, image_view<const T> w, const std::vector<T>& bias,
+                           double eps, const isqrt_options& isqrt) {
+    const index_t S = plan.count(), F = plan.features(), cout = w.shape[0];
+    const host_moments m = moments<T>(source, plan);
+    std::vector<T> cov(std::size_t(S * F * F));
+    host_step<T> h{std::vector<T>(std::size_t(S * F)), std::vector<T>(std::size_t(S * F * F)), std::vector<T>(std::size_t(w.size())),
+                   std::vector<T>(std::size_t(cout)), std::vector<isqrt_report>(std::size_t(S))};
+    const tensor_view<T, 3> cv{cov.data(), {S, F, F}, {F * F, F, 1}}, D{h.D.data(), {S, F, F}, {F * F, F, 1}};
+    for (index_t e = 0; e < S * F * F; ++e)
+      detail::covariance_element(m.view(), eps, cv, row_major(h.mean.data(), S, F), e / (F * F), (e / F) % F, e % F);
+    inverse_sqrt<T>(tensor_view<const T, 3>(cv), D, isqrt, contiguous(h.reports.data(), S));
+    const auto& s = w.shape;
+    fold<T>(checks::cpu_backend<sequential_policy>::statistics(plan, h.mean, h.D), w,
+            bias.empty() ? vector_view<const T>{} : contiguous(bias.data(), cout), nchw(h.weight.data(), s[0], s[1], s[2], s[3]),
+            contiguous(h.bias.data(), cout));
+    return h;
+  }
+
+  template <class T>
+  static host_step<T> conv_step(image_view<const T> x, std::size_t, image_view<const T> w, const std::vector<T>& bias,
+                                const conv_deconv_config& cfg) {
+    return step<T>(patch_sampler<T>(x, cfg.geometry, cfg.sampling_stride), conv_statistics_plan(x.shape[1], cfg), w, bias,
+                   cfg.eps, cfg.isqrt);
+  }
+
+  template <class T>
+  static host_step<T> linear_step(matrix_view<const T> x, std::size_t, matrix_view<const T> w, const std::vector<T>& bias,
+                                  const linear_deconv_config& cfg) {
+    return step<T>(matrix_rows<T>(x), linear_statistics_plan(x.shape[1], cfg), ::netdeconv::detail::as_conv_weight(w), bias,
+                   cfg.eps, cfg.isqrt);
   }
 };
 

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
-// Every CUDA primitive against the CPU oracle (checks.hpp) on the GPU, through the nvcc-compiled
-// wrappers. Exits 77 (Meson: SKIP) when no GPU is visible.
+// The suite every backend runs (tests/backend_checks.hpp) and the TF32 checks, on the GPU through
+// the nvcc-compiled wrappers, against the CPU oracle. Exits 77 (Meson: SKIP) when no GPU is visible.
 
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
@@ -13,10 +13,10 @@
 #include <random>
 #include <vector>
 
-#include "checks.hpp"
 #include "cuda_wrappers.hpp"
+#include "tf32_checks.hpp"
 
-namespace checks = netdeconv::cuda::checks;
+namespace checks = netdeconv::checks;
 namespace gpu_api = netdeconv::cuda::test;
 
 struct gpu {
@@ -31,6 +31,8 @@ struct gpu {
   template <class T, class... A> static auto inverse_sqrt(A&&... a) { return gpu_api::inverse_sqrt<T>(a...); }
   template <class T, class... A> static auto fold(A&&... a) { return gpu_api::fold<T>(a...); }
   template <class T, class... A> static auto apply_whitening(A&&... a) { return gpu_api::apply_whitening<T>(a...); }
+  template <class T, class... A> static auto conv_step(A&&... a) { return gpu_api::conv_step<T>(a...); }
+  template <class T, class... A> static auto linear_step(A&&... a) { return gpu_api::linear_step<T>(a...); }
 };
 
 TEST_CASE_TEMPLATE("CUDA im2col and col2im match the CPU", T, float, double) {
@@ -118,13 +120,19 @@ TEST_CASE_TEMPLATE("CUDA whitening matches the CPU", T, float, double) {
   checks::check_apply_whitening<gpu, T>(rng);
 }
 
-TEST_CASE("CUDA errors carry the error string and the call site; small workspaces and TF32 on double are refused") {
+TEST_CASE_TEMPLATE("CUDA statistics steps into device views match the CPU", T, float, double) {
+  checks::rng_t rng(8);
+  checks::check_statistics_steps<gpu, T>(rng);
+}
+
+TEST_CASE("CUDA errors carry the error string and the call site; small workspaces, TF32 on double and host pointers are refused") {
   const std::string failing = gpu_api::failing_call_message();
   CHECK(failing.find("cudaMalloc") != std::string::npos);
   CHECK(failing.find("cudaErrorMemoryAllocation") != std::string::npos);
   CHECK(failing.find("cuda_wrappers.cu:") != std::string::npos);
   CHECK(gpu_api::small_workspace_message().find("workspace has 16 bytes") != std::string::npos);
   CHECK(gpu_api::tf32_double_message().find("cov_precision::tf32 applies to float rows") != std::string::npos);
+  CHECK(gpu_api::host_pointer_message().find("points at host memory") != std::string::npos);
 }
 
 int main(int argc, char** argv) {

@@ -1,53 +1,91 @@
 // SPDX-License-Identifier: MIT
-// The CUDA kernels' per-thread code (kernel_bodies.hpp) run on the host by cuda/tests/emulator.hpp
-// for every block and thread id, against the CPU oracle; the TF32 covariance with its products
-// modelled (tf32_model.hpp). Needs no GPU and no nvcc: always runs.
+// What only the CUDA kernels have, checked on the host without a GPU or nvcc: the tiling and
+// chunking maths of the covariance kernels (bodies/covariance.hpp), the TF32 rounding model, and
+// the TF32 covariance emulated (cuda/tests/emulator.hpp) within its bound of the CPU oracle. The
+// emulated kernels' checks shared with every backend are in tests/test_backends.cpp.
 
+#include <doctest/doctest.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <random>
+#include <vector>
 
-#include "checks.hpp"
 #include "emulator.hpp"
+#include "tf32_checks.hpp"
 
+namespace nd = netdeconv;
+namespace d = netdeconv::cuda::detail;
 using netdeconv::cuda::emulate::backend;
-namespace checks = netdeconv::cuda::checks;
+namespace checks = netdeconv::checks;
 
-TEST_CASE_TEMPLATE("emulated CUDA im2col and col2im match the CPU", T, float, double) {
-  checks::rng_t rng(1);
-  checks::check_im2col<backend, T>(rng);
+TEST_CASE("upper_tile enumerates each tile pair ti <= tj once, row by row") {
+  for (nd::index_t nt = 1; nt <= 12; ++nt) {
+    nd::index_t k = 0;
+    for (nd::index_t ti = 0; ti < nt; ++ti)
+      for (nd::index_t tj = ti; tj < nt; ++tj, ++k) {
+        const d::tile_pair t = d::upper_tile(k, nt);
+        CHECK(t.ti == ti);
+        CHECK(t.tj == tj);
+      }
+    CHECK(k == d::upper_tile_count(nt));
+  }
 }
 
-TEST_CASE_TEMPLATE("emulated CUDA block moments (fused sampled im2col + tiled covariance) match the CPU", T, float, double) {
-  checks::rng_t rng(2);
-  checks::check_block_moments<backend, T>(rng);
+TEST_CASE("TF32 covariance: the warps' WMMA fragments cover the tile once; cov_gather matches cov_accumulate's layout") {
+    constexpr int side = d::cov_tile / d::cov_fragment;
+  static_assert(d::cov_warps * d::cov_fragments_per_warp == side * side, "every fragment needs a warp");
+  static_assert(d::cov_rows % d::cov_fragment_k == 0, "a stage is whole k steps");
+  std::vector<int> owner(side * side, 0);
+  for (int w = 0; w < d::cov_warps; ++w) {
+    const d::cov_warp_tile t = d::cov_warp_tile_of(w);
+    for (int f = 0; f < d::cov_fragments_per_warp; ++f) {
+      REQUIRE(t.row >= 0);
+      REQUIRE(t.row < side);
+      REQUIRE(t.col0 + f < side);
+      ++owner[std::size_t(t.row * side + t.col0 + f)];
+    }
+  }
+  for (int o : owner) CHECK(o == 1);
+
+  // cov_gather hands thread (ty, tx) the tile entries (ty + 16u, tx + 16v) that cov_store writes
+  // for acc[u*4 + v]; together the threads read every entry once.
+  std::vector<float> tile(std::size_t(d::cov_tile * d::cov_tile));
+  for (std::size_t e = 0; e < tile.size(); ++e) tile[e] = float(e);
+  std::vector<int> read(tile.size(), 0);
+  for (int tid = 0; tid < d::cov_threads; ++tid) {
+    float acc[16];
+    d::cov_gather(tile.data(), acc, tid);
+    for (int u = 0; u < 4; ++u)
+      for (int v = 0; v < 4; ++v) {
+        const int i = tid / 16 + 16 * u, j = tid % 16 + 16 * v;
+        CHECK(acc[u * 4 + v] == float(i * d::cov_tile + j));
+        ++read[std::size_t(acc[u * 4 + v])];
+      }
+  }
+  for (int r : read) CHECK(r == 1);
 }
 
-TEST_CASE("emulated CUDA moments keep float covariance under a large mean") {
-  checks::rng_t rng(3);
-  checks::check_large_offset<backend>(rng);
-}
-
-TEST_CASE_TEMPLATE("emulated CUDA merge and covariance match the CPU", T, float, double) {
-  checks::rng_t rng(4);
-  checks::check_merge_and_covariance<backend, T>(rng);
-}
-
-TEST_CASE_TEMPLATE("emulated CUDA batched Newton-Schulz matches the CPU", T, float, double) {
-  checks::rng_t rng(5);
-  checks::check_inverse_sqrt<backend, T>(rng);
-}
-
-TEST_CASE_TEMPLATE("emulated CUDA fold matches the CPU", T, float, double) {
-  checks::rng_t rng(6);
-  checks::check_fold<backend, T>(rng);
-}
-
-TEST_CASE_TEMPLATE("emulated CUDA whitening matches the CPU", T, float, double) {
-  checks::rng_t rng(7);
-  checks::check_apply_whitening<backend, T>(rng);
+TEST_CASE("chunking covers every sample once and respects its bounds") {
+  for (nd::index_t n : {2, 3, 255, 256, 257, 1000, 65536, 65537, 1000000, 10000000})
+    for (nd::index_t blocks : {1, 6, 45, 528, 4000}) {
+      const d::chunking ch = d::chunking::make(n, blocks);
+      CAPTURE(n);
+      CAPTURE(blocks);
+      CHECK(ch.chunks >= 1);
+      CHECK(ch.chunks <= 256);
+      CHECK(ch.begin(0) == 0);
+      CHECK(ch.end(ch.chunks - 1, n) == n);
+      for (nd::index_t z = 0; z < ch.chunks; ++z) {
+        CHECK(ch.end(z, n) > ch.begin(z));
+        if (z + 1 < ch.chunks) CHECK(ch.end(z, n) == ch.begin(z + 1));
+      }
+      if (n <= 256 * 65536) CHECK(ch.length <= 65536);
+      if (n >= 2 * 256) CHECK(ch.chunks * blocks >= std::min<nd::index_t>({528, blocks * (n / 256), blocks * 256}) / 2);
+    }
 }
 
 TEST_CASE("TF32 rounding model: 10 explicit mantissa bits, nearest, ties away from zero") {

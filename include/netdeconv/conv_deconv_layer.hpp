@@ -24,7 +24,7 @@ class conv_deconv_layer : public detail::folding_layer<T, layer_kind::conv> {
 
  public:
   conv_deconv_layer(index_t in_channels, const conv_deconv_config& config, const layer_options& options = {})
-      : base(detail::conv_plan("conv_deconv_layer", in_channels, config), config.geometry, config.eps,
+      : base(conv_statistics_plan(in_channels, config), config.geometry, config.eps,
              config.sampling_stride, config.isqrt, options) {
     detail::check_geometry("conv_deconv_layer", config.geometry);
     NETDECONV_REQUIRE(config.sampling_stride >= 1, "conv_deconv_layer", "sampling_stride must be >= 1, got ",

@@ -11,17 +11,19 @@
 //   auto plan = make_block_plan(block_layout::independent, C, 9, 16);
 //   auto m = block_moments(par, patch_sampler<float>(x, conv_geometry::square(3), 3), plan);
 //   Eigen::MatrixXf cov0 = m[0].covariance<float>(1e-5);
+//   netdeconv::block_moments(par, sampler, plan, out);    // or into caller views (statistics_view.hpp)
 
 #include <vector>
 
 #include "blocks.hpp"
+#include "checks.hpp"
 #include "error.hpp"
 #include "execution.hpp"
 #include "geometry.hpp"
 #include "matrix_rows.hpp"
 #include "moments.hpp"
+#include "statistics_view.hpp"
 #include "tensor_view.hpp"
-
 
 #include "sequential/covariance.hpp"
 #include "omp/covariance.hpp"
@@ -34,20 +36,18 @@ namespace netdeconv {
 template <class Policy, class Source>
 std::vector<moments<double>> block_moments(const Policy& policy, const Source& source, const block_plan& plan) {
   static_assert(is_execution_policy_v<Policy>, "first argument must be an execution policy");
-  constexpr const char* fn = "block_moments";
-  detail::check_plan(fn, plan);
-  const index_t width = detail::checked_mul(fn, "C*K", plan.channels, plan.kernel_area);
-  NETDECONV_REQUIRE(source.width() == width, fn, "rows have ", source.width(), " columns but the plan needs C*K = ",
-                    plan.channels, "*", plan.kernel_area, " = ", width);
-  if constexpr (requires { source.sampling_geometry(); }) {  // patch rows: the same C and K, not only C*K
-    const index_t C = source.image().shape[1], K = source.sampling_geometry().kernel_area();
-    NETDECONV_REQUIRE(C == plan.channels && K == plan.kernel_area, fn, "the patches have C=", C, " and K=", K,
-                      ", the plan has C=", plan.channels, " and K=", plan.kernel_area);
-  }
-  const index_t samples = detail::checked_mul(fn, "samples", source.rows(), plan.rows_per_patch());
-  NETDECONV_REQUIRE(samples >= 2, fn, "statistics need >= 2 samples, got ", samples, " (", source.rows(),
-                    " sampled rows x ", plan.rows_per_patch(), " per row)");
+  detail::check_block_moments("block_moments", source, plan);
   return detail::block_moments_impl(policy, source, plan);
+}
+
+/// The same moments written into `out` (count (S), mean (S, F), scatter (S, F, F) full symmetric;
+/// S = plan.count(), F = plan.features()), e.g. a framework's tensors.
+template <class Policy, class Source>
+void block_moments(const Policy& policy, const Source& source, const block_plan& plan, const moments_view<double>& out) {
+  static_assert(is_execution_policy_v<Policy>, "first argument must be an execution policy");
+  detail::check_block_moments("block_moments", source, plan);
+  detail::check_output_moments("block_moments", "out", out, plan);
+  detail::store_moments(detail::block_moments_impl(policy, source, plan), out);
 }
 
 }  // namespace netdeconv

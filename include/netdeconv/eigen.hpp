@@ -6,7 +6,6 @@
 //   matrix_view<const double> m = view(eigen_matrix);      // any Eigen dense object with direct access
 //   auto e = as_eigen(m);                                  // Eigen::Map with run-time strides
 
-#include <array>
 #include <type_traits>
 
 #include <Eigen/Core>
@@ -28,8 +27,8 @@ auto view(const Eigen::DenseBase<Derived>& m) {
                 "netdeconv::view needs an Eigen object with direct memory access (evaluate expressions first)");
   const index_t inner = m.innerStride(), outer = m.outerStride();
   return matrix_view<const Scalar>{m.derived().data(), {m.rows(), m.cols()},
-                                   Derived::IsRowMajor ? std::array<index_t, 2>{outer, inner}
-                                                       : std::array<index_t, 2>{inner, outer}};
+                                   Derived::IsRowMajor ? index_array<2>{outer, inner}
+                                                       : index_array<2>{inner, outer}};
 }
 
 /// Mutable view of an Eigen dense object with direct access.

@@ -9,12 +9,15 @@
 // An absent bias (empty view) counts as 0.
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "block_statistics.hpp"
 #include "blocks.hpp"
+#include "checks.hpp"
 #include "error.hpp"
 #include "execution.hpp"
+#include "statistics_view.hpp"
 #include "tensor_view.hpp"
 
 namespace netdeconv::detail {
@@ -34,29 +37,6 @@ void check_statistics(const char* fn, const block_statistics<T>& stats) {
                       stats.D[s].cols(), ", the plan needs F=", plan.features());
 }
 
-/// Checks that weight (Cout, C/groups, kh, kw) and bias (Cout or empty) fit the plan.
-template <class T>
-void check_weight(const char* fn, const block_plan& plan, const image_view<const T>& weight,
-                  const vector_view<const T>& bias) {
-  check_view(fn, "weight", weight);
-  check_view(fn, "bias", bias);
-  const index_t cout = weight.shape[0];
-  NETDECONV_REQUIRE(cout >= 1 && cout % plan.groups == 0, fn, "weight has Cout=", cout,
-                    ", which must be a positive multiple of groups=", plan.groups);
-  NETDECONV_REQUIRE(weight.shape[1] * plan.groups == plan.channels, fn, "weight has ", weight.shape[1],
-                    " input channels per group, the plan needs C/groups = ", plan.channels, "/", plan.groups);
-  NETDECONV_REQUIRE(weight.shape[2] * weight.shape[3] == plan.kernel_area, fn, "weight kernel ", weight.shape[2], "x",
-                    weight.shape[3], " does not match the plan's kernel area ", plan.kernel_area);
-  if (!bias.empty())
-    NETDECONV_REQUIRE(bias.shape[0] == cout, fn, "bias has ", bias.shape[0], " entries, weight has Cout=", cout);
-}
-
-/// View of a linear weight (Cout, Fin) as a conv weight (Cout, Fin, 1, 1).
-template <class T>
-image_view<T> as_conv_weight(const matrix_view<T>& w) {
-  return {w.data, {w.shape[0], w.shape[1], 1, 1}, {w.stride[0], w.stride[1], 0, 0}};
-}
-
 }  // namespace netdeconv::detail
 
 #include "sequential/fold.hpp"
@@ -74,17 +54,26 @@ void fold(const Policy& policy, const block_statistics<T>& stats, image_view<con
   constexpr const char* fn = "fold";
   detail::check_statistics(fn, stats);
   detail::check_weight(fn, stats.plan, weight, bias);
-  detail::check_output_view(fn, "weight_out", weight_out);
-  detail::check_output_view(fn, "bias_out", bias_out);
-  detail::check_disjoint(fn, "weight_out", weight_out, "weight", weight, true);
-  detail::check_disjoint(fn, "weight_out", weight_out, "bias", bias);
-  detail::check_disjoint(fn, "bias_out", bias_out, "bias", bias, true);
-  detail::check_disjoint(fn, "bias_out", bias_out, "weight", weight);
-  detail::check_disjoint(fn, "bias_out", bias_out, "weight_out", weight_out);
-  NETDECONV_REQUIRE(weight_out.shape == weight.shape, fn, "weight_out must have weight's shape");
-  NETDECONV_REQUIRE(bias_out.shape[0] == weight.shape[0], fn, "bias_out has ", bias_out.shape[0],
-                    " entries, weight has Cout=", weight.shape[0]);
+  detail::check_fold_outputs(fn, weight, bias, weight_out, bias_out, true);
   detail::fold_impl(policy, stats, weight, bias, weight_out, bias_out);
+}
+
+/// The same with the statistics in caller memory (mean (S, F), D (S, F, F); S may be T or const T),
+/// which the outputs must not overlap.
+template <class Policy, class S, class T>
+void fold(const Policy& policy, const block_statistics_view<S>& stats, image_view<const T> weight,
+          vector_view<const T> bias, image_view<T> weight_out, vector_view<T> bias_out) {
+  static_assert(is_execution_policy_v<Policy>, "first argument must be an execution policy");
+  static_assert(std::is_same_v<std::remove_const_t<S>, T>, "statistics and weights must have the same scalar type");
+  detail::check_fold("fold", block_statistics_view<const T>(stats), weight, bias, weight_out, bias_out, true);
+  detail::fold_impl(policy, detail::load_statistics(stats), weight, bias, weight_out, bias_out);
+}
+
+/// Linear form of the view overload: weight (Cout, Fin).
+template <class Policy, class S, class T>
+void fold(const Policy& policy, const block_statistics_view<S>& stats, matrix_view<const T> weight,
+          vector_view<const T> bias, matrix_view<T> weight_out, vector_view<T> bias_out) {
+  fold(policy, stats, detail::as_conv_weight(weight), bias, detail::as_conv_weight(weight_out), bias_out);
 }
 
 /// W' and b' in new contiguous buffers.

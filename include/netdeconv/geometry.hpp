@@ -8,8 +8,6 @@
 // torch.nn.functional.unfold), value x[n, c, oy*s_h - p_h + ky*d_h, ox*s_w - p_w + kx*d_w] or 0
 // outside the image.
 
-#include <array>
-
 #include "config.hpp"
 #include "error.hpp"
 #include "tensor_view.hpp"
@@ -54,16 +52,6 @@ inline void check_geometry(const char* function, const conv_geometry& g) {
                     g.dilation_w);
 }
 
-/// Rows and columns of the patch matrix of x under g, overflow-checked.
-template <class T>
-std::array<index_t, 2> patch_matrix_shape(const char* function, const image_view<T>& x, const conv_geometry& g) {
-  check_geometry(function, g);
-  check_view(function, "x", x);
-  const index_t rows = checked_product(function, "patch rows N*Ho*Wo", x.shape[0], g.out_h(x.shape[2]), g.out_w(x.shape[3]));
-  const index_t cols = checked_product(function, "patch columns C*kh*kw", x.shape[1], g.kernel_h, g.kernel_w);
-  return {rows, cols};
-}
-
 /// Calls f(j, n, c, y, x, inside) for the C*kh*kw entries of patch row r = (n, oy, ox) of x under g
 /// (Ho x Wo output positions per image), j = (c*kh + ky)*kw + kx in order; inside says whether
 /// pixel (y, x) lies in the image (else the entry is zero padding).
@@ -84,59 +72,113 @@ void visit_patch_row(const image_view<T>& x, const conv_geometry& g, index_t out
 
 }  // namespace detail
 
+/// Where entry (r, j) of a (sampled) patch matrix comes from: pixel (n, c, y, x) of the image, or
+/// zero padding (inside == false).
+struct patch_coord {
+  index_t n, c, y, x;
+  bool inside;
+};
+
+/// The index map of a (sampled) patch matrix over images of C x H x W (built and checked by
+/// detail::make_patch_map; plain data, so device code can use it):
+/// - kernel > 1, or the plain im2col rows: row r = (n, oy, ox) of im2col with strides g.stride_*;
+/// - 1x1 sampling rule (pointwise): row r is pixel r*step in (n, y, x) raster order.
+struct patch_map {
+  index_t C = 0, H = 0, W = 0;
+  conv_geometry g;          ///< strides already multiplied by the sampling stride
+  bool pointwise = false;
+  index_t step = 1;         ///< pointwise: pixel step (S*s_h)*(S*s_w)
+  index_t out_h = 0, out_w = 0, rows = 0, width = 0;
+
+  /// Source of entry (r, j), j = (c*kh + ky)*kw + kx.
+  NETDECONV_HOST_DEVICE patch_coord locate(index_t r, index_t j) const {
+    if (pointwise) {
+      const index_t p = r * step;
+      return {p / (H * W), j, (p / W) % H, p % W, true};
+    }
+    const index_t K = g.kernel_h * g.kernel_w, c = j / K, k = j % K, ky = k / g.kernel_w, kx = k % g.kernel_w;
+    const index_t n = r / (out_h * out_w), oy = (r / out_w) % out_h, ox = r % out_w;
+    const index_t y = oy * g.stride_h - g.pad_h + ky * g.dilation_h;
+    const index_t x = ox * g.stride_w - g.pad_w + kx * g.dilation_w;
+    return {n, c, y, x, y >= 0 && y < H && x >= 0 && x < W};
+  }
+};
+
+namespace detail {
+
+/// The map of the sampled rows of docs/method.md §2 over images of `shape` (N, C, H, W) with
+/// sampling stride S (sampled = true), or of the plain im2col rows (sampled = false: S = 1, no 1x1
+/// rule). Checks the geometry and every size against index_t overflow.
+inline patch_map make_patch_map(const char* fn, const index_array<4>& shape, const conv_geometry& g,
+                                index_t sampling_stride, bool sampled) {
+  check_geometry(fn, g);
+  NETDECONV_REQUIRE(sampling_stride >= 1, fn, "sampling_stride must be >= 1, got ", sampling_stride);
+  patch_map m;
+  m.C = shape[1], m.H = shape[2], m.W = shape[3];
+  m.g = g;
+  m.g.stride_h = checked_mul(fn, "effective stride", sampling_stride, g.stride_h);
+  m.g.stride_w = checked_mul(fn, "effective stride", sampling_stride, g.stride_w);
+  m.pointwise = sampled && g.is_pointwise();
+  m.width = checked_product(fn, "patch columns C*kh*kw", shape[1], g.kernel_h, g.kernel_w);
+  if (m.pointwise) {
+    m.step = checked_mul(fn, "pixel step", m.g.stride_h, m.g.stride_w);
+    const index_t pixels = checked_product(fn, "pixels N*H*W", shape[0], shape[2], shape[3]);
+    m.rows = pixels == 0 ? 0 : (pixels - 1) / m.step + 1;
+  } else {
+    m.out_h = m.g.out_h(shape[2]);
+    m.out_w = m.g.out_w(shape[3]);
+    m.rows = checked_product(fn, "patch rows N*Ho*Wo", shape[0], m.out_h, m.out_w);
+  }
+  checked_mul(fn, "patch matrix entries", m.rows, m.width);
+  return m;
+}
+
+}  // namespace detail
+
 /// The rows of the patch matrix that statistics are estimated from, with sampling stride S (docs/method.md §2):
 /// - kernel > 1: the rows of im2col run with stride S*s (every (S*s)-th output position per axis);
 /// - kernel 1x1: the pixels of x in (n, y, x) raster order, every (S*s_h)*(S*s_w)-th one from row 0.
-/// gather(r, out) writes row r (C*kh*kw values, channel-major) to out[0 .. width()).
+/// gather(r, out) writes row r (C*kh*kw values, channel-major) to out[0 .. width()); value(r, j)
+/// reads one entry (host or device code: a patch_sampler over device memory is the CUDA row source).
 template <class T>
 class patch_sampler {
  public:
-  patch_sampler(image_view<const T> x, const conv_geometry& g, index_t sampling_stride)
-      : x_(x), g_(g), pointwise_(g.is_pointwise()) {
-    constexpr const char* fn = "patch_sampler";
-    detail::check_geometry(fn, g);
-    detail::check_view(fn, "x", x);
-    NETDECONV_REQUIRE(sampling_stride >= 1, fn, "sampling_stride must be >= 1, got ", sampling_stride);
-    const index_t sh = detail::checked_mul(fn, "effective stride", sampling_stride, g.stride_h);
-    const index_t sw = detail::checked_mul(fn, "effective stride", sampling_stride, g.stride_w);
-    g_.stride_h = sh;
-    g_.stride_w = sw;
-    width_ = detail::checked_product(fn, "patch columns C*kh*kw", x.shape[1], g.kernel_h, g.kernel_w);
-    if (pointwise_) {
-      step_ = detail::checked_mul(fn, "pixel step", sh, sw);
-      const index_t pixels = detail::checked_product(fn, "pixels N*H*W", x.shape[0], x.shape[2], x.shape[3]);
-      rows_ = pixels == 0 ? 0 : (pixels - 1) / step_ + 1;
-    } else {
-      out_h_ = g_.out_h(x.shape[2]);
-      out_w_ = g_.out_w(x.shape[3]);
-      rows_ = detail::checked_product(fn, "sampled rows", x.shape[0], out_h_, out_w_);
-    }
-  }
+  using value_type = T;
 
-  index_t rows() const { return rows_; }
-  index_t width() const { return width_; }
-  /// The input image and the sampling geometry (stride S*s), for backends with their own gather.
+  patch_sampler(image_view<const T> x, const conv_geometry& g, index_t sampling_stride)
+      : x_(x), map_((detail::check_view("patch_sampler", "x", x),
+                     detail::make_patch_map("patch_sampler", x.shape, g, sampling_stride, true))) {}
+
+  NETDECONV_HOST_DEVICE index_t rows() const { return map_.rows; }
+  NETDECONV_HOST_DEVICE index_t width() const { return map_.width; }
+  /// The input image, the sampling geometry (stride S*s) and the index map, for backends with their own gather.
   const image_view<const T>& image() const { return x_; }
-  const conv_geometry& sampling_geometry() const { return g_; }
+  const conv_geometry& sampling_geometry() const { return map_.g; }
+  const patch_map& map() const { return map_; }
+
+  /// Entry (r, j), converted to Out (0 for padding).
+  template <class Out>
+  NETDECONV_HOST_DEVICE Out value(index_t r, index_t j) const {
+    const patch_coord p = map_.locate(r, j);
+    return p.inside ? static_cast<Out>(x_(p.n, p.c, p.y, p.x)) : Out(0);
+  }
 
   template <class Out>
   void gather(index_t r, Out* out) const {
-    const index_t C = x_.shape[1], H = x_.shape[2], W = x_.shape[3];
-    if (pointwise_) {
-      const index_t p = r * step_, n = p / (H * W), y = (p / W) % H, xx = p % W;
-      for (index_t c = 0; c < C; ++c) out[c] = static_cast<Out>(x_(n, c, y, xx));
+    if (map_.pointwise) {
+      const index_t p = r * map_.step, n = p / (map_.H * map_.W), y = (p / map_.W) % map_.H, xx = p % map_.W;
+      for (index_t c = 0; c < map_.C; ++c) out[c] = static_cast<Out>(x_(n, c, y, xx));
       return;
     }
-    detail::visit_patch_row(x_, g_, out_h_, out_w_, r, [&](index_t j, index_t n, index_t c, index_t y, index_t xx, bool inside) {
-      out[j] = inside ? static_cast<Out>(x_(n, c, y, xx)) : Out(0);
-    });
+    detail::visit_patch_row(x_, map_.g, map_.out_h, map_.out_w, r,
+                            [&](index_t j, index_t n, index_t c, index_t y, index_t xx, bool inside) {
+                              out[j] = inside ? static_cast<Out>(x_(n, c, y, xx)) : Out(0);
+                            });
   }
 
  private:
   image_view<const T> x_;
-  conv_geometry g_;
-  bool pointwise_;
-  index_t width_ = 0, rows_ = 0, step_ = 1, out_h_ = 0, out_w_ = 0;
+  patch_map map_;
 };
 
 }  // namespace netdeconv

@@ -4,6 +4,7 @@
 // (docs/method.md §2). col2im adds every entry of cols back to the pixel it came from, so that
 // <im2col(x), Y> == <x, col2im(Y)>.
 
+#include "checks.hpp"
 #include "error.hpp"
 #include "execution.hpp"
 #include "geometry.hpp"
@@ -20,11 +21,7 @@ namespace netdeconv {
 template <class Policy, class T>
 void im2col(const Policy& policy, image_view<const T> x, const conv_geometry& g, matrix_view<T> cols) {
   static_assert(is_execution_policy_v<Policy>, "first argument must be an execution policy");
-  const auto shape = detail::patch_matrix_shape("im2col", x, g);
-  detail::check_output_view("im2col", "cols", cols);
-  detail::check_disjoint("im2col", "cols", cols, "x", x);
-  NETDECONV_REQUIRE(cols.shape[0] == shape[0] && cols.shape[1] == shape[1], "im2col", "cols is ", cols.shape[0], "x",
-                    cols.shape[1], " but the patch matrix is ", shape[0], "x", shape[1]);
+  detail::check_im2col("im2col", x, g, cols);
   detail::im2col_impl(policy, x, g, cols);
 }
 
@@ -34,12 +31,7 @@ void im2col(const Policy& policy, image_view<const T> x, const conv_geometry& g,
 template <class Policy, class T>
 void col2im(const Policy& policy, matrix_view<const T> cols, const conv_geometry& g, image_view<T> x) {
   static_assert(is_execution_policy_v<Policy>, "first argument must be an execution policy");
-  const auto shape = detail::patch_matrix_shape("col2im", image_view<const T>(x), g);
-  detail::check_output_view("col2im", "x", x);
-  detail::check_view("col2im", "cols", cols);
-  detail::check_disjoint("col2im", "x", x, "cols", cols);
-  NETDECONV_REQUIRE(cols.shape[0] == shape[0] && cols.shape[1] == shape[1], "col2im", "cols is ", cols.shape[0], "x",
-                    cols.shape[1], " but the patch matrix of x is ", shape[0], "x", shape[1]);
+  detail::check_col2im("col2im", cols, g, x);
   detail::col2im_impl(policy, cols, g, x);
 }
 

@@ -40,10 +40,12 @@
 
 #include <Eigen/Core>
 
+#include "checks.hpp"
 #include "eigen.hpp"
 #include "error.hpp"
 #include "execution.hpp"
 #include "isqrt_options.hpp"
+#include "tensor_view.hpp"
 
 namespace netdeconv {
 
@@ -112,6 +114,27 @@ std::vector<isqrt_report> inverse_sqrt(const Policy& policy, const std::vector<s
   }
   D.resize(A.size());
   return detail::inverse_sqrt_batched_impl(policy, A, D, options);
+}
+
+/// Batched form on views, for every backend: D[b] ~ A[b]^(-1/2) for the batch of F x F matrices
+/// A (batch, F, F), any strides; D of A's shape; reports[b] = the report of matrix b. A is read
+/// (its symmetry checked as above) and not modified.
+template <class Policy, class T>
+void inverse_sqrt(const Policy& policy, tensor_view<const T, 3> A, tensor_view<T, 3> D, const isqrt_options& options,
+                  vector_view<isqrt_report> reports) {
+  static_assert(is_execution_policy_v<Policy>, "first argument must be an execution policy");
+  detail::check_inverse_sqrt_batch("inverse_sqrt", A, D, options, reports);
+  const index_t batch = A.shape[0], F = A.shape[1];
+  std::vector<square_matrix<T>> a(std::size_t(batch), square_matrix<T>(F, F)), d;
+  for (index_t b = 0; b < batch; ++b)
+    for (index_t i = 0; i < F; ++i)
+      for (index_t j = 0; j < F; ++j) a[std::size_t(b)](i, j) = A(b, i, j);
+  const std::vector<isqrt_report> r = inverse_sqrt(policy, a, d, options);
+  for (index_t b = 0; b < batch; ++b) {
+    reports(b) = r[std::size_t(b)];
+    for (index_t i = 0; i < F; ++i)
+      for (index_t j = 0; j < F; ++j) D(b, i, j) = d[std::size_t(b)](i, j);
+  }
 }
 
 /// Exact float64 path: D = V diag(w^-1/2) V^T (eigendecomposition of A in double), converted to T.

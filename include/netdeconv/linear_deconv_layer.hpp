@@ -20,7 +20,7 @@ class linear_deconv_layer : public detail::folding_layer<T, layer_kind::linear> 
 
  public:
   linear_deconv_layer(index_t in_features, const linear_deconv_config& config, const layer_options& options = {})
-      : base(make_block_plan(config.layout, in_features, 1, config.block), conv_geometry{}, config.eps, 1, config.isqrt,
+      : base(linear_statistics_plan(in_features, config), conv_geometry{}, config.eps, 1, config.isqrt,
              options) {}
 
   template <class Policy>

@@ -6,12 +6,19 @@
 // Two sets merge exactly into the moments of their union (Chan, Golub & LeVeque):
 //   n = na + nb,  d = mu_b - mu_a,  mu = mu_a + d*nb/n,  M = M_a + M_b + d d^T * na*nb/n.
 // covariance(eps) = M/n + eps*I (the biased 1/n estimator of the reference layers).
+// The same operations on moments in caller memory (moments_view, statistics_view.hpp), for every
+// backend: merge(policy, a, b, out) and covariance(policy, m, eps, cov, mean).
 
 #include <utility>
+#include <vector>
 
 #include <Eigen/Core>
 
+#include "checks.hpp"
 #include "error.hpp"
+#include "execution.hpp"
+#include "statistics_view.hpp"
+#include "tensor_view.hpp"
 
 namespace netdeconv {
 
@@ -93,5 +100,68 @@ class moments {
   vector mean_;
   matrix scatter_;
 };
+
+namespace detail {
+
+/// Writes moments (one per statistic) into a checked view of the same shape.
+inline void store_moments(const std::vector<moments<double>>& m, const moments_view<double>& out) {
+  for (index_t s = 0; s < out.statistics(); ++s) {
+    const moments<double>& ms = m[std::size_t(s)];
+    out.count(s) = ms.count();
+    for (index_t i = 0; i < out.features(); ++i) {
+      out.mean(s, i) = ms.mean()[i];
+      for (index_t j = 0; j <= i; ++j) out.scatter(s, i, j) = out.scatter(s, j, i) = ms.scatter()(i, j);
+    }
+  }
+}
+
+/// Statistic s of a moments view as moments<double>.
+inline moments<double> load_moments(const moments_view<const double>& m, index_t s) {
+  const index_t F = m.features();
+  moments<double>::vector mean(F);
+  moments<double>::matrix scatter(F, F);
+  for (index_t i = 0; i < F; ++i) {
+    mean[i] = m.mean(s, i);
+    for (index_t j = 0; j < F; ++j) scatter(i, j) = m.scatter(s, i, j);
+  }
+  return {m.count(s), std::move(mean), std::move(scatter)};
+}
+
+}  // namespace detail
+
+/// out = moments of the union of a and b (Chan's update above), statistic by statistic; out must
+/// not share memory with a or b. (One implementation for every CPU policy.)
+template <class Policy>
+void merge(const Policy& policy, const moments_view<const double>& a, const moments_view<const double>& b,
+           const moments_view<double>& out) {
+  static_assert(is_execution_policy_v<Policy>, "first argument must be an execution policy");
+  (void)policy;
+  detail::check_merge("merge", a, b, out);
+  std::vector<moments<double>> merged;
+  for (index_t s = 0; s < a.statistics(); ++s) {
+    merged.push_back(detail::load_moments(a, s));
+    merged.back().merge(detail::load_moments(b, s));
+  }
+  detail::store_moments(merged, out);
+}
+
+/// cov[s] = M_s / n_s + eps I in T and, if mean is not empty, mean[s] = mu_s in T: what
+/// inverse_sqrt and fold take. cov (S, F, F), mean (S, F). Throws if a count is below 2.
+template <class Policy, class T>
+void covariance(const Policy& policy, const moments_view<const double>& m, double eps, const tensor_view<T, 3>& cov,
+                const matrix_view<T>& mean = {}) {
+  static_assert(is_execution_policy_v<Policy>, "first argument must be an execution policy");
+  (void)policy;
+  constexpr const char* fn = "covariance";
+  detail::check_covariance(fn, m, eps, cov, mean);
+  const index_t F = m.features();
+  for (index_t s = 0; s < m.statistics(); ++s) {
+    NETDECONV_REQUIRE(m.count(s) >= 2, fn, "statistic ", s, " has ", m.count(s), " samples, a covariance needs >= 2");
+    for (index_t i = 0; i < F; ++i) {
+      for (index_t j = 0; j < F; ++j) cov(s, i, j) = T(m.scatter(s, i, j) / double(m.count(s)) + (i == j ? eps : 0.0));
+      if (!mean.empty()) mean(s, i) = T(m.mean(s, i));
+    }
+  }
+}
 
 }  // namespace netdeconv

@@ -14,40 +14,24 @@
 //                                               netdeconv::nchw(w, Cout, C, 3, 3),
 //                                               netdeconv::contiguous(b, Cout), cfg);
 //   // step.weight (Cout*C*9, OIHW contiguous), step.bias (Cout): hand them to the framework's conv.
+//   netdeconv::conv_statistics_step(policy, x, w, b, cfg, out);   // or into caller views, on any backend
+//                                                                 // (statistics_step_config.hpp)
 
 #include <vector>
 
+#include "block_statistics.hpp"
 #include "blocks.hpp"
+#include "checks.hpp"
 #include "covariance.hpp"
 #include "error.hpp"
 #include "execution.hpp"
 #include "fold.hpp"
 #include "im2col.hpp"
 #include "inverse_sqrt.hpp"
+#include "statistics_step_config.hpp"
 #include "tensor_view.hpp"
 
 namespace netdeconv {
-
-/// Conv layer configuration; defaults are those of the reference conv layer.
-struct conv_deconv_config {
-  conv_geometry geometry{};
-  index_t groups = 1;
-  /// interleaved_shared (reference, groups == 1), grouped (reference, groups > 1) or independent.
-  block_layout layout = block_layout::interleaved_shared;
-  index_t block = 64;
-  index_t sampling_stride = 3;
-  double eps = 1e-5;
-  isqrt_options isqrt = isqrt_options::fixed(5);
-};
-
-/// Linear layer configuration; defaults are those of the reference linear layer.
-struct linear_deconv_config {
-  /// contiguous_shared (reference) or independent.
-  block_layout layout = block_layout::contiguous_shared;
-  index_t block = 512;
-  double eps = 1e-5;
-  isqrt_options isqrt = isqrt_options::fixed(5);
-};
 
 /// mu, D of every statistic, with one inverse-square-root report per statistic.
 template <class T>
@@ -82,9 +66,13 @@ estimated_statistics<T> estimate_statistics(const Policy& policy, const Source& 
 
 namespace detail {
 
-inline block_plan conv_plan(const char* fn, index_t channels, const conv_deconv_config& config) {
-  NETDECONV_REQUIRE(config.groups >= 1, fn, "groups must be >= 1, got ", config.groups);
-  return make_block_plan(config.layout, channels, config.geometry.kernel_area(), config.block, config.groups);
+/// Writes an estimate and its folded weights into checked step outputs.
+template <class Policy, class T>
+void store_step(const Policy& policy, const estimated_statistics<T>& estimate, const image_view<const T>& weight,
+                const vector_view<const T>& bias, const statistics_step_outputs<T, 4>& out) {
+  store_statistics(estimate.statistics, out.mean, out.D);
+  for (index_t s = 0; s < out.reports.shape[0]; ++s) out.reports(s) = estimate.reports[std::size_t(s)];
+  fold(policy, estimate.statistics, weight, bias, out.weight, out.bias);
 }
 
 }  // namespace detail
@@ -94,17 +82,26 @@ template <class Policy, class T>
 statistics_step_result<T> conv_statistics_step(const Policy& policy, image_view<const T> x, image_view<const T> weight,
                                                vector_view<const T> bias, const conv_deconv_config& config) {
   static_assert(is_execution_policy_v<Policy>, "first argument must be an execution policy");
-  constexpr const char* fn = "conv_statistics_step";
-  detail::check_view(fn, "x", x);
-  const block_plan plan = detail::conv_plan(fn, x.shape[1], config);
-  detail::check_weight(fn, plan, weight, bias);
-  NETDECONV_REQUIRE(weight.shape[2] == config.geometry.kernel_h && weight.shape[3] == config.geometry.kernel_w, fn,
-                    "weight kernel ", weight.shape[2], "x", weight.shape[3], " differs from the geometry's ",
-                    config.geometry.kernel_h, "x", config.geometry.kernel_w);
+  const block_plan plan = detail::check_conv_step("conv_statistics_step", x, weight, bias, config);
   auto estimate = estimate_statistics<T>(policy, patch_sampler<T>(x, config.geometry, config.sampling_stride), plan,
                                          config.eps, config.isqrt);
   auto folded = fold(policy, estimate.statistics, weight, bias);
   return {std::move(estimate), std::move(folded)};
+}
+
+/// Writing form: mu, D, W', b' and the reports into caller views (statistics_step_config.hpp).
+template <class Policy, class T>
+void conv_statistics_step(const Policy& policy, image_view<const T> x, image_view<const T> weight,
+                          vector_view<const T> bias, const conv_deconv_config& config,
+                          const statistics_step_outputs<T, 4>& out) {
+  static_assert(is_execution_policy_v<Policy>, "first argument must be an execution policy");
+  constexpr const char* fn = "conv_statistics_step";
+  const block_plan plan = detail::check_conv_step(fn, x, weight, bias, config);
+  detail::check_step_outputs(fn, plan, x, weight, bias, out);
+  detail::store_step(policy,
+                     estimate_statistics<T>(policy, patch_sampler<T>(x, config.geometry, config.sampling_stride), plan,
+                                            config.eps, config.isqrt),
+                     weight, bias, out);
 }
 
 /// Linear statistics step (see file comment).
@@ -113,16 +110,24 @@ statistics_step_result<T> linear_statistics_step(const Policy& policy, matrix_vi
                                                  matrix_view<const T> weight, vector_view<const T> bias,
                                                  const linear_deconv_config& config) {
   static_assert(is_execution_policy_v<Policy>, "first argument must be an execution policy");
-  constexpr const char* fn = "linear_statistics_step";
-  detail::check_view(fn, "x", x);
-  detail::check_view(fn, "weight", weight);
-  NETDECONV_REQUIRE(weight.shape[1] == x.shape[1], fn, "weight has Fin=", weight.shape[1], " but x has ", x.shape[1],
-                    " features");
-  const block_plan plan = make_block_plan(config.layout, x.shape[1], 1, config.block);
-  detail::check_weight(fn, plan, detail::as_conv_weight(weight), bias);
+  const block_plan plan = detail::check_linear_step("linear_statistics_step", x, weight, bias, config);
   auto estimate = estimate_statistics<T>(policy, matrix_rows<T>(x), plan, config.eps, config.isqrt);
   auto folded = fold(policy, estimate.statistics, weight, bias);
   return {std::move(estimate), std::move(folded)};
+}
+
+/// Writing form of the linear step (W' in out.weight, (Cout, Fin)).
+template <class Policy, class T>
+void linear_statistics_step(const Policy& policy, matrix_view<const T> x, matrix_view<const T> weight,
+                            vector_view<const T> bias, const linear_deconv_config& config,
+                            const statistics_step_outputs<T, 2>& out) {
+  static_assert(is_execution_policy_v<Policy>, "first argument must be an execution policy");
+  constexpr const char* fn = "linear_statistics_step";
+  const block_plan plan = detail::check_linear_step(fn, x, weight, bias, config);
+  const auto conv_out = detail::as_conv_outputs(out);
+  detail::check_step_outputs(fn, plan, x, detail::as_conv_weight(weight), bias, conv_out);
+  detail::store_step(policy, estimate_statistics<T>(policy, matrix_rows<T>(x), plan, config.eps, config.isqrt),
+                     detail::as_conv_weight(weight), bias, conv_out);
 }
 
 }  // namespace netdeconv

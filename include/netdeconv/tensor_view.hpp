@@ -8,7 +8,7 @@
 //   auto v = strided<const float, 4>(ptr, t.sizes(), t.strides());   // any framework's tensor
 // Eigen-free (host and device code); the Eigen adapters are in eigen.hpp.
 
-#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <iterator>
 #include <limits>
@@ -20,6 +20,19 @@
 
 namespace netdeconv {
 
+/// R extents or strides: a plain aggregate (no std::array), so that device code can index it.
+template <int R>
+struct index_array {
+  index_t values[R];
+
+  NETDECONV_HOST_DEVICE constexpr index_t& operator[](int axis) { return values[axis]; }
+  NETDECONV_HOST_DEVICE constexpr const index_t& operator[](int axis) const { return values[axis]; }
+  static constexpr std::size_t size() { return std::size_t(R); }
+  constexpr const index_t* begin() const { return values; }
+  constexpr const index_t* end() const { return values + R; }
+  friend constexpr bool operator==(const index_array&, const index_array&) = default;
+};
+
 /// Rank-R strided view. `shape[i] >= 0`; strides may be any value (including 0 or negative).
 /// An empty view (`data == nullptr`, all extents 0) stands for "argument not given" where a
 /// function documents it (e.g. an absent bias).
@@ -30,13 +43,13 @@ struct tensor_view {
   static constexpr int rank = Rank;
 
   T* data = nullptr;
-  std::array<index_t, Rank> shape{};
-  std::array<index_t, Rank> stride{};
+  index_array<Rank> shape{};
+  index_array<Rank> stride{};
 
   template <class... I>
   NETDECONV_HOST_DEVICE T& operator()(I... i) const {
     static_assert(sizeof...(I) == Rank, "wrong number of indices");
-    const std::array<index_t, Rank> idx{static_cast<index_t>(i)...};
+    const index_t idx[Rank] = {static_cast<index_t>(i)...};
     index_t offset = 0;
     for (int a = 0; a < Rank; ++a) offset += idx[a] * stride[a];
     return data[offset];
@@ -54,7 +67,7 @@ struct tensor_view {
 
   /// Views of T convert to views of const T.
   template <class U = T, class = std::enable_if_t<!std::is_const_v<U>>>
-  operator tensor_view<const U, Rank>() const {
+  NETDECONV_HOST_DEVICE operator tensor_view<const U, Rank>() const {
     return {data, shape, stride};
   }
 };

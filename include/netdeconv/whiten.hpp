@@ -13,11 +13,13 @@
 //   w.data;                       // whitened n x F (row-major)
 //   netdeconv::apply_whitening(netdeconv::par, w.statistics, view(X_new), view_mut(out));
 
+#include <type_traits>
 #include <vector>
 
 #include <Eigen/Core>
 
 #include "blocks.hpp"
+#include "checks.hpp"
 #include "covariance.hpp"
 #include "eigen.hpp"
 #include "error.hpp"
@@ -42,15 +44,6 @@ struct whitening : estimated_statistics<T> {
   Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> data;
 };
 
-namespace detail {
-
-template <class T>
-matrix_view<T> transposed(const matrix_view<T>& m) {
-  return {m.data, {m.shape[1], m.shape[0]}, {m.stride[1], m.stride[0]}};
-}
-
-}  // namespace detail
-
 /// out = (X - mu_s) D_s block by block, with the statistics of a previous whiten() (or any
 /// block_statistics with K = 1). X and out have the same shape and orientation; X is not modified
 /// unless out is X exactly (whitening in place is allowed; any other overlap is not).
@@ -60,29 +53,32 @@ void apply_whitening(const Policy& policy, const block_statistics<T>& stats, mat
   static_assert(is_execution_policy_v<Policy>, "first argument must be an execution policy");
   (void)policy;
   constexpr const char* fn = "apply_whitening";
-  detail::check_view(fn, "X", X);
-  detail::check_output_view(fn, "out", out);
-  detail::check_disjoint(fn, "out", out, "X", X, true);
-  NETDECONV_REQUIRE(out.shape == X.shape, fn, "out is ", out.shape[0], "x", out.shape[1], " but X is ", X.shape[0],
-                    "x", X.shape[1]);
   if (columns_are_samples) {
     X = detail::transposed(X);
     out = detail::transposed(out);
   }
   detail::check_statistics(fn, stats);
-  const block_plan& plan = stats.plan;
-  NETDECONV_REQUIRE(plan.kernel_area == 1 && plan.rows_per_patch() == 1, fn,
-                    "statistics must come from independent or single-block whitening");
-  NETDECONV_REQUIRE(X.shape[1] == plan.channels, fn, "X has ", X.shape[1], " features, the statistics have ",
-                    plan.channels);
+  detail::check_whitening_data(fn, stats.plan, X, out, true);
   const auto x = as_eigen(X);
   auto y = as_eigen(out);
-  const index_t F = plan.features();
-  for (index_t s = 0; s < plan.count(); ++s) {
+  const index_t F = stats.plan.features();
+  for (index_t s = 0; s < stats.plan.count(); ++s) {
     const auto cols = Eigen::seqN(s * F, F);
     const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> centred = x(Eigen::all, cols).rowwise() - stats.mean[s].transpose();
     y(Eigen::all, cols).noalias() = centred * stats.D[s];
   }
+}
+
+/// The same with the statistics in caller memory (mean (S, F), D (S, F, F); S is T or const T),
+/// which out must not overlap.
+template <class Policy, class S, class T>
+void apply_whitening(const Policy& policy, const block_statistics_view<S>& stats, matrix_view<const T> X,
+                     matrix_view<T> out, bool columns_are_samples = false) {
+  static_assert(std::is_same_v<std::remove_const_t<S>, T>, "statistics and data must have the same scalar type");
+  detail::check_apply_whitening("apply_whitening", block_statistics_view<const T>(stats),
+                                columns_are_samples ? detail::transposed(X) : X,
+                                columns_are_samples ? detail::transposed(out) : out, true);
+  apply_whitening(policy, detail::load_statistics(stats), X, out, columns_are_samples);
 }
 
 /// Whitens X (see file comment); returns the data, mu and D per block, and the isqrt reports.

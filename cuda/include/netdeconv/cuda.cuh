@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// The CUDA backend (cuda/README section in the top-level README): every .cuh header.
+// The CUDA backend: every .cuh header. Each adds the cuda_policy overloads of the CPU calls of the
+// same name (docs/architecture.md, "CUDA").
 #include "cuda/covariance.cuh"
 #include "cuda/covariance_sm80.cuh"
 #include "cuda/error.cuh"
@@ -9,5 +10,5 @@
 #include "cuda/im2col.cuh"
 #include "cuda/inverse_sqrt.cuh"
 #include "cuda/moments.cuh"
-#include "cuda/tensor_view.cuh"
+#include "cuda/statistics_step.cuh"
 #include "cuda/whiten.cuh"

@@ -1,36 +1,38 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// Blocked moments of sampled patches on the GPU (docs/method.md §3-4; netdeconv/covariance.hpp), with the
-// sampled im2col fused into a tiled covariance: the patch matrix is never formed.
+// Blocked moments of sampled patches on the GPU: netdeconv/covariance.hpp's block_moments with a
+// cuda_policy, the same row sources (patch_sampler, matrix_rows) over device memory and the same
+// checks (netdeconv::detail::check_block_moments), writing into a moments_view in device memory.
+// The sampled im2col is fused into a tiled covariance: the patch matrix is never formed.
 //
 // Grid (tile k, statistic s, row chunk z); 256 threads own a 64 x 64 tile of the upper triangle
 // (ti <= tj) of Cov_s, loading 16 samples x 64 features of each side per shared-memory stage
-// straight from the image (kernel_bodies.hpp: cov_load_stage), shifted by sample 0 of the
+// straight from the image (bodies/covariance.hpp: cov_load_stage), shifted by sample 0 of the
 // statistic. Accumulation is in the input type: FP32 for float, FP64 for double; float inputs can
 // opt in to TF32 tensor-core products with FP32 accumulation (cuda::cov_precision::tf32, sm_80+,
-// covariance_sm80.cuh, where the error bound is derived). Each
-// chunk holds at most 65536 samples, and chunks are merged in double with Chan's update, so float
-// inputs with a large mean keep their covariance (the shift removes the mean, the chunking bounds
-// the rounding of the FP32 sums). The result is device_moments (moments.cuh): count, mean, centred scatter.
+// covariance_sm80.cuh, where the error bound is derived). Each chunk holds at most 65536 samples,
+// and chunks are merged in double with Chan's update, so float inputs with a large mean keep their
+// covariance (the shift removes the mean, the chunking bounds the rounding of the FP32 sums).
 //
-//   auto rows = netdeconv::device_patch_sampler(x, geometry, /*sampling stride*/ 3);   // x: device_image_view<const float>
-//   auto plan = netdeconv::cuda::to_plan(netdeconv::make_block_plan(...));          // or fill cuda::plan
-//   netdeconv::device_moments_buffer m(plan.count(), plan.features());
-//   netdeconv::block_moments(policy, rows, plan, m.view());
-//   netdeconv::block_moments(policy, rows, plan, m.view(), netdeconv::cuda::cov_precision::tf32);  // opt-in
+//   netdeconv::patch_sampler<float> rows(x, geometry, /*sampling stride*/ 3);   // x: device image view
+//   auto plan = netdeconv::make_block_plan(...);
+//   netdeconv::block_moments(policy, rows, plan, moments);     // moments: moments_view over device memory
+//   netdeconv::block_moments(policy, rows, plan, moments, netdeconv::cuda::cov_precision::tf32);  // opt-in
 //
-// Workspace: block_moments_workspace(rows, plan) bytes (the chunks' FP32/FP64 partial sums).
+// Workspace: block_moments_workspace(policy, rows, plan) bytes (the chunks' FP32/FP64 partial sums).
 
 #include <cstddef>
-
 #include <type_traits>
 
+#include <netdeconv/blocks.hpp>
+#include <netdeconv/checks.hpp>
+#include <netdeconv/geometry.hpp>
+#include <netdeconv/matrix_rows.hpp>
+#include <netdeconv/statistics_view.hpp>
+
+#include "bodies/covariance.hpp"
 #include "covariance_sm80.cuh"
 #include "execution.cuh"
-#include "im2col.cuh"
-#include "kernel_bodies.hpp"
-#include "moments.cuh"
-#include "tensor_view.cuh"
 
 namespace netdeconv {
 
@@ -43,23 +45,10 @@ namespace cuda {
 enum class cov_precision { full, tf32 };
 }  // namespace cuda
 
-/// Sampled patch rows of x (patch_sampler's rule, docs/method.md §2) as a device row source.
-template <class T, class Geometry>
-cuda::image_rows<T> device_patch_sampler(device_image_view<const T> x, const Geometry& geometry, cuda::index_t sampling_stride) {
-  return {x, cuda::detail::make_sampler("patch_sampler", x, cuda::to_geometry(geometry), sampling_stride, true)};
-}
-
-/// The rows of a device matrix (rows are samples) as a row source.
-template <class T>
-cuda::matrix_rows<T> device_matrix_rows(device_matrix_view<const T> x) {
-  cuda::detail::check_device_view("matrix_rows", "x", x);
-  return {x};
-}
-
 namespace cuda::detail {
 
 template <class Acc, class Source>
-__global__ void __launch_bounds__(cov_threads) covariance_tiles_kernel(Source src, plan p, chunking ch, index_t samples,
+__global__ void __launch_bounds__(cov_threads) covariance_tiles_kernel(Source src, block_plan p, chunking ch, index_t samples,
                                                                       Acc* sums, Acc* cross) {
   __shared__ cov_shared<Acc> sh;
   const cov_block b = make_cov_block(p, ch, samples, blockIdx.x, blockIdx.y, blockIdx.z);
@@ -78,8 +67,8 @@ __global__ void __launch_bounds__(cov_threads) covariance_tiles_kernel(Source sr
 }
 
 template <class Acc, class Source>
-__global__ void covariance_finalize_kernel(Source src, plan p, chunking ch, index_t samples, const Acc* sums,
-                                           const Acc* cross, moments_view out, long long count) {
+__global__ void covariance_finalize_kernel(Source src, block_plan p, chunking ch, index_t samples, const Acc* sums,
+                                           const Acc* cross, moments_view<double> out, long long count) {
   const long long F = p.features();
   for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < count; e += (long long)gridDim.x * blockDim.x)
     cov_finalize_element<Acc>(src, p, ch, samples, sums, cross, out, e / (F * F), (e / F) % F, e % F);
@@ -93,7 +82,7 @@ struct moments_launch {
 };
 
 template <class Acc>
-moments_launch plan_moments(index_t rows, const plan& p) {
+moments_launch plan_moments(index_t rows, const block_plan& p) {
   moments_launch l{};
   l.samples = rows * p.rows_per_patch();
   const index_t nt = ceil_div(p.features(), cov_tile);
@@ -104,46 +93,40 @@ moments_launch plan_moments(index_t rows, const plan& p) {
   return l;
 }
 
-inline void check_plan(const char* fn, const plan& p) {
-  NETDECONV_REQUIRE(p.layout >= 0 && p.layout <= 3, fn, "unknown block layout ", p.layout);
-  NETDECONV_REQUIRE(p.channels >= 1 && p.kernel_area >= 1 && p.groups >= 1 && p.block >= 1, fn, "invalid plan: C=",
-                    p.channels, " K=", p.kernel_area, " groups=", p.groups, " block=", p.block);
-  NETDECONV_REQUIRE(p.channels % p.block == 0 || p.layout == plan::grouped, fn, "block ", p.block,
-                    " does not divide C=", p.channels);
-  NETDECONV_REQUIRE(p.layout != plan::grouped || p.block * p.groups == p.channels, fn, "grouped plan needs block = C/groups");
+/// Refuses row sources over ordinary host memory.
+template <class Source>
+void check_source_memory(const char* fn, const Source& source) {
+  if constexpr (requires { source.image(); })
+    check_device_memory(fn, "the image", source.image());
+  else
+    check_device_memory(fn, "the matrix", source.matrix());
 }
 
 }  // namespace cuda::detail
 
 /// Scratch bytes block_moments needs for this source and plan (see cuda_policy::workspace).
-template <class Source, class Plan>
-std::size_t block_moments_workspace(const cuda_policy&, const Source& source, const Plan& plan) {
-  using Acc = typename Source::value_type;
-  const auto l = cuda::detail::plan_moments<Acc>(source.rows(), cuda::to_plan(plan));
+template <class Source>
+std::size_t block_moments_workspace(const cuda_policy&, const Source& source, const block_plan& plan) {
+  const auto l = cuda::detail::plan_moments<typename Source::value_type>(source.rows(), plan);
   return l.sums_bytes + l.cross_bytes;
 }
 
-/// Moments of every statistic of plan over the rows of source, into out (count(), F). Asynchronous.
-/// Plan is netdeconv::block_plan or cuda::plan. Throws netdeconv::invalid_argument if the width is
-/// not C*K, if fewer than 2 samples reach a statistic, if out has the wrong shape, and for
-/// precision tf32 with double rows or with a kernel compiled for compute capability < 8.0 (no
-/// silent fallback to FP32).
-template <class Source, class Plan>
-void block_moments(const cuda_policy& policy, const Source& source, const Plan& plan_in, const device_moments& out,
+/// Moments of every statistic of plan over the rows of source, into out (count (S), mean (S, F),
+/// scatter (S, F, F) full symmetric, device memory). Asynchronous. Refused as on the CPU (width
+/// not C*K, fewer than 2 samples per statistic, wrong out), and for precision tf32 with double rows
+/// or with a kernel compiled for compute capability < 8.0 (no silent fallback to FP32).
+template <class Source>
+void block_moments(const cuda_policy& policy, const Source& source, const block_plan& p, const moments_view<double>& out,
                    cuda::cov_precision precision = cuda::cov_precision::full) {
   namespace d = cuda::detail;
   using Acc = typename Source::value_type;
   constexpr const char* fn = "block_moments";
-  const cuda::plan p = cuda::to_plan(plan_in);
-  d::check_plan(fn, p);
-  const cuda::index_t width = ::netdeconv::detail::checked_mul(fn, "C*K", p.channels, p.kernel_area);
-  NETDECONV_REQUIRE(source.width() == width, fn, "rows have ", source.width(), " columns but the plan needs C*K = ",
-                    p.channels, "*", p.kernel_area, " = ", width);
-  const cuda::index_t samples = ::netdeconv::detail::checked_mul(fn, "samples", source.rows(), p.rows_per_patch());
-  NETDECONV_REQUIRE(samples >= 2, fn, "statistics need >= 2 samples, got ", samples);
-  d::check_moments(fn, "out", out);
-  NETDECONV_REQUIRE(out.statistics == p.count() && out.features == p.features(), fn, "out holds ", out.statistics,
-                    " statistics of ", out.features, " features, the plan needs ", p.count(), " of ", p.features());
+  const index_t samples = ::netdeconv::detail::check_block_moments(fn, source, p);
+  ::netdeconv::detail::check_output_moments(fn, "out", out, p);
+  d::check_source_memory(fn, source);
+  d::check_device_memory(fn, "out.count", out.count);
+  d::check_device_memory(fn, "out.mean", out.mean);
+  d::check_device_memory(fn, "out.scatter", out.scatter);
   NETDECONV_REQUIRE(p.count() <= 65535, fn, "at most 65535 statistics per call, got ", p.count());
   constexpr bool is_float = std::is_same_v<Acc, float>;
   const bool tf32 = precision == cuda::cov_precision::tf32;

@@ -9,7 +9,7 @@
 // b = stage of tile tj (8 samples x 16 features, row-major in sh.b), with every element rounded
 // to TF32 (wmma::__float_to_tf32: cvt.rna, 10 explicit mantissa bits, nearest, ties away from
 // zero) and an FP32 accumulator fragment. Warp w owns the fragments of cov_warp_tile_of(w)
-// (kernel_bodies.hpp). The feature sums stay FP32 on the unrounded samples (cov_accumulate_sum).
+// (bodies/covariance.hpp). The feature sums stay FP32 on the unrounded samples (cov_accumulate_sum).
 //
 // Accuracy: each product of rounded factors has relative error <= (1 + 2^-11)^2 - 1 ~ 2^-10, so
 // with a_q = x_qi - c_i, b_q = x_qj - c_j (c: the statistic's first sample),
@@ -21,12 +21,12 @@
 #include <mma.h>
 
 #include "error.cuh"
-#include "kernel_bodies.hpp"
+#include "bodies/covariance.hpp"
 
 namespace netdeconv::cuda::detail {
 
 template <class Source>
-__global__ void __launch_bounds__(cov_threads) covariance_tiles_tf32_kernel(Source src, plan p, chunking ch,
+__global__ void __launch_bounds__(cov_threads) covariance_tiles_tf32_kernel(Source src, block_plan p, chunking ch,
                                                                            index_t samples, float* sums, float* cross) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   // No TF32 WMMA below sm_80; block_moments refuses to launch this build (check_tf32_kernel).

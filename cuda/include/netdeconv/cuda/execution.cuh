@@ -10,6 +10,10 @@
 //   policy.workspace = {ptr, bytes};                     // caller-owned device scratch (optional)
 //   netdeconv::block_moments(policy, rows, plan, moments);   // enqueued on `stream`, returns at once
 //
+// The views are the CPU's (tensor_view, patch_sampler, block_plan, moments_view, ...) over device
+// memory, and every call validates its arguments with the CPU's checks (netdeconv/checks.hpp);
+// it also refuses pointers to ordinary host memory (check_device_memory).
+//
 // Every call only enqueues work on `stream`: no synchronisation, except where a function says so
 // (inverse_sqrt in tolerance mode checks for convergence every check_interval steps). Functions
 // that need scratch memory have a `*_workspace` query; with no workspace in the policy they take
@@ -20,6 +24,9 @@
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+
+#include <netdeconv/error.hpp>
+#include <netdeconv/tensor_view.hpp>
 
 #include "error.cuh"
 
@@ -75,6 +82,24 @@ class scratch {
   char* data_ = nullptr;
   bool owned_ = false;
 };
+
+/// The policy with `bytes` of its scratch at `data` as its workspace (for the calls a composite makes).
+inline cuda_policy with_workspace(const cuda_policy& policy, void* data, std::size_t bytes) {
+  cuda_policy p = policy;
+  p.workspace = {data, bytes};
+  return p;
+}
+
+/// Throws invalid_argument when a non-empty view points at host memory that the device cannot
+/// read (ordinary pageable memory); device, managed and pinned host memory pass.
+template <class T, int R>
+void check_device_memory(const char* fn, const char* name, const tensor_view<T, R>& v) {
+  if (v.data == nullptr || v.size() == 0) return;
+  cudaPointerAttributes attr{};
+  NETDECONV_CUDA_CHECK(cudaPointerGetAttributes(&attr, static_cast<const void*>(v.data)));
+  NETDECONV_REQUIRE(attr.type != cudaMemoryTypeUnregistered, fn, name,
+                    " points at host memory; a cuda_policy call needs device, managed or pinned memory");
+}
 
 /// Grid size for `count` independent elements with `threads` per block (grid-stride loops cover the rest).
 inline unsigned grid_for(long long count, int threads) {

@@ -1,11 +1,25 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// Comparisons of a CUDA backend B with the CPU oracle (netdeconv::seq) on random shapes: every
-// block layout, odd sizes, several tiles and row chunks, batched blocks, NCHW and NHWC, float and
-// double. B is cuda::emulate::backend (host emulation of the kernels, always run) or the GPU
-// wrappers (test_cuda.cpp, run when a GPU is visible). Plain C++ + doctest + Eigen.
+// One suite for every backend: each algorithm's checks, written once over a backend B, compare B
+// with the CPU oracle (netdeconv::seq, itself checked against the float64 definitions in the
+// test_<header>.cpp files) on random shapes: every block layout, odd sizes, several tiles and
+// row chunks, batched blocks, NCHW, NHWC and padded strides, float and double.
+//
+// A backend takes host data and returns host results, so that the same checks run for
+//   cpu_backend<omp_policy>, cpu_backend<simd_policy>      (tests/test_backends.cpp)
+//   the CUDA kernel bodies emulated on the host             (tests/test_backends.cpp, cuda/tests/emulator.hpp)
+//   the GPU, through nvcc-compiled wrappers                 (cuda/tests/test_cuda.cpp, when a GPU is visible).
+// B's interface (views over host memory; `span` is the number of elements a view reaches, which
+// the GPU wrappers copy; results are contiguous row-major):
+//   im2col<T>(x, span, g) -> cols                         col2im<T>(cols, N, C, H, W, g) -> x
+//   block_moments_image<T>(x, span, g, S, plan, ws)       block_moments_matrix<T>(X, span, plan)  -> host_moments
+//   merge(a, b) -> host_moments                           covariance<T>(m, eps) -> cov (S*F*F) then means (S*F)
+//   inverse_sqrt<T>(A, batch, F, options) -> host_isqrt   fold<T>(plan, mean, D, w, span, bias) -> W' then b'
+//   apply_whitening<T>(plan, mean, D, X, span, columns)   conv_step<T>(x, span, w, bias, cfg) / linear_step<T>(...)
+// Plain C++ + doctest + Eigen.
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -14,19 +28,120 @@
 #include <doctest/doctest.h>
 #include <Eigen/Core>
 
-#include <netdeconv/eigen.hpp>
-#include <netdeconv/blocks.hpp>
-#include <netdeconv/covariance.hpp>
-#include <netdeconv/fold.hpp>
-#include <netdeconv/im2col.hpp>
-#include <netdeconv/inverse_sqrt.hpp>
-#include <netdeconv/moments.hpp>
-#include <netdeconv/whiten.hpp>
-#include <netdeconv/cuda/index_math.hpp>
+#include <netdeconv/netdeconv.hpp>
 
-#include "tf32_model.hpp"
+#include "host_results.hpp"
+#include "oracle.hpp"
 
-namespace netdeconv::cuda::checks {
+namespace netdeconv::checks {
+
+/// A backend over the CPU policy P: the view forms of the public calls.
+template <class P>
+struct cpu_backend {
+  static constexpr P policy{};
+
+  template <class T>
+  static std::vector<T> im2col(image_view<const T> x, std::size_t, const conv_geometry& g) {
+    const index_t rows = x.shape[0] * g.out_h(x.shape[2]) * g.out_w(x.shape[3]), cols = x.shape[1] * g.kernel_area();
+    std::vector<T> out(std::size_t(rows * cols));
+    netdeconv::im2col(policy, x, g, row_major(out.data(), rows, cols));
+    return out;
+  }
+  template <class T>
+  static std::vector<T> col2im(const std::vector<T>& cols, index_t N, index_t C, index_t H, index_t W, const conv_geometry& g) {
+    std::vector<T> x(std::size_t(N * C * H * W));
+    const index_t rows = N * g.out_h(H) * g.out_w(W);
+    netdeconv::col2im(policy, row_major(cols.data(), rows, C * g.kernel_area()), g, nchw(x.data(), N, C, H, W));
+    return x;
+  }
+  template <class T, class Source>
+  static host_moments moments(const Source& source, const block_plan& plan) {
+    host_moments m = host_moments::zeros(plan.count(), plan.features());
+    netdeconv::block_moments(policy, source, plan, m.view());
+    return m;
+  }
+  template <class T>
+  static host_moments block_moments_image(image_view<const T> x, std::size_t, const conv_geometry& g, index_t S,
+                                          const block_plan& plan, bool) {
+    return moments<T>(patch_sampler<T>(x, g, S), plan);
+  }
+  template <class T>
+  static host_moments block_moments_matrix(matrix_view<const T> x, std::size_t, const block_plan& plan) {
+    return moments<T>(matrix_rows<T>(x), plan);
+  }
+  static host_moments merge(const host_moments& a, const host_moments& b) {
+    host_moments out = host_moments::zeros(a.statistics, a.features);
+    netdeconv::merge(policy, a.view(), b.view(), out.view());
+    return out;
+  }
+  template <class T>
+  static std::vector<T> covariance(const host_moments& m, double eps) {
+    const index_t S = m.statistics, F = m.features;
+    std::vector<T> out(std::size_t(S * F * F + S * F));
+    netdeconv::covariance(policy, m.view(), eps, tensor_view<T, 3>{out.data(), {S, F, F}, {F * F, F, 1}},
+                          row_major(out.data() + S * F * F, S, F));
+    return out;
+  }
+  template <class T>
+  static host_isqrt<T> inverse_sqrt(const std::vector<T>& A, index_t batch, index_t F, const isqrt_options& o) {
+    host_isqrt<T> out{std::vector<T>(A.size()), std::vector<isqrt_report>(std::size_t(batch))};
+    netdeconv::inverse_sqrt(policy, tensor_view<const T, 3>{A.data(), {batch, F, F}, {F * F, F, 1}},
+                            tensor_view<T, 3>{out.D.data(), {batch, F, F}, {F * F, F, 1}}, o,
+                            contiguous(out.reports.data(), batch));
+    return out;
+  }
+  template <class T>
+  static block_statistics_view<const T> statistics(const block_plan& plan, const std::vector<T>& mean, const std::vector<T>& D) {
+    const index_t S = plan.count(), F = plan.features();
+    return {plan, row_major(mean.data(), S, F), {D.data(), {S, F, F}, {F * F, F, 1}}};
+  }
+  template <class T>
+  static std::vector<T> fold(const block_plan& plan, const std::vector<T>& mean, const std::vector<T>& D,
+                             image_view<const T> w, std::size_t, const std::vector<T>& bias) {
+    const auto& s = w.shape;
+    std::vector<T> out(std::size_t(s[0] * s[1] * s[2] * s[3] + s[0]));
+    netdeconv::fold(policy, statistics(plan, mean, D), w,
+                    bias.empty() ? vector_view<const T>{} : contiguous(bias.data(), s[0]),
+                    nchw(out.data(), s[0], s[1], s[2], s[3]), contiguous(out.data() + s[0] * s[1] * s[2] * s[3], s[0]));
+    return out;
+  }
+  template <class T>
+  static std::vector<T> apply_whitening(const block_plan& plan, const std::vector<T>& mean, const std::vector<T>& D,
+                                        matrix_view<const T> X, std::size_t, bool columns) {
+    std::vector<T> out(std::size_t(X.shape[0] * X.shape[1]));
+    netdeconv::apply_whitening(policy, statistics(plan, mean, D), X, row_major(out.data(), X.shape[0], X.shape[1]), columns);
+    return out;
+  }
+  template <class T, int R, class X, class Config, class Plan>
+  static host_step<T> step(const X& x, tensor_view<const T, R> w, const std::vector<T>& bias, const Config& config,
+                           const Plan& plan) {
+    const index_t S = plan.count(), F = plan.features(), cout = w.shape[0];
+    host_step<T> h{std::vector<T>(std::size_t(S * F)), std::vector<T>(std::size_t(S * F * F)), std::vector<T>(std::size_t(w.size())),
+                   std::vector<T>(std::size_t(cout)), std::vector<isqrt_report>(std::size_t(S))};
+    tensor_view<T, R> wo{h.weight.data(), w.shape, {}};
+    for (int a = R - 1, stride = 1; a >= 0; stride *= int(w.shape[a]), --a) wo.stride[a] = stride;
+    const statistics_step_outputs<T, R> out{row_major(h.mean.data(), S, F), {h.D.data(), {S, F, F}, {F * F, F, 1}}, wo,
+                                            contiguous(h.bias.data(), cout), contiguous(h.reports.data(), S)};
+    const vector_view<const T> b = bias.empty() ? vector_view<const T>{} : contiguous(bias.data(), cout);
+    if constexpr (R == 4)
+      conv_statistics_step(policy, x, w, b, config, out);
+    else
+      linear_statistics_step(policy, x, w, b, config, out);
+    return h;
+  }
+  template <class T>
+  static host_step<T> conv_step(image_view<const T> x, std::size_t, image_view<const T> w, const std::vector<T>& bias,
+                                const conv_deconv_config& cfg) {
+    return step<T, 4>(x, w, bias, cfg, conv_statistics_plan(x.shape[1], cfg));
+  }
+  template <class T>
+  static host_step<T> linear_step(matrix_view<const T> x, std::size_t, matrix_view<const T> w, const std::vector<T>& bias,
+                                  const linear_deconv_config& cfg) {
+    return step<T, 2>(x, w, bias, cfg, linear_statistics_plan(x.shape[1], cfg));
+  }
+};
+
+
 
 using rng_t = std::mt19937_64;
 
@@ -45,9 +160,8 @@ template <class T>
 struct image_case {
   std::vector<T> data;
   index_t N, C, H, W;
-  std::array<index_t, 4> stride;
+  index_array<4> stride;
   image_view<const T> cpu() const { return {data.data(), {N, C, H, W}, stride}; }
-  device_view<const T, 4> dev() const { return {data.data(), {N, C, H, W}, {stride[0], stride[1], stride[2], stride[3]}}; }
 };
 
 template <class T>
@@ -101,12 +215,12 @@ void check_im2col(rng_t& rng) {
     std::vector<T> expected(std::size_t(rows * cols));
     im2col(seq, x.cpu(), g, row_major(expected.data(), rows, cols));
     CAPTURE(trial);
-    CHECK(B::template im2col<T>(x.dev(), x.data.size(), to_geometry(g)) == expected);
+    CHECK(B::template im2col<T>(x.cpu(), x.data.size(), g) == expected);
 
     const std::vector<T> y = random_vector<T>(rng, expected.size());
     std::vector<T> back(std::size_t(x.N * x.C * x.H * x.W));
     col2im(seq, row_major<const T>(y.data(), rows, cols), g, nchw(back.data(), x.N, x.C, x.H, x.W));
-    CHECK(rel_diff(B::template col2im<T>(y, x.N, x.C, x.H, x.W, to_geometry(g)), back) < tol<T>());
+    CHECK(rel_diff(B::template col2im<T>(y, x.N, x.C, x.H, x.W, g), back) < tol<T>());
   }
 }
 
@@ -184,103 +298,13 @@ void check_block_moments(rng_t& rng) {
       rng,
       [](const image_case<T>& x, const conv_geometry& g, index_t S, const block_plan& bp, int trial) {
         const auto expected = block_moments(seq, patch_sampler<T>(x.cpu(), g, S), bp);
-        check_moments(B::template block_moments_image<T>(x.dev(), x.data.size(), to_geometry(g), S, to_plan(bp), trial % 2),
-                      expected, tol<T>());
+        check_moments(B::template block_moments_image<T>(x.cpu(), x.data.size(), g, S, bp, trial % 2), expected, tol<T>());
       },
       [](const std::vector<T>& X, index_t n, index_t Fin, const block_plan& bp) {
         const auto expected = block_moments(seq, netdeconv::matrix_rows<T>(matrix_view<const T>{X.data(), {n, Fin}, {Fin + 1, 1}}), bp);
-        check_moments(B::template block_moments_matrix<T>(device_view<const T, 2>{X.data(), {n, Fin}, {Fin + 1, 1}}, X.size(),
-                                                          to_plan(bp)),
+        check_moments(B::template block_moments_matrix<T>(matrix_view<const T>{X.data(), {n, Fin}, {Fin + 1, 1}}, X.size(), bp),
                       expected, tol<T>());
       });
-}
-
-/// TF32 moments (cov_precision::tf32) against the float64 oracle. Tolerance of entry (i, j) of M/n:
-/// the kernel forms sum_q a~_q b~_q over the shifted samples a_q = x_qi - c_i, b_q = x_qj - c_j
-/// (c: the statistic's first sample, shift(s, i)), with a~ = a (1 + e_a), |e_a| <= u = 2^-11 (TF32
-/// unit roundoff: nearest, 10 explicit mantissa bits), so each product errs by <= (2u + u^2)|a b|
-/// and the sum by <= (2u + u^2) sqrt(S_ii S_jj) (Cauchy-Schwarz), S_ii = sum_q a_q^2 =
-/// M_ii + n (mean_i - c_i)^2; divided by n, plus the FP32 path's accumulation allowance
-/// tol<float>() (1 + max |M/n|). The means (FP32 sums of unrounded samples) keep tol<float>().
-template <class Moments, class Shift>
-void check_moments_tf32(const Moments& got, const std::vector<moments<double>>& expected, Shift&& shift) {
-  REQUIRE(got.statistics == index_t(expected.size()));
-  const index_t F = got.features;
-  const double u = std::ldexp(1.0, -11), product = 2 * u + u * u;
-  for (index_t s = 0; s < got.statistics; ++s) {
-    CAPTURE(s);
-    CHECK(got.count[s] == expected[s].count());
-    const Eigen::Map<const Eigen::VectorXd> mean(got.mean.data() + s * F, F);
-    const Eigen::Map<const Eigen::Matrix<double, -1, -1, Eigen::RowMajor>> M(got.scatter.data() + s * F * F, F, F);
-    const Eigen::MatrixXd M_ref = expected[s].scatter().selfadjointView<Eigen::Lower>();
-    const Eigen::VectorXd mu = expected[s].mean();
-    const double n = double(expected[s].count());
-    CHECK((mean - mu).cwiseAbs().maxCoeff() <= tol<float>() * (1 + mu.cwiseAbs().maxCoeff()));
-    Eigen::VectorXd S(F);
-    for (index_t i = 0; i < F; ++i) S[i] = M_ref(i, i) + n * (mu[i] - shift(s, i)) * (mu[i] - shift(s, i));
-    const double allowance = tol<float>() * (1 + M_ref.cwiseAbs().maxCoeff() / n);
-    double worst = 0;  // largest error / tolerance
-    for (index_t i = 0; i < F; ++i)
-      for (index_t j = 0; j < F; ++j)
-        worst = std::max(worst, std::abs(M(i, j) - M_ref(i, j)) / n / (product * std::sqrt(S[i] * S[j]) / n + allowance));
-    CHECK(worst <= 1.0);
-    CHECK((M - M.transpose()).cwiseAbs().maxCoeff() == 0.0);
-  }
-}
-
-template <class B>
-void check_block_moments_tf32(rng_t& rng) {
-  for_each_moments_case<float>(
-      rng,
-      [](const image_case<float>& x, const conv_geometry& g, index_t S, const block_plan& bp, int) {
-        const plan p = to_plan(bp);
-        const image_rows<float> src{x.dev(), sampler::make(x.N, x.C, x.H, x.W, to_geometry(g), S, true)};
-        check_moments_tf32(B::block_moments_image_tf32(x.dev(), x.data.size(), to_geometry(g), S, p),
-                           block_moments(seq, patch_sampler<float>(x.cpu(), g, S), bp), [&](index_t s, index_t f) {
-                             const sample_entry e = locate_sample(p, s, 0, f);
-                             return src.value<double>(e.row, e.column);
-                           });
-      },
-      [](const std::vector<float>& X, index_t n, index_t Fin, const block_plan& bp) {
-        const plan p = to_plan(bp);
-        const matrix_rows<float> src{device_view<const float, 2>{X.data(), {n, Fin}, {Fin + 1, 1}}};
-        check_moments_tf32(B::block_moments_matrix_tf32(src.x, X.size(), p),
-                           block_moments(seq, netdeconv::matrix_rows<float>(matrix_view<const float>{X.data(), {n, Fin}, {Fin + 1, 1}}), bp),
-                           [&](index_t s, index_t f) {
-                             const sample_entry e = locate_sample(p, s, 0, f);
-                             return src.value<double>(e.row, e.column);
-                           });
-      });
-}
-
-/// The factors are rounded to TF32, both of them: row 0 of an n x 2 matrix is (0, 0) (the shift),
-/// rows 1 .. n-1 are (v_0, v_1) = (1 + 3*2^-12, 1 - 3*2^-13), whose nearest TF32 values are
-/// r_0 = 1 + 2^-10 and r_1 = 1 - 2^-11. With the sums in FP32 on unrounded samples,
-///   M_ij = (n-1) r_i r_j - (n-1)^2 v_i v_j / n    (TF32)   vs   (n-1) v_i v_j - (n-1)^2 v_i v_j / n.
-/// For n = 1000 the two differ by >= 0.12 in every entry (M ~ 1), and rounding only one factor
-/// misses by >= 0.12 too. The FP32 sums of v are exact (k v_i needs <= 22 bits), and the cross sums
-/// of the 3 row chunks (<= 334 rows, partial sums < 512: half an ulp <= 2^-15) round once per k = 8
-/// step, 42 times per chunk: < 3 * 42 * 2^-15 < 0.004 in all, under the 0.01 tolerance.
-template <class B>
-void check_tf32_rounding() {
-  const index_t n = 1000;
-  const double v[2] = {1 + std::ldexp(3.0, -12), 1 - std::ldexp(3.0, -13)};
-  const double r[2] = {1 + std::ldexp(1.0, -10), 1 - std::ldexp(1.0, -11)};
-  for (int i = 0; i < 2; ++i) REQUIRE(double(test_model::tf32_round(float(v[i]))) == r[i]);
-  std::vector<float> X(std::size_t(2 * n));
-  for (index_t q = 1; q < n; ++q) X[std::size_t(2 * q)] = float(v[0]), X[std::size_t(2 * q + 1)] = float(v[1]);
-  const plan p{plan::independent, 2, 1, 1, 2};
-  const auto got = B::block_moments_matrix_tf32(device_view<const float, 2>{X.data(), {n, 2}, {2, 1}}, X.size(), p);
-  const double m = double(n - 1);
-  for (int i = 0; i < 2; ++i)
-    for (int j = 0; j < 2; ++j) {
-      CAPTURE(i);
-      CAPTURE(j);
-      const double tf32 = m * r[i] * r[j] - m * m * v[i] * v[j] / double(n);
-      const double fp32 = m * v[i] * v[j] - m * m * v[i] * v[j] / double(n);
-      REQUIRE(std::abs(tf32 - fp32) >= 0.12);
-      CHECK(std::abs(got.scatter[std::size_t(i * 2 + j)] - tf32) < 0.01);
-    }
 }
 
 /// Float input with a mean 10^4 times its spread: the shifted FP32 sums keep the covariance.
@@ -290,8 +314,7 @@ void check_large_offset(rng_t& rng) {
   const std::vector<float> X = random_vector<float>(rng, std::size_t(n * F), 1e4, 1.0);
   const block_plan plan = make_block_plan(block_layout::independent, F, 1, F);
   const auto expected = block_moments(seq, netdeconv::matrix_rows<float>(row_major(X.data(), n, F)), plan);
-  const auto got = B::template block_moments_matrix<float>(device_view<const float, 2>{X.data(), {n, F}, {F, 1}}, X.size(),
-                                                           to_plan(plan));
+  const auto got = B::template block_moments_matrix<float>(row_major(X.data(), n, F), X.size(), plan);
   const Eigen::Map<const Eigen::Matrix<double, -1, -1, Eigen::RowMajor>> M(got.scatter.data(), F, F);
   const Eigen::MatrixXd cov = M / double(n), cov_ref = expected[0].covariance(0.0);
   CHECK((cov - cov_ref).cwiseAbs().maxCoeff() < 1e-3);  // variances are ~1; naive FP32 E[x^2] - E[x]^2 loses everything
@@ -304,9 +327,8 @@ void check_merge_and_covariance(rng_t& rng) {
     const index_t F = uniform(rng, 1, 20), na = uniform(rng, 2, 300), nb = uniform(rng, 2, 300);
     const block_plan plan = random_plan(rng, block_layout::independent, F, 1);
     const std::vector<T> X = random_vector<T>(rng, std::size_t((na + nb) * F), 1.5);
-    const auto dv = [&](index_t first, index_t n) { return device_view<const T, 2>{X.data() + first * F, {n, F}, {F, 1}}; };
-    const auto a = B::template block_moments_matrix<T>(dv(0, na), std::size_t(na * F), to_plan(plan));
-    const auto b = B::template block_moments_matrix<T>(dv(na, nb), std::size_t(nb * F), to_plan(plan));
+    const auto a = B::template block_moments_matrix<T>(row_major(X.data(), na, F), std::size_t(na * F), plan);
+    const auto b = B::template block_moments_matrix<T>(row_major(X.data() + na * F, nb, F), std::size_t(nb * F), plan);
     const auto merged = B::merge(a, b);
     const auto expected = block_moments(seq, netdeconv::matrix_rows<T>(row_major(X.data(), na + nb, F)), plan);
     CAPTURE(trial);
@@ -354,22 +376,24 @@ void check_inverse_sqrt(rng_t& rng) {
     }
     isqrt_options o = m.tolerance > 0 ? isqrt_options::converged(m.tolerance, m.iterations) : isqrt_options::fixed(m.iterations);
     o.scaling = m.trace ? isqrt_scaling::trace : isqrt_scaling::frobenius;
+    o.final_residual = m.final_residual;
     std::vector<Eigen::Matrix<T, -1, -1>> D;
     const auto reports = inverse_sqrt(seq, A, D, o);
-    const auto got = B::template inverse_sqrt<T>(packed, batch, F, m.iterations, m.tolerance, m.trace, m.final_residual);
+    const auto got = B::template inverse_sqrt<T>(packed, batch, F, o);
     CAPTURE(m.iterations);
     CAPTURE(m.tolerance);
     CAPTURE(m.trace);
     CAPTURE(F);
     for (index_t b = 0; b < batch; ++b) {
       const Eigen::Map<const Eigen::Matrix<T, -1, -1, Eigen::RowMajor>> d(got.D.data() + b * F * F, F, F);
-      CHECK(got.status[b] == int(reports[b].status));
-      CHECK(std::abs(got.iterations[b] - reports[b].iterations) <= (m.tolerance > 0 ? 1 : 0));
+      const isqrt_report& r = got.reports[std::size_t(b)];
+      CHECK(r.status == reports[b].status);
+      CHECK(std::abs(r.iterations - reports[b].iterations) <= (m.tolerance > 0 ? 1 : 0));
       if (m.tolerance == 0) CHECK((d - D[b]).cwiseAbs().maxCoeff() <= 50 * tol<T>() * (1 + D[b].cwiseAbs().maxCoeff()));
-      if (m.tolerance > 0) CHECK(got.residual[b] <= m.tolerance);
+      if (m.tolerance > 0) CHECK(r.residual <= m.tolerance);
       if (m.final_residual && m.tolerance == 0)
-        CHECK(std::abs(got.residual[b] - reports[b].residual) <= 50 * tol<T>() * (1 + reports[b].residual));
-      if (!m.final_residual) CHECK(std::isnan(got.residual[b]));
+        CHECK(std::abs(r.residual - reports[b].residual) <= 50 * tol<T>() * (1 + reports[b].residual));
+      if (!m.final_residual) CHECK(std::isnan(r.residual));
     }
   }
   // Failures: NaN (non_finite) and a non-positive diagonal (not_positive_definite); D is NaN.
@@ -377,9 +401,9 @@ void check_inverse_sqrt(rng_t& rng) {
   for (int i = 0; i < 3; ++i) bad[std::size_t(i * 4)] = T(1), bad[std::size_t(9 + i * 4)] = T(1);
   bad[1] = std::numeric_limits<T>::quiet_NaN();
   bad[9 + 4] = T(-1);
-  const auto got = B::template inverse_sqrt<T>(bad, 2, 3, 5, 0, false, true);
-  CHECK(got.status[0] == int(isqrt_status::non_finite));
-  CHECK(got.status[1] == int(isqrt_status::not_positive_definite));
+  const auto got = B::template inverse_sqrt<T>(bad, 2, 3, isqrt_options::fixed(5));
+  CHECK(got.reports[0].status == isqrt_status::non_finite);
+  CHECK(got.reports[1].status == isqrt_status::not_positive_definite);
   CHECK(std::all_of(got.D.begin(), got.D.end(), [](T v) { return std::isnan(v); }));
 }
 
@@ -402,13 +426,12 @@ void check_fold(rng_t& rng) {
       D.insert(D.end(), d.begin(), d.end());
     }
     // weight with a padded output-channel stride (not contiguous)
-    const std::array<index_t, 4> stride{ci * kh * kw + 2, kh * kw, kw, 1};
+    const index_array<4> stride{ci * kh * kw + 2, kh * kw, kw, 1};
     const std::vector<T> w = random_vector<T>(rng, std::size_t(cout * stride[0]));
     const std::vector<T> bias = trial % 4 == 3 ? std::vector<T>{} : random_vector<T>(rng, std::size_t(cout));
     const image_view<const T> wv{w.data(), {cout, ci, kh, kw}, stride};
     const auto expected = fold(seq, stats, wv, bias.empty() ? vector_view<const T>{} : contiguous(bias.data(), cout));
-    const auto got = B::template fold<T>(to_plan(plan), mean, D, device_view<const T, 4>{w.data(), {cout, ci, kh, kw},
-                                         {stride[0], stride[1], stride[2], stride[3]}}, w.size(), bias);
+    const auto got = B::template fold<T>(plan, mean, D, wv, w.size(), bias);
     CAPTURE(trial);
     CAPTURE(layout);
     const std::vector<T> got_w(got.begin(), got.end() - cout), got_b(got.end() - cout, got.end());
@@ -438,12 +461,76 @@ void check_apply_whitening(rng_t& rng) {
     const matrix_view<const T> xv{X.data(), {rows, cols}, {cols + 1, 1}};
     Eigen::Matrix<T, -1, -1, Eigen::RowMajor> expected(rows, cols);
     apply_whitening(seq, stats, xv, view_mut(expected), columns);
-    const auto got = B::template apply_whitening<T>(to_plan(plan), mean, D,
-                                                    device_view<const T, 2>{X.data(), {rows, cols}, {cols + 1, 1}},
-                                                    X.size(), columns);
+    const auto got = B::template apply_whitening<T>(plan, mean, D, xv, X.size(), columns);
     CAPTURE(trial);
     CHECK(rel_diff(got, std::vector<T>(expected.data(), expected.data() + expected.size())) < 10 * tol<T>());
   }
 }
 
-}  // namespace netdeconv::cuda::checks
+
+/// The statistics steps (writing form) against the CPU oracle's returning form: conv with every
+/// layout, groups, geometry and sampling stride on NCHW/NHWC/padded inputs; linear with both
+/// layouts; fixed and converged Newton-Schulz, Frobenius and trace scaling.
+template <class B, class T>
+void check_statistics_steps(rng_t& rng) {
+  const auto compare = [](const host_step<T>& got, const auto& expected, const block_plan& plan) {
+    const index_t F = plan.features();
+    std::vector<T> mean, D;
+    for (index_t s = 0; s < plan.count(); ++s) {
+      const Eigen::Matrix<T, -1, -1, Eigen::RowMajor> d = expected.statistics.D[s];
+      mean.insert(mean.end(), expected.statistics.mean[s].data(), expected.statistics.mean[s].data() + F);
+      D.insert(D.end(), d.data(), d.data() + F * F);
+    }
+    CHECK(rel_diff(got.mean, mean) < 10 * tol<T>());
+    CHECK(rel_diff(got.D, D) < 50 * tol<T>());
+    CHECK(rel_diff(got.weight, expected.weight) < 50 * tol<T>());
+    CHECK(rel_diff(got.bias, expected.bias) < 50 * tol<T>());
+    REQUIRE(got.reports.size() == expected.reports.size());
+    for (std::size_t s = 0; s < got.reports.size(); ++s) {
+      CHECK(got.reports[s].status == expected.reports[s].status);
+      CHECK(std::abs(got.reports[s].iterations - expected.reports[s].iterations) <= 1);
+    }
+  };
+  const block_layout conv_layouts[] = {block_layout::interleaved_shared, block_layout::grouped, block_layout::independent};
+  for (int trial = 0; trial < 9; ++trial) {
+    conv_deconv_config cfg;
+    cfg.layout = conv_layouts[trial % 3];
+    cfg.geometry = random_geometry(rng);
+    if (trial % 4 == 0) cfg.geometry.kernel_h = cfg.geometry.kernel_w = 1;
+    const index_t C = cfg.layout == block_layout::grouped ? 2 * uniform(rng, 1, 3) : uniform(rng, 1, 6);
+    const block_plan plan = random_plan(rng, cfg.layout, C, cfg.geometry.kernel_area());
+    cfg.groups = plan.groups;
+    cfg.block = plan.block;
+    cfg.sampling_stride = uniform(rng, 1, 2);
+    cfg.eps = 1e-2;
+    cfg.isqrt = trial % 3 == 2 ? isqrt_options::converged(std::is_same_v<T, float> ? 1e-3 : 1e-9, 60) : isqrt_options::fixed(5);
+    if (trial % 2) cfg.isqrt.scaling = isqrt_scaling::trace;
+    const auto x = random_image<T>(rng, uniform(rng, 1, 3), C, uniform(rng, 6, 14), uniform(rng, 6, 12), 1.0);
+    if (patch_sampler<T>(x.cpu(), cfg.geometry, cfg.sampling_stride).rows() * plan.rows_per_patch() < 2) continue;
+    const index_t cout = plan.groups * uniform(rng, 1, 3), kh = cfg.geometry.kernel_h, kw = cfg.geometry.kernel_w;
+    const std::vector<T> w = random_vector<T>(rng, std::size_t(cout * (C / plan.groups) * kh * kw));
+    const std::vector<T> bias = trial % 4 == 1 ? std::vector<T>{} : random_vector<T>(rng, std::size_t(cout));
+    const auto wv = nchw(w.data(), cout, C / plan.groups, kh, kw);
+    const auto bv = bias.empty() ? vector_view<const T>{} : contiguous(bias.data(), cout);
+    CAPTURE(trial);
+    CAPTURE(cfg.layout);
+    compare(B::template conv_step<T>(x.cpu(), x.data.size(), wv, bias, cfg), conv_statistics_step(seq, x.cpu(), wv, bv, cfg),
+            plan);
+  }
+  for (int trial = 0; trial < 4; ++trial) {
+    linear_deconv_config cfg;
+    cfg.layout = trial % 2 ? block_layout::contiguous_shared : block_layout::independent;
+    const index_t Fin = uniform(rng, 1, 40), n = uniform(rng, 2, 400), cout = uniform(rng, 1, 5);
+    const block_plan plan = random_plan(rng, cfg.layout, Fin, 1);
+    cfg.block = plan.block;
+    cfg.eps = 1e-2;
+    const std::vector<T> X = random_vector<T>(rng, std::size_t(n * (Fin + 2)), 0.5);
+    const std::vector<T> w = random_vector<T>(rng, std::size_t(cout * Fin)), bias = random_vector<T>(rng, std::size_t(cout));
+    const matrix_view<const T> xv{X.data(), {n, Fin}, {Fin + 2, 1}};
+    CAPTURE(trial);
+    compare(B::template linear_step<T>(xv, X.size(), row_major(w.data(), cout, Fin), bias, cfg),
+            linear_statistics_step(seq, xv, row_major(w.data(), cout, Fin), contiguous(bias.data(), cout), cfg), plan);
+  }
+}
+
+}  // namespace netdeconv::checks

@@ -1,0 +1,144 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+// The statistics step's vocabulary, shared by every backend (Eigen-free): the conv and linear
+// configurations (defaults: the reference layers'), the block plan each implies, the views that
+// the writing form of conv_statistics_step / linear_statistics_step fills, and their checks.
+//
+//   auto plan = netdeconv::conv_statistics_plan(C, cfg);       // S = plan.count(), F = plan.features()
+//   netdeconv::statistics_step_outputs<float, 4> out{mean, D, w_out, b_out, reports};
+//   // mean (S, F), D (S, F, F), w_out of W's shape, b_out (Cout), reports (S): caller memory
+
+#include "blocks.hpp"
+#include "checks.hpp"
+#include "error.hpp"
+#include "geometry.hpp"
+#include "isqrt_options.hpp"
+#include "statistics_view.hpp"
+#include "tensor_view.hpp"
+
+namespace netdeconv {
+
+/// Conv layer configuration; defaults are those of the reference conv layer.
+struct conv_deconv_config {
+  conv_geometry geometry{};
+  index_t groups = 1;
+  /// interleaved_shared (reference, groups == 1), grouped (reference, groups > 1) or independent.
+  block_layout layout = block_layout::interleaved_shared;
+  index_t block = 64;
+  index_t sampling_stride = 3;
+  double eps = 1e-5;
+  isqrt_options isqrt = isqrt_options::fixed(5);
+};
+
+/// Linear layer configuration; defaults are those of the reference linear layer.
+struct linear_deconv_config {
+  /// contiguous_shared (reference) or independent.
+  block_layout layout = block_layout::contiguous_shared;
+  index_t block = 512;
+  double eps = 1e-5;
+  isqrt_options isqrt = isqrt_options::fixed(5);
+};
+
+/// The block plan of a conv layer with `channels` input channels (make_block_plan's adjustment rule).
+inline block_plan conv_statistics_plan(index_t channels, const conv_deconv_config& config) {
+  constexpr const char* fn = "conv_statistics_plan";
+  NETDECONV_REQUIRE(config.groups >= 1, fn, "groups must be >= 1, got ", config.groups);
+  detail::check_geometry(fn, config.geometry);
+  return make_block_plan(config.layout, channels, config.geometry.kernel_area(), config.block, config.groups);
+}
+
+/// The block plan of a linear layer with `features` inputs.
+inline block_plan linear_statistics_plan(index_t features, const linear_deconv_config& config) {
+  return make_block_plan(config.layout, features, 1, config.block);
+}
+
+/// Where the writing form of a statistics step puts its results (caller memory, any strides):
+/// mu (S, F), D (S, F, F), W' (the weight's shape: R = 4 for conv, 2 for linear), b' (Cout) and one
+/// report per statistic (S).
+template <class T, int R>
+struct statistics_step_outputs {
+  matrix_view<T> mean;
+  tensor_view<T, 3> D;
+  tensor_view<T, R> weight;
+  vector_view<T> bias;
+  vector_view<isqrt_report> reports;
+};
+
+namespace detail {
+
+/// The configuration's eps and isqrt options.
+template <class Config>
+void check_step_config(const char* fn, const Config& config) {
+  NETDECONV_REQUIRE(config.eps >= 0, fn, "eps must be >= 0, got ", config.eps);
+  check_isqrt_options(fn, config.isqrt);
+}
+
+/// Conv step inputs: x (N, C, H, W), weight and bias for the plan, the weight's kernel equal to the
+/// geometry's. Returns the plan.
+template <class T>
+block_plan check_conv_step(const char* fn, const image_view<const T>& x, const image_view<const T>& weight,
+                           const vector_view<const T>& bias, const conv_deconv_config& config) {
+  check_view(fn, "x", x);
+  check_step_config(fn, config);
+  const block_plan plan = conv_statistics_plan(x.shape[1], config);
+  check_weight(fn, plan, weight, bias);
+  NETDECONV_REQUIRE(weight.shape[2] == config.geometry.kernel_h && weight.shape[3] == config.geometry.kernel_w, fn,
+                    "weight kernel ", weight.shape[2], "x", weight.shape[3], " differs from the geometry's ",
+                    config.geometry.kernel_h, "x", config.geometry.kernel_w);
+  return plan;
+}
+
+/// Linear step inputs: x (rows, Fin), weight (Cout, Fin) and bias. Returns the plan.
+template <class T>
+block_plan check_linear_step(const char* fn, const matrix_view<const T>& x, const matrix_view<const T>& weight,
+                             const vector_view<const T>& bias, const linear_deconv_config& config) {
+  check_view(fn, "x", x);
+  check_view(fn, "weight", weight);
+  check_step_config(fn, config);
+  NETDECONV_REQUIRE(weight.shape[1] == x.shape[1], fn, "weight has Fin=", weight.shape[1], " but x has ", x.shape[1],
+                    " features");
+  const block_plan plan = linear_statistics_plan(x.shape[1], config);
+  check_weight(fn, plan, as_conv_weight(weight), bias);
+  return plan;
+}
+
+/// The outputs of a step with `plan` for x, weight (as a conv weight) and bias: the shapes above,
+/// no element sharing memory, no output overlapping an input or another output (W' may not be W).
+template <class T, class X, int RX>
+void check_step_outputs(const char* fn, const block_plan& plan, const tensor_view<const X, RX>& x,
+                        const image_view<const T>& weight, const vector_view<const T>& bias,
+                        const statistics_step_outputs<T, 4>& out) {
+  const image_view<T>& weight_out = out.weight;
+  const block_statistics_view<const T> stats{plan, out.mean, out.D};
+  check_statistics_view(fn, stats);
+  check_output_view(fn, "mean", out.mean);
+  check_output_view(fn, "D", out.D);
+  check_output_view(fn, "reports", out.reports);
+  NETDECONV_REQUIRE(out.reports.shape[0] == plan.count(), fn, "reports has ", out.reports.shape[0], " entries, the plan has ",
+                    plan.count(), " statistics");
+  check_fold(fn, stats, weight, bias, weight_out, out.bias, false);
+  check_disjoint(fn, "D", out.D, "mean", out.mean);
+  const auto inputs_apart = [&](const char* name, const auto& v) {
+    check_disjoint(fn, name, v, "x", x);
+    check_disjoint(fn, name, v, "weight", weight);
+    check_disjoint(fn, name, v, "bias", bias);
+  };
+  inputs_apart("mean", out.mean);
+  inputs_apart("D", out.D);
+  inputs_apart("reports", out.reports);
+  check_disjoint(fn, "weight_out", weight_out, "x", x);
+  check_disjoint(fn, "bias_out", out.bias, "x", x);
+  check_disjoint(fn, "reports", out.reports, "mean", out.mean);
+  check_disjoint(fn, "reports", out.reports, "D", out.D);
+  check_disjoint(fn, "reports", out.reports, "weight_out", weight_out);
+  check_disjoint(fn, "reports", out.reports, "bias_out", out.bias);
+}
+
+/// The linear outputs as conv outputs (W' (Cout, Fin) as (Cout, Fin, 1, 1)).
+template <class T>
+statistics_step_outputs<T, 4> as_conv_outputs(const statistics_step_outputs<T, 2>& out) {
+  return {out.mean, out.D, as_conv_weight(out.weight), out.bias, out.reports};
+}
+
+}  // namespace detail
+}  // namespace netdeconv
