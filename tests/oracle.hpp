@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include <Eigen/Core>
@@ -137,6 +138,45 @@ inline std::vector<MatrixXd> blocked(const MatrixXd& X, const netdeconv::block_p
       break;
   }
   return out;
+}
+
+/// The patch columns behind each statistic, from the layouts' definition (blocked() of the row
+/// 0, 1, ..., C*K-1), not from block_plan::column: pieces[s](g, f) is the patch column that feeds
+/// feature f of the g-th row that every patch row gives statistic s.
+inline std::vector<MatrixXd> piece_columns(const netdeconv::block_plan& plan) {
+  const index_t width = plan.channels * plan.kernel_area;
+  return blocked(Eigen::RowVectorXd::LinSpaced(width, 0, double(width - 1)), plan);
+}
+
+/// fold from its definition (docs/method.md §6): with D_full the (C*K) x (C*K) block matrix that
+/// holds D_s on the columns of each piece and mu_full the means on them, output o's dense weight
+/// row w (zero outside o's group) becomes w D_full, and b'[o] = b[o] - (w D_full) . mu_full.
+/// W is (Cout, C/groups*K) contiguous; returns W' in the same layout, then b' (Cout).
+inline std::pair<std::vector<double>, std::vector<double>> fold(const netdeconv::block_plan& plan,
+                                                                const std::vector<VectorXd>& mean,
+                                                                const std::vector<MatrixXd>& D, const std::vector<double>& W,
+                                                                const std::vector<double>& b, index_t cout) {
+  const index_t width = plan.channels * plan.kernel_area, group_cols = width / plan.groups;
+  MatrixXd D_full = MatrixXd::Zero(width, width);
+  VectorXd mu_full = VectorXd::Zero(width);
+  const auto pieces = piece_columns(plan);
+  for (std::size_t s = 0; s < pieces.size(); ++s)
+    for (index_t g = 0; g < pieces[s].rows(); ++g)
+      for (index_t f = 0; f < pieces[s].cols(); ++f) {
+        const auto col = [&](index_t k) { return index_t(pieces[s](g, k)); };
+        mu_full[col(f)] = mean[s][f];
+        for (index_t k = 0; k < pieces[s].cols(); ++k) D_full(col(k), col(f)) = D[s](k, f);
+      }
+  std::vector<double> weight(W.size()), bias(cout);
+  for (index_t o = 0; o < cout; ++o) {
+    const index_t base = (o / (cout / plan.groups)) * group_cols;
+    Eigen::RowVectorXd w = Eigen::RowVectorXd::Zero(width);
+    for (index_t j = 0; j < group_cols; ++j) w[base + j] = W[o * group_cols + j];
+    const Eigen::RowVectorXd folded = w * D_full;
+    for (index_t j = 0; j < group_cols; ++j) weight[o * group_cols + j] = folded[base + j];
+    bias[o] = (b.empty() ? 0.0 : b[o]) - folded.dot(mu_full);
+  }
+  return {weight, bias};
 }
 
 /// Two-pass float64 covariance: mean first, then (1/n) sum (x - mu)(x - mu)^T + eps I.

@@ -7,6 +7,8 @@
 #include <netdeconv/covariance.hpp>
 #include <netdeconv/fold.hpp>
 
+#include "oracle.hpp"
+
 using namespace netdeconv;
 
 TEST_CASE("block size adjustment follows docs/method.md §3") {
@@ -50,6 +52,14 @@ TEST_CASE("every patch column feeds exactly one (statistic, row, feature) slot")
     CHECK(index_t(seen.size()) == p.channels * p.kernel_area);
     CHECK(*seen.begin() == 0);
     CHECK(*seen.rbegin() == p.channels * p.kernel_area - 1);
+    // and the slot of each column is the one the layout's definition gives (oracle::blocked)
+    const auto pieces = oracle::piece_columns(p);
+    REQUIRE(index_t(pieces.size()) == p.count());
+    for (index_t s = 0; s < p.count(); ++s) {
+      REQUIRE(pieces[s].rows() == p.rows_per_patch());
+      for (index_t g = 0; g < p.rows_per_patch(); ++g)
+        for (index_t f = 0; f < p.features(); ++f) CHECK(p.column(s, g, f) == index_t(pieces[s](g, f)));
+    }
   }
 }
 

@@ -29,7 +29,8 @@ block_statistics<T> random_statistics(const block_plan& plan, std::mt19937_64& r
   return stats;
 }
 
-/// y = Z W^T + b where Z is the whitened patch matrix: Z[r, column(s,g,:)] = (X[r, column(s,g,:)] - mu_s) D_s.
+/// y = Z W^T + b where Z is the whitened patch matrix: Z[r, piece] = (X[r, piece] - mu_s) D_s for each piece
+/// (s, g) of patch columns (oracle::piece_columns, from the layouts' definition).
 /// W is expanded to a dense (Cout, C*K) matrix with zeros outside each output's group.
 template <class T>
 std::vector<double> conv_on_whitened_patches(const oracle::MatrixXd& X, const block_statistics<T>& stats,
@@ -37,13 +38,15 @@ std::vector<double> conv_on_whitened_patches(const oracle::MatrixXd& X, const bl
                                              index_t Ho, index_t Wo) {
   const block_plan& plan = stats.plan;
   oracle::MatrixXd Z = oracle::MatrixXd::Zero(X.rows(), X.cols());
-  for (index_t s = 0; s < plan.count(); ++s)
-    for (index_t g = 0; g < plan.rows_per_patch(); ++g)
+  const auto pieces = oracle::piece_columns(plan);
+  for (std::size_t s = 0; s < pieces.size(); ++s)
+    for (index_t g = 0; g < pieces[s].rows(); ++g)
       for (index_t r = 0; r < X.rows(); ++r) {
-        Eigen::RowVectorXd piece(plan.features());
-        for (index_t f = 0; f < plan.features(); ++f) piece[f] = X(r, plan.column(s, g, f)) - double(stats.mean[s][f]);
+        const auto col = [&](index_t f) { return index_t(pieces[s](g, f)); };
+        Eigen::RowVectorXd piece(pieces[s].cols());
+        for (index_t f = 0; f < piece.size(); ++f) piece[f] = X(r, col(f)) - double(stats.mean[s][f]);
         const Eigen::RowVectorXd white = piece * stats.D[s].template cast<double>();
-        for (index_t f = 0; f < plan.features(); ++f) Z(r, plan.column(s, g, f)) = white[f];
+        for (index_t f = 0; f < piece.size(); ++f) Z(r, col(f)) = white[f];
       }
   const index_t group_cols = X.cols() / plan.groups;
   oracle::MatrixXd Wd = oracle::MatrixXd::Zero(cout, X.cols());

@@ -80,6 +80,9 @@ TEST_CASE_TEMPLATE("converged mode whitens: ||D Cov D - I||_F / sqrt(F) within t
 }
 
 TEST_CASE_TEMPLATE("batched inverse square roots equal the looped ones, sequential and OpenMP", T, float, double) {
+  // OpenMP: converged and exact mode run the sequential iteration per block (bit-identical);
+  // fixed mode runs its own products (omp/inverse_sqrt.hpp): float32 / float64 rounding apart.
+  const double fixed_tol = std::is_same_v<T, float> ? 1e-4 : 1e-11;
   std::mt19937_64 rng(34);
   std::vector<square_matrix<T>> A;
   for (const index_t F : {5, 27, 27, 1, 64, 9, 9}) A.push_back(oracle::random_spd(F, 1e3, rng).cast<T>());
@@ -92,7 +95,10 @@ TEST_CASE_TEMPLATE("batched inverse square roots equal the looped ones, sequenti
       square_matrix<T> D;
       const auto r = inverse_sqrt(seq, A[i], D, options);
       CHECK(Dseq[i] == D);  // same code, same inputs: bit-identical
-      CHECK(Dpar[i] == D);
+      if (options.tolerance == 0 && options.method == isqrt_method::newton_schulz)
+        CHECK(oracle::rel_err(Dpar[i], D) < fixed_tol);
+      else
+        CHECK(Dpar[i] == D);
       CHECK(rseq[i].iterations == r.iterations);
       CHECK(rpar[i].status == r.status);
     }

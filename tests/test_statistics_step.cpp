@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include <doctest/doctest.h>
 
+#include <tuple>
+
 #include <netdeconv/statistics_step.hpp>
 
 #include "oracle.hpp"
@@ -10,7 +12,7 @@ using namespace netdeconv;
 namespace {
 
 /// Float64 pipeline of docs/method.md §2-6 from the oracles: sampled rows -> blocks -> mean, Cov + eps I ->
-/// n-step Newton-Schulz -> W'[o, piece] = W[o, piece] D_s, b'[o] = b[o] - sum W'[o, piece] . mu_s.
+/// n-step Newton-Schulz -> oracle::fold (W'[o, piece] = W[o, piece] D_s, b'[o] = b[o] - sum W'[o, piece] . mu_s).
 struct expected {
   std::vector<oracle::VectorXd> mean;
   std::vector<oracle::MatrixXd> D;
@@ -24,21 +26,7 @@ expected pipeline(const oracle::MatrixXd& rows, const block_plan& plan, double e
     e.mean.push_back(M.colwise().mean().transpose());
     e.D.push_back(oracle::newton_schulz(oracle::covariance(M, eps), n_iter));
   }
-  const index_t group_cols = plan.channels * plan.kernel_area / plan.groups;
-  e.weight = W;
-  e.bias = b.empty() ? std::vector<double>(cout, 0.0) : b;
-  for (index_t o = 0; o < cout; ++o) {
-    const index_t base = (o / (cout / plan.groups)) * group_cols;
-    for (index_t s = 0; s < plan.count(); ++s)
-      for (index_t g = 0; g < plan.rows_per_patch(); ++g) {
-        if (plan.column(s, g, 0) < base || plan.column(s, g, 0) >= base + group_cols) continue;
-        Eigen::RowVectorXd w(plan.features());
-        for (index_t f = 0; f < plan.features(); ++f) w[f] = W[o * group_cols + plan.column(s, g, f) - base];
-        const Eigen::RowVectorXd folded = w * e.D[s];
-        for (index_t f = 0; f < plan.features(); ++f) e.weight[o * group_cols + plan.column(s, g, f) - base] = folded[f];
-        e.bias[o] -= folded.dot(e.mean[s]);
-      }
-  }
+  std::tie(e.weight, e.bias) = oracle::fold(plan, e.mean, e.D, W, b, cout);
   return e;
 }
 

@@ -6,12 +6,13 @@
 //
 //   sequential_policy            scalar reference code: the oracle every other backend is tested against
 //                                (netdeconv starts no threads; Eigen's own GEMM may, if built with OpenMP)
-//     └─ omp_policy              OpenMP threads over rows / blocks (falls back to sequential)
-//          └─ simd_policy        xsimd kernels + OpenMP (simd/): fused covariance, fast inverse square root;
+//     └─ omp_policy              OpenMP threads over rows / blocks, Eigen products (omp/): fast fixed-step
+//          │                     inverse square root, GEMM fold (falls back to sequential)
+//          └─ simd_policy        xsimd kernels + OpenMP (simd/): fused covariance;
 //                                `par`, the default fast path (falls back to OpenMP)
 //
-// Later backends (CUDA) add their own policy types and `detail::` overloads; the public headers
-// only validate arguments and dispatch.
+// The public headers only validate arguments and dispatch. The CUDA backend (cuda/) adds
+// cuda_policy, which derives from none of these, and its own overloads of the view-form calls.
 //
 //   netdeconv::inverse_sqrt(netdeconv::seq, A, D, options);   // single-threaded reference
 //   netdeconv::inverse_sqrt(netdeconv::par, A, D, options);   // SIMD + OpenMP

@@ -40,7 +40,7 @@ void check_statistics(const char* fn, const block_statistics<T>& stats) {
 }  // namespace netdeconv::detail
 
 #include "sequential/fold.hpp"
-#include "simd/fold.hpp"
+#include "omp/fold.hpp"
 
 namespace netdeconv {
 

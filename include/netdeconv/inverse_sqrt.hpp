@@ -85,7 +85,6 @@ void check_square_symmetric(const char* fn, const char* name, const Eigen::Ref<c
 
 #include "sequential/inverse_sqrt.hpp"
 #include "omp/inverse_sqrt.hpp"
-#include "simd/inverse_sqrt.hpp"
 
 namespace netdeconv {
 

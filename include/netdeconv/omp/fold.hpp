@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// Weight folding as GEMMs instead of one row-vector product per (output, piece). For statistic s,
+// OpenMP weight folding, as Eigen GEMMs instead of one row-vector product per (output, piece) instead of one row-vector product per (output, piece). For statistic s,
 // the pieces w = W[o, column(s, g, :)] that lie in o's input group are the rows r = (o, g) of a
 // (pieces x F) matrix. Each thread takes a contiguous range of rows and walks it in tiles: gather
 // the tile through a per-piece offset table (no index division per element), multiply by D_s
@@ -21,7 +21,7 @@
 namespace netdeconv::detail {
 
 template <class T>
-void fold_impl(const simd_policy& policy, const block_statistics<T>& stats, image_view<const T> weight,
+void fold_impl(const omp_policy& policy, const block_statistics<T>& stats, image_view<const T> weight,
                vector_view<const T> bias, image_view<T> weight_out, vector_view<T> bias_out) {
   using rows_t = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   const block_plan& plan = stats.plan;
