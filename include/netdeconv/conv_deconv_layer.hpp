@@ -40,7 +40,7 @@ class conv_deconv_layer : public detail::folding_layer<T, layer_kind::conv> {
     NETDECONV_REQUIRE(x.shape[1] == this->plan().channels, "train_step", "x has C=", x.shape[1], ", the layer has ",
                       this->plan().channels);
     auto stats = this->core_.train(policy, patch_sampler<T>(x, this->geometry_, this->sampling_stride_));
-    auto folded = fold(policy, stats, weight, bias);
+    auto folded = detail::folded(policy, stats, weight, bias);
     return {std::move(folded), std::move(stats)};
   }
 
@@ -48,7 +48,7 @@ class conv_deconv_layer : public detail::folding_layer<T, layer_kind::conv> {
   template <class Policy>
   folded_weights<T> eval(const Policy& policy, image_view<const T> weight, vector_view<const T> bias) const {
     check("eval", weight, bias);
-    return fold(policy, this->core_.evaluation(policy), weight, bias);
+    return detail::folded(policy, this->core_.evaluation(policy), weight, bias);
   }
 
   /// Export for inference: writes eval()'s W' and b' into the caller's tensors.
@@ -56,7 +56,8 @@ class conv_deconv_layer : public detail::folding_layer<T, layer_kind::conv> {
   void export_weights(const Policy& policy, image_view<const T> weight, vector_view<const T> bias,
                       image_view<T> weight_out, vector_view<T> bias_out) const {
     check("export_weights", weight, bias);
-    fold(policy, this->core_.evaluation(policy), weight, bias, weight_out, bias_out);
+    detail::check_fold_outputs("export_weights", weight, bias, weight_out, bias_out, true);
+    detail::fold_impl(policy, this->core_.evaluation(policy), weight, bias, weight_out, bias_out);
   }
 
  private:

@@ -83,16 +83,29 @@ struct folded_weights {
   std::vector<T> bias;    ///< b', Cout entries
 };
 
+namespace detail {
+
+/// fold into new contiguous buffers, for arguments already checked (check_statistics,
+/// check_weight): the returning forms, the statistics steps and the layers.
+template <class Policy, class T>
+folded_weights<T> folded(const Policy& policy, const block_statistics<T>& stats, const image_view<const T>& weight,
+                         const vector_view<const T>& bias) {
+  const auto& s = weight.shape;
+  folded_weights<T> out{std::vector<T>(std::size_t(weight.size())), std::vector<T>(std::size_t(s[0]))};
+  fold_impl(policy, stats, weight, bias, nchw(out.weight.data(), s[0], s[1], s[2], s[3]), contiguous(out.bias.data(), s[0]));
+  return out;
+}
+
+}  // namespace detail
+
 /// Returning form of fold: W' (contiguous OIHW) and b'.
 template <class Policy, class T>
 folded_weights<T> fold(const Policy& policy, const block_statistics<T>& stats, image_view<const T> weight,
                        vector_view<const T> bias) {
+  static_assert(is_execution_policy_v<Policy>, "first argument must be an execution policy");
   detail::check_statistics("fold", stats);
   detail::check_weight("fold", stats.plan, weight, bias);
-  const auto& s = weight.shape;
-  folded_weights<T> out{std::vector<T>(std::max<index_t>(weight.size(), 0)), std::vector<T>(std::max<index_t>(s[0], 0))};
-  fold(policy, stats, weight, bias, nchw(out.weight.data(), s[0], s[1], s[2], s[3]), contiguous(out.bias.data(), s[0]));
-  return out;
+  return detail::folded(policy, stats, weight, bias);
 }
 
 /// Linear layer form: weight (Cout, Fin).

@@ -7,6 +7,7 @@
 //   frozen = freeze && counter > freeze_iter;  counter = (counter + 1) mod (10 * freeze_iter)
 //   frozen:      fold with (r_mu, r_D); nothing else changes
 //   otherwise:   moments of the batch -> Cov_s = M_s/n + eps_s I -> D_s = Cov_s^(-1/2)
+//                (measure_batch: the first half of the statistics step, statistics_step.hpp)
 //                on failure (NaN/Inf, not positive definite, not converged) apply options.on_failure
 //                r <- (1 - m) r + m value for mu and D (or Cov, with average_covariance);
 //                r <- value on the first step with first_step_copy
@@ -30,6 +31,7 @@
 #include "im2col.hpp"
 #include "inverse_sqrt.hpp"
 #include "moments.hpp"
+#include "statistics_step.hpp"
 
 namespace netdeconv {
 
@@ -145,18 +147,12 @@ class deconv_core {
       commit(diag);
       return stats;
     }
-    const auto moments = block_moments(policy, source, plan_);
-    std::vector<square_matrix<double>> cov0;  // Cov without eps, in double
+    const batch_statistics<T> measured = measure_batch<T>(policy, source, plan_, uncentred_);
     std::vector<double> eps(plan_.count(), eps_);
-    block_statistics<T> batch{plan_, {}, {}};
-    for (index_t s = 0; s < plan_.count(); ++s) {
-      const auto& m = moments[s];
-      batch.mean.push_back(m.mean().template cast<T>());
-      cov0.push_back(m.template covariance<double>(0.0));
-      if (uncentred_) cov0.back() += m.mean() * m.mean().transpose();
-      if (options_.relative_eps) eps[s] = eps_ * cov0.back().trace() / double(plan_.features());
-    }
-    std::vector<square_matrix<T>> cov = with_eps(cov0, eps, 1.0);
+    if (options_.relative_eps)
+      for (index_t s = 0; s < plan_.count(); ++s) eps[s] = eps_ * measured.cov0[s].trace() / double(plan_.features());
+    block_statistics<T> batch{plan_, measured.mean, {}};
+    std::vector<square_matrix<T>> cov = measured.regularised(eps);
     diag.reports = inverse_sqrt(policy, cov, batch.D, isqrt_);
     if (!all_ok(diag.reports)) {
       ++diag.failures;
@@ -172,7 +168,9 @@ class deconv_core {
           diag.outcome = step_outcome::eps_raised;
           for (double scale = 10.0; !all_ok(diag.reports) && diag.eps_raises < options_.max_eps_raises; scale *= 10.0) {
             ++diag.eps_raises;
-            cov = with_eps(cov0, eps, scale);
+            std::vector<double> raised(eps);
+            for (double& e : raised) e *= scale;
+            cov = measured.regularised(raised);
             diag.reports = inverse_sqrt(policy, cov, batch.D, isqrt_);
           }
           break;
@@ -303,17 +301,6 @@ class deconv_core {
         os << " block " << s << ' ' << reports[s].status << " (residual " << reports[s].residual << " after "
            << reports[s].iterations << " iterations)";
     return os.str();
-  }
-  /// Cov0_s + scale*eps_s I in T.
-  std::vector<square_matrix<T>> with_eps(const std::vector<square_matrix<double>>& cov0, const std::vector<double>& eps,
-                                         double scale) const {
-    std::vector<square_matrix<T>> cov;
-    for (std::size_t s = 0; s < cov0.size(); ++s) {
-      square_matrix<double> c = cov0[s];
-      c.diagonal().array() += scale * eps[s];
-      cov.push_back(c.template cast<T>());
-    }
-    return cov;
   }
   template <class M>
   static void average(M& running, const M& value, bool copy, T m) {

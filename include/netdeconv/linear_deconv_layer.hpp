@@ -31,21 +31,22 @@ class linear_deconv_layer : public detail::folding_layer<T, layer_kind::linear> 
     NETDECONV_REQUIRE(x.shape[1] == this->plan().channels, "train_step", "x has ", x.shape[1],
                       " features, the layer has ", this->plan().channels);
     auto stats = this->core_.train(policy, matrix_rows<T>(x));
-    auto folded = fold(policy, stats, weight, bias);
+    auto folded = detail::folded(policy, stats, detail::as_conv_weight(weight), bias);
     return {std::move(folded), std::move(stats)};
   }
 
   template <class Policy>
   folded_weights<T> eval(const Policy& policy, matrix_view<const T> weight, vector_view<const T> bias) const {
     check("eval", weight, bias);
-    return fold(policy, this->core_.evaluation(policy), weight, bias);
+    return detail::folded(policy, this->core_.evaluation(policy), detail::as_conv_weight(weight), bias);
   }
 
   template <class Policy>
   void export_weights(const Policy& policy, matrix_view<const T> weight, vector_view<const T> bias,
                       matrix_view<T> weight_out, vector_view<T> bias_out) const {
     check("export_weights", weight, bias);
-    fold(policy, this->core_.evaluation(policy), weight, bias, weight_out, bias_out);
+    detail::check_fold_outputs("export_weights", detail::as_conv_weight(weight), bias, detail::as_conv_weight(weight_out), bias_out, true);
+    detail::fold_impl(policy, this->core_.evaluation(policy), detail::as_conv_weight(weight), bias, detail::as_conv_weight(weight_out), bias_out);
   }
 
  private:

@@ -45,22 +45,51 @@ struct estimated_statistics {
 template <class T>
 struct statistics_step_result : estimated_statistics<T>, folded_weights<T> {};
 
+/// The batch half of a statistics step (docs/method.md §7), which the steps and the layers share:
+/// per statistic of `plan`, the mean mu_s (in T) and Cov0_s = M_s/n in double (eps not added;
+/// uncentred: M_s/n + mu_s mu_s^T, the reference channel layer's quirk).
+template <class T>
+struct batch_statistics {
+  block_plan plan;
+  std::vector<Eigen::Matrix<T, Eigen::Dynamic, 1>> mean;
+  std::vector<square_matrix<double>> cov0;
+  index_t samples = 0;  ///< rows per statistic (sampled rows x rows_per_patch)
+
+  /// Cov0_s + eps[s] I, converted to T: what the inverse square root takes.
+  std::vector<square_matrix<T>> regularised(const std::vector<double>& eps) const {
+    std::vector<square_matrix<T>> cov;
+    for (std::size_t s = 0; s < cov0.size(); ++s) {
+      square_matrix<double> c = cov0[s];
+      c.diagonal().array() += eps[s];
+      cov.push_back(c.template cast<T>());
+    }
+    return cov;
+  }
+};
+
+/// block_moments of `source` under `plan`, as batch_statistics.
+template <class T, class Policy, class Source>
+batch_statistics<T> measure_batch(const Policy& policy, const Source& source, const block_plan& plan,
+                                  bool uncentred = false) {
+  batch_statistics<T> out{plan, {}, {}, 0};
+  for (const auto& m : block_moments(policy, source, plan)) {
+    out.samples = m.count();
+    out.mean.push_back(m.mean().template cast<T>());
+    out.cov0.push_back(m.template covariance<double>(0.0));
+    if (uncentred) out.cov0.back() += m.mean() * m.mean().transpose();
+  }
+  return out;
+}
+
 /// Moments of `source` under `plan`, covariances Cov_s + eps I and their inverse square roots.
 template <class T, class Policy, class Source>
 estimated_statistics<T> estimate_statistics(const Policy& policy, const Source& source, const block_plan& plan,
                                             double eps, const isqrt_options& isqrt) {
   NETDECONV_REQUIRE(eps >= 0, "estimate_statistics", "eps must be >= 0, got ", eps);
   detail::check_isqrt_options("estimate_statistics", isqrt);
-  const auto stats = block_moments(policy, source, plan);
-  estimated_statistics<T> out;
-  out.statistics.plan = plan;
-  out.samples = stats.front().count();
-  std::vector<square_matrix<T>> cov;
-  for (const auto& m : stats) {
-    out.statistics.mean.push_back(m.mean().template cast<T>());
-    cov.push_back(m.template covariance<T>(eps));
-  }
-  out.reports = inverse_sqrt(policy, cov, out.statistics.D, isqrt);
+  batch_statistics<T> batch = measure_batch<T>(policy, source, plan);
+  estimated_statistics<T> out{{plan, std::move(batch.mean), {}}, {}, batch.samples};
+  out.reports = inverse_sqrt(policy, batch.regularised(std::vector<double>(batch.cov0.size(), eps)), out.statistics.D, isqrt);
   return out;
 }
 
@@ -72,7 +101,7 @@ void store_step(const Policy& policy, const estimated_statistics<T>& estimate, c
                 const vector_view<const T>& bias, const statistics_step_outputs<T, 4>& out) {
   store_statistics(estimate.statistics, out.mean, out.D);
   for (index_t s = 0; s < out.reports.shape[0]; ++s) out.reports(s) = estimate.reports[std::size_t(s)];
-  fold(policy, estimate.statistics, weight, bias, out.weight, out.bias);
+  fold_impl(policy, estimate.statistics, weight, bias, out.weight, out.bias);
 }
 
 }  // namespace detail
@@ -85,7 +114,7 @@ statistics_step_result<T> conv_statistics_step(const Policy& policy, image_view<
   const block_plan plan = detail::check_conv_step("conv_statistics_step", x, weight, bias, config);
   auto estimate = estimate_statistics<T>(policy, patch_sampler<T>(x, config.geometry, config.sampling_stride), plan,
                                          config.eps, config.isqrt);
-  auto folded = fold(policy, estimate.statistics, weight, bias);
+  auto folded = detail::folded(policy, estimate.statistics, weight, bias);
   return {std::move(estimate), std::move(folded)};
 }
 
@@ -112,7 +141,7 @@ statistics_step_result<T> linear_statistics_step(const Policy& policy, matrix_vi
   static_assert(is_execution_policy_v<Policy>, "first argument must be an execution policy");
   const block_plan plan = detail::check_linear_step("linear_statistics_step", x, weight, bias, config);
   auto estimate = estimate_statistics<T>(policy, matrix_rows<T>(x), plan, config.eps, config.isqrt);
-  auto folded = fold(policy, estimate.statistics, weight, bias);
+  auto folded = detail::folded(policy, estimate.statistics, detail::as_conv_weight(weight), bias);
   return {std::move(estimate), std::move(folded)};
 }
 
