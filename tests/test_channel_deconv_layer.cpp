@@ -137,3 +137,34 @@ TEST_CASE("channel layer: no freeze, a dead remaining channel with eps = 0 is a 
   CHECK_THROWS_WITH_AS(b.eval(seq, nchw<const float>(x.data(), 2, 5, 6, 6), nchw(x.data() + 1, 2, 5, 6, 6)),
                        doctest::Contains("y overlaps x"), invalid_argument);
 }
+
+TEST_CASE("channel layer state in caller memory: the same outputs, the remaining channels' scalars included") {
+  std::mt19937_64 rng(84);
+  const index_t N = 2, C = 11, H = 5, W = 4, B = 4;
+  channel_deconv_config cfg;
+  cfg.block = B;
+  channel_deconv_layer<float> owned(C, cfg), attached(C, cfg);
+  std::vector<float> mean(B), D(B * B), remaining(2);
+  std::vector<index_t> counters(3);
+  const running_state_view<float> state{row_major(mean.data(), 1, B), {D.data(), {1, B, B}, {B * B, B, 1}}, {},
+                                        contiguous(counters.data(), 3), contiguous(remaining.data(), 2)};
+  CHECK_THROWS_WITH_AS(attached.attach_state({state.mean, state.D, {}, state.counters, {}}),
+                       doctest::Contains("remaining must have 2 entries"), invalid_argument);
+  attached.attach_state(state);
+  CHECK(remaining == std::vector<float>{0.0f, 1.0f});
+  std::normal_distribution<double> normal(0.5, 2.0);
+  for (int k = 0; k < 4; ++k) {
+    std::vector<float> x(N * C * H * W), y1(x.size()), y2(x.size());
+    for (auto& v : x) v = float(normal(rng));
+    owned.train_step(seq, nchw<const float>(x.data(), N, C, H, W), nchw(y1.data(), N, C, H, W));
+    attached.train_step(seq, nchw<const float>(x.data(), N, C, H, W), nchw(y2.data(), N, C, H, W));
+    CHECK(y1 == y2);
+    CHECK(remaining[0] == owned.running_remaining_mean());
+    CHECK(remaining[1] == owned.running_remaining_var());
+    CHECK(attached.state() == owned.state());
+  }
+  remaining[1] = -1.0f;
+  std::vector<float> x(N * C * H * W, 1.0f), y(x.size());
+  CHECK_THROWS_WITH_AS(attached.eval(seq, nchw<const float>(x.data(), N, C, H, W), nchw(y.data(), N, C, H, W)),
+                       doctest::Contains("remaining-channel mean"), invalid_argument);
+}

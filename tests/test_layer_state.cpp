@@ -3,6 +3,9 @@
 // reference freeze counter, running covariance, relative eps, failure policies, resume.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <limits>
+
 #include <netdeconv/eigen.hpp>
 #include <netdeconv/conv_deconv_layer.hpp>
 #include <netdeconv/linear_deconv_layer.hpp>
@@ -260,4 +263,111 @@ TEST_CASE("max_eps_raises is capped at 30") {
   options.max_eps_raises = 31;
   CHECK_THROWS_WITH_AS(linear_deconv_layer<float>(6, small_linear(), options), doctest::Contains("max_eps_raises must be in [0, 30]"),
                        invalid_argument);
+}
+
+namespace {
+
+/// A framework's buffers for a layer's running state (S statistics of F features).
+template <class T>
+struct state_buffers {
+  std::vector<T> mean, D, cov, remaining;
+  std::vector<index_t> counters = std::vector<index_t>(3);
+  index_t S, F;
+  state_buffers(index_t S, index_t F, bool with_cov, bool with_remaining)
+      : mean(S * F), D(S * F * F), cov(with_cov ? S * F * F : 0), remaining(with_remaining ? 2 : 0), S(S), F(F) {}
+  running_state_view<T> view() {
+    return {row_major(mean.data(), S, F),
+            {D.data(), {S, F, F}, {F * F, F, 1}},
+            cov.empty() ? tensor_view<T, 3>{} : tensor_view<T, 3>{cov.data(), {S, F, F}, {F * F, F, 1}},
+            contiguous(counters.data(), 3),
+            remaining.empty() ? vector_view<T>{} : contiguous(remaining.data(), 2)};
+  }
+};
+
+}  // namespace
+
+TEST_CASE("running state in caller memory: the same trajectory, and a framework checkpoint of it resumes bit for bit") {
+  std::mt19937_64 rng(74);
+  conv_deconv_config cfg;
+  cfg.geometry = conv_geometry::square(3, 1, 1);
+  cfg.block = 2;
+  cfg.sampling_stride = 2;
+  layer_options options = layer_options::improved();
+  options.freeze = true;
+  options.freeze_iter = 2;
+  std::vector<std::vector<float>> batches;
+  for (int k = 0; k < 10; ++k) batches.push_back(random_vector<float>(2 * 4 * 7 * 7, rng));
+  const auto W = random_vector<float>(5 * 4 * 9, rng), b = random_vector<float>(5, rng);
+  const auto Wv = nchw<const float>(W.data(), 5, 4, 3, 3);
+  const auto bv = contiguous<const float>(b.data(), 5);
+  const auto step = [&](conv_deconv_layer<float>& layer, int k) {
+    return layer.train_step(par, nchw<const float>(batches[k].data(), 2, 4, 7, 7), Wv, bv).weight;
+  };
+  conv_deconv_layer<float> owned(4, cfg, options), attached(4, cfg, options);
+  const index_t S = owned.plan().count(), F = owned.plan().features();
+  state_buffers<float> buffers(S, F, true, false);
+  attached.attach_state(buffers.view());
+  CHECK(buffers.D[0] == 1.0f);  // the initial state (0, I) was written into the buffers
+  CHECK(buffers.counters == std::vector<index_t>{0, 0, 0});
+  state_buffers<float> saved(S, F, true, false);
+  for (int k = 0; k < 10; ++k) {
+    CAPTURE(k);
+    CHECK(step(attached, k) == step(owned, k));
+    CHECK(buffers.counters[0] == k + 1);
+    CHECK(attached.state() == owned.state());
+    if (k == 4) saved = buffers;  // e.g. torch.save(model.state_dict())
+  }
+  for (index_t s = 0; s < S; ++s) CHECK(Eigen::Map<const Eigen::VectorXf>(buffers.mean.data() + s * F, F) == owned.running().mean[s]);
+  // Resume: a fresh layer attached to memory the framework filled from its checkpoint.
+  conv_deconv_layer<float> resumed(4, cfg, options);
+  state_buffers<float> restored(S, F, true, false);
+  resumed.attach_state(restored.view());
+  // e.g. model.load_state_dict(...): the checkpoint copied into the same buffers
+  std::copy(saved.mean.begin(), saved.mean.end(), restored.mean.begin());
+  std::copy(saved.D.begin(), saved.D.end(), restored.D.begin());
+  std::copy(saved.cov.begin(), saved.cov.end(), restored.cov.begin());
+  std::copy(saved.counters.begin(), saved.counters.end(), restored.counters.begin());
+  conv_deconv_layer<float> reference(4, cfg, options);
+  for (int k = 0; k < 10; ++k) {
+    const auto w = step(reference, k);
+    if (k > 4) CHECK(step(resumed, k) == w);
+  }
+  CHECK(resumed.state() == reference.state());
+  // A byte checkpoint loaded into an attached layer lands in the caller's memory.
+  conv_deconv_layer<float> loading(4, cfg, options);
+  state_buffers<float> target(S, F, true, false);
+  loading.attach_state(target.view());
+  loading.load_state(reference.state());
+  CHECK(target.counters == buffers.counters);
+  CHECK(target.D == buffers.D);
+}
+
+TEST_CASE("an attached state is checked as a checkpoint is") {
+  linear_fixture f;
+  linear_deconv_layer<float> layer(6, small_linear());
+  state_buffers<float> buffers(1, 6, false, false);
+  layer.attach_state(buffers.view());
+  const auto x = f.batch();
+  layer.train_step(seq, f.view_of(x), f.weight(), f.bias());
+  buffers.counters[1] = 7;  // freeze counter != steps mod 10 * freeze_iter
+  CHECK_THROWS_WITH_AS(layer.train_step(seq, f.view_of(x), f.weight(), f.bias()),
+                       doctest::Contains("the attached state has freeze counter 7, but steps 1"), invalid_argument);
+  buffers.counters[1] = 1;
+  buffers.D[3] = std::numeric_limits<float>::quiet_NaN();
+  CHECK_THROWS_WITH_AS(layer.eval(seq, f.weight(), f.bias()), doctest::Contains("non-finite running statistics"),
+                       invalid_argument);
+  buffers.D[3] = 0.0f;
+  CHECK_NOTHROW(layer.train_step(seq, f.view_of(x), f.weight(), f.bias()));
+  CHECK(buffers.counters[0] == 2);
+  // wrong shapes, a missing or an unexpected running covariance
+  state_buffers<float> small(1, 5, false, false);
+  CHECK_THROWS_WITH_AS(layer.attach_state(small.view()), doctest::Contains("mean is (1, 5), the plan needs (1, 6)"),
+                       invalid_argument);
+  state_buffers<float> with_cov(1, 6, true, false);
+  CHECK_THROWS_WITH_AS(layer.attach_state(with_cov.view()), doctest::Contains("cov must be empty"), invalid_argument);
+  linear_deconv_layer<float> averaging(6, small_linear(), layer_options::improved());
+  CHECK_THROWS_WITH_AS(averaging.attach_state(buffers.view()), doctest::Contains("cov is (0, 0, 0)"), invalid_argument);
+  auto overlapping = buffers.view();
+  overlapping.counters = {reinterpret_cast<index_t*>(buffers.D.data()), {3}, {1}};
+  CHECK_THROWS_WITH_AS(layer.attach_state(overlapping), doctest::Contains("overlaps"), invalid_argument);
 }

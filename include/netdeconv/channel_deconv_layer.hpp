@@ -70,6 +70,7 @@ class channel_deconv_layer {
   void train_step(const Policy& policy, image_view<const T> x, image_view<T> y) {
     constexpr const char* fn = "train_step";
     check(fn, x, y);
+    pull_scalars();
     const index_t step = sampling_step(x);
     const sample_source source{x, whitened_ / config_.block, config_.block, step};
     NETDECONV_REQUIRE(source.rows() >= 2, fn, "statistics need >= 2 samples, got ", source.rows(), " (x is ", x.shape[0],
@@ -94,6 +95,7 @@ class channel_deconv_layer {
       running_scalars_.mean = copy ? batch.mean : (T(1) - m) * running_scalars_.mean + m * batch.mean;
       running_scalars_.var = copy ? batch.var : (T(1) - m) * running_scalars_.var + m * batch.var;
     }
+    push_scalars();
     apply(x, y, stats, batch);
   }
 
@@ -101,18 +103,41 @@ class channel_deconv_layer {
   template <class Policy>
   void eval(const Policy& policy, image_view<const T> x, image_view<T> y) const {
     check("eval", x, y);
+    pull_scalars();
     apply(x, y, core_.evaluation(policy), running_scalars_);
   }
 
   /// Running mean (B) and D (B x B) of the whitened channels.
   const block_statistics<T>& running() const { return core_.running(); }
   /// Running mean and variance of the remaining C - c channels (0 and 1 before training).
-  T running_remaining_mean() const { return running_scalars_.mean; }
-  T running_remaining_var() const { return running_scalars_.var; }
+  T running_remaining_mean() const { return (pull_scalars(), running_scalars_.mean); }
+  T running_remaining_var() const { return (pull_scalars(), running_scalars_.var); }
+
+  /// Keeps the running state in the caller's memory from now on (running_state_view, with
+  /// `remaining` = the unwhitened channels' mean and variance (2) when C is not a multiple of the
+  /// block, else empty); the current state is written there first.
+  void attach_state(const running_state_view<T>& state) {
+    constexpr const char* fn = "attach_state";
+    if (whitened_ < channels_) {
+      detail::check_output_view(fn, "remaining", state.remaining);
+      NETDECONV_REQUIRE(state.remaining.shape[0] == 2, fn, "remaining must have 2 entries (mean, variance), got ",
+                        state.remaining.shape[0]);
+      detail::check_disjoint(fn, "remaining", state.remaining, "mean", state.mean);
+      detail::check_disjoint(fn, "remaining", state.remaining, "D", state.D);
+      detail::check_disjoint(fn, "remaining", state.remaining, "cov", state.cov);
+    } else {
+      NETDECONV_REQUIRE(state.remaining.empty(), fn, "remaining must be empty: every channel is whitened");
+    }
+    pull_scalars();
+    core_.attach(state);
+    remaining_ = state.remaining;
+    push_scalars();
+  }
   const step_diagnostic& diagnostic() const { return core_.diagnostic(); }
   index_t steps() const { return core_.steps(); }
 
   std::vector<std::uint8_t> state() const {
+    pull_scalars();
     detail::byte_writer w(layer_kind::channel, sizeof(T));
     w.i64(channels_);
     w.f64(config_.eps);
@@ -139,7 +164,9 @@ class channel_deconv_layer {
              " (need finite values, variance >= 0 and variance + eps > 0)");
     r.expect_end();
     core_ = std::move(loaded);
+    core_.push();
     running_scalars_ = {scalars[0], scalars[1]};
+    push_scalars();
   }
 
  private:
@@ -224,11 +251,30 @@ class channel_deconv_layer {
         }
   }
 
+  /// With an attached state: reads the remaining channels' mean and variance (checked as a
+  /// checkpoint's are: finite, variance >= 0 and variance + eps > 0).
+  void pull_scalars() const {
+    if (remaining_.empty()) return;
+    const T mean = remaining_(0), var = remaining_(1);
+    NETDECONV_REQUIRE(std::isfinite(mean) && std::isfinite(var) && var >= T(0) && double(var) + config_.eps > 0,
+                      "attach_state", "the attached state holds remaining-channel mean ", mean, " and variance ", var,
+                      " (need finite values, variance >= 0 and variance + eps > 0)");
+    running_scalars_ = {mean, var};
+  }
+  void push_scalars() const {
+    if (remaining_.empty()) return;
+    remaining_(0) = running_scalars_.mean;
+    remaining_(1) = running_scalars_.var;
+  }
+
   channel_deconv_config config_;
   index_t whitened_;  ///< c = floor(C/B)*B
   detail::deconv_core<T> core_;
   index_t channels_;
-  scalar_stats running_scalars_;
+  // The remaining channels' running mean and variance; with an attached state a mirror of
+  // remaining_ (pull_scalars / push_scalars): hence mutable.
+  mutable scalar_stats running_scalars_;
+  vector_view<T> remaining_;  ///< attached: the caller's (mean, variance); else empty
 };
 
 }  // namespace netdeconv

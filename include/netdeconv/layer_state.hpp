@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <iterator>
 #include <limits>
+#include <optional>
 #include <ostream>
 #include <stdexcept>
 #include <string>
@@ -31,6 +32,7 @@
 #include "im2col.hpp"
 #include "inverse_sqrt.hpp"
 #include "moments.hpp"
+#include "statistics_view.hpp"
 #include "statistics_step.hpp"
 
 namespace netdeconv {
@@ -100,6 +102,18 @@ struct step_diagnostic {
   index_t failures = 0;               ///< steps so far whose statistics failed (saved in checkpoints)
 };
 
+/// A layer's running state in memory its caller owns (a framework's buffers, e.g. PyTorch
+/// register_buffer tensors, so that its own checkpoint holds them). S = plan().count(),
+/// F = plan().features(); any strides.
+template <class T>
+struct running_state_view {
+  matrix_view<T> mean;            ///< (S, F) running means
+  tensor_view<T, 3> D;            ///< (S, F, F) running D
+  tensor_view<T, 3> cov;          ///< (S, F, F) running covariance with average_covariance, else empty
+  vector_view<index_t> counters;  ///< (3): training steps, freeze counter, failed steps
+  vector_view<T> remaining;       ///< channel layer with unwhitened channels: their mean and variance (2), else empty
+};
+
 namespace detail {
 
 /// Running statistics of one plan and the step logic above; used by every layer.
@@ -130,14 +144,87 @@ class deconv_core {
 
   const block_plan& plan() const { return plan_; }
   const layer_options& options() const { return options_; }
-  const block_statistics<T>& running() const { return running_; }
-  const step_diagnostic& diagnostic() const { return diagnostic_; }
-  index_t steps() const { return steps_; }
-  index_t counter() const { return counter_; }
+  const block_statistics<T>& running() const { return (pull(), running_); }
+  const step_diagnostic& diagnostic() const { return (pull(), diagnostic_); }
+  index_t steps() const { return (pull(), steps_); }
+  index_t counter() const { return (pull(), counter_); }
+
+  /// From now on keeps the running statistics and counters in `state` (see running_state_view):
+  /// writes the current ones there, and every later call reads them back first (checked as a
+  /// checkpoint is), so whatever the caller loads into that memory is the state.
+  void attach(const running_state_view<T>& state) {
+    constexpr const char* fn = "attach_state";
+    const index_t S = plan_.count(), F = plan_.features();
+    const block_statistics_view<const T> stats{plan_, state.mean, state.D};
+    check_statistics_view(fn, stats);
+    check_output_view(fn, "mean", state.mean);
+    check_output_view(fn, "D", state.D);
+    check_output_view(fn, "counters", state.counters);
+    NETDECONV_REQUIRE(state.counters.shape[0] == 3, fn, "counters must have 3 entries (steps, freeze counter, failures), got ",
+                      state.counters.shape[0]);
+    check_disjoint(fn, "D", state.D, "mean", state.mean);
+    check_disjoint(fn, "counters", state.counters, "mean", state.mean);
+    check_disjoint(fn, "counters", state.counters, "D", state.D);
+    if (options_.average_covariance) {
+      check_output_view(fn, "cov", state.cov);
+      NETDECONV_REQUIRE(state.cov.shape[0] == S && state.cov.shape[1] == F && state.cov.shape[2] == F, fn, "cov is (",
+                        state.cov.shape[0], ", ", state.cov.shape[1], ", ", state.cov.shape[2], "), the layer needs (", S,
+                        ", ", F, ", ", F, ") with average_covariance");
+      check_disjoint(fn, "cov", state.cov, "mean", state.mean);
+      check_disjoint(fn, "cov", state.cov, "D", state.D);
+      check_disjoint(fn, "cov", state.cov, "counters", state.counters);
+    } else {
+      NETDECONV_REQUIRE(state.cov.empty(), fn, "cov must be empty without average_covariance");
+    }
+    pull();
+    external_ = state;
+    push();
+  }
+
+  /// Reads an attached state into this object (see attach); invalid_argument if it makes no sense.
+  void pull() const {
+    if (!external_) return;
+    const running_state_view<T>& v = *external_;
+    const index_t F = plan_.features();
+    for (index_t s = 0; s < plan_.count(); ++s)
+      for (index_t i = 0; i < F; ++i) {
+        running_.mean[s][i] = v.mean(s, i);
+        for (index_t j = 0; j < F; ++j) {
+          running_.D[s](i, j) = v.D(s, i, j);
+          if (options_.average_covariance) running_cov_[s](i, j) = v.cov(s, i, j);
+        }
+      }
+    steps_ = v.counters(0);
+    counter_ = v.counters(1);
+    diagnostic_.failures = v.counters(2);
+    check_running([](const auto&... parts) { fail("attach_state", "the attached state ", parts...); });
+  }
+
+  /// Writes this object's state into the attached views.
+  void push() const {
+    if (!external_) return;
+    const running_state_view<T>& v = *external_;
+    const index_t F = plan_.features();
+    for (index_t s = 0; s < plan_.count(); ++s)
+      for (index_t i = 0; i < F; ++i) {
+        v.mean(s, i) = running_.mean[s][i];
+        for (index_t j = 0; j < F; ++j) {
+          v.D(s, i, j) = running_.D[s](i, j);
+          if (options_.average_covariance) v.cov(s, i, j) = running_cov_[s](i, j);
+        }
+      }
+    v.counters(0) = steps_;
+    v.counters(1) = counter_;
+    v.counters(2) = diagnostic_.failures;
+  }
+
+  /// The attached state, if any.
+  const std::optional<running_state_view<T>>& attached() const { return external_; }
 
   /// One training step over the rows of `source`; returns the statistics to fold with this step.
   template <class Policy, class Source>
   block_statistics<T> train(const Policy& policy, const Source& source) {
+    pull();
     const bool frozen = options_.freeze && counter_ > options_.freeze_iter;
     step_diagnostic diag;
     diag.failures = diagnostic_.failures;
@@ -199,6 +286,7 @@ class deconv_core {
   /// positive definite matrices; if that fails too, numerical_error is thrown.
   template <class Policy>
   block_statistics<T> evaluation(const Policy& policy) const {
+    pull();
     if (!options_.average_covariance || steps_ == 0) return running_;
     block_statistics<T> out{plan_, running_.mean, {}};
     auto reports = inverse_sqrt(policy, running_cov_, out.D, isqrt_);
@@ -211,6 +299,7 @@ class deconv_core {
 
   /// Records a step whose statistics are not used (e.g. a failed part of a composite layer).
   void keep_previous_step() {
+    pull();
     step_diagnostic diag;
     diag.outcome = step_outcome::kept_previous;
     diag.failures = diagnostic_.failures + 1;
@@ -220,6 +309,7 @@ class deconv_core {
   /// Writes the plan, every option that shapes the trajectory, the counters and the running
   /// statistics.
   void save(byte_writer& w) const {
+    pull();
     for (const std::int64_t v : configuration()) w.i64(v);
     w.f64(options_.momentum);
     w.f64(isqrt_.tolerance);
@@ -238,6 +328,7 @@ class deconv_core {
   /// 0 <= failures <= steps < 2^62 and counter == steps mod (10 freeze_iter), running statistics
   /// that are not finite, or a running covariance that is not symmetric.
   deconv_core loaded(byte_reader& r) const {
+    pull();
     deconv_core copy = *this;
     constexpr const char* names[] = {"block layout", "channels", "kernel area", "groups", "block",
                                      "freeze", "freeze_iter", "first_step_copy", "average_covariance",
@@ -252,23 +343,12 @@ class deconv_core {
     copy.counter_ = r.i64();
     copy.diagnostic_ = {};
     copy.diagnostic_.failures = r.i64();
-    const index_t wrap = 10 * options_.freeze_iter;
-    if (copy.steps_ < 0 || copy.steps_ >= max_steps)
-      r.fail("has steps = ", copy.steps_, ", outside [0, 2^62)");
-    if (copy.counter_ != copy.steps_ % wrap)
-      r.fail("has freeze counter ", copy.counter_, ", but steps ", copy.steps_, " mod 10*freeze_iter = ", copy.steps_ % wrap);
-    if (copy.diagnostic_.failures < 0 || copy.diagnostic_.failures > copy.steps_)
-      r.fail("has ", copy.diagnostic_.failures, " failed steps, outside [0, steps = ", copy.steps_, "]");
     for (index_t s = 0; s < plan_.count(); ++s) {
       r.scalars(copy.running_.mean[s].data(), copy.running_.mean[s].size(), "running mean");
       r.scalars(copy.running_.D[s].data(), copy.running_.D[s].size(), "running D");
       if (options_.average_covariance) r.scalars(copy.running_cov_[s].data(), copy.running_cov_[s].size(), "running Cov");
-      if (!copy.running_.mean[s].allFinite() || !copy.running_.D[s].allFinite() ||
-          (options_.average_covariance && !copy.running_cov_[s].allFinite()))
-        r.fail("holds non-finite running statistics for block ", s);
-      if (options_.average_covariance && !measure_symmetry<T>(copy.running_cov_[s]).ok())
-        r.fail("holds a non-symmetric running covariance for block ", s);
     }
+    copy.check_running([&](const auto&... parts) { r.fail(parts...); });
     return copy;
   }
 
@@ -316,6 +396,27 @@ class deconv_core {
     counter_ = (counter_ + 1) % (10 * options_.freeze_iter);
     ++steps_;
     diagnostic_ = diag;
+    push();
+  }
+
+  /// Calls fail(message parts...) unless the counters and statistics make sense: 0 <= failures <=
+  /// steps < 2^62, counter == steps mod (10 freeze_iter), finite running statistics, a symmetric
+  /// running covariance.
+  template <class Fail>
+  void check_running(Fail&& fail) const {
+    const index_t wrap = 10 * options_.freeze_iter;
+    if (steps_ < 0 || steps_ >= max_steps) fail("has steps = ", steps_, ", outside [0, 2^62)");
+    if (counter_ != steps_ % wrap)
+      fail("has freeze counter ", counter_, ", but steps ", steps_, " mod 10*freeze_iter = ", steps_ % wrap);
+    if (diagnostic_.failures < 0 || diagnostic_.failures > steps_)
+      fail("has ", diagnostic_.failures, " failed steps, outside [0, steps = ", steps_, "]");
+    for (index_t s = 0; s < plan_.count(); ++s) {
+      if (!running_.mean[s].allFinite() || !running_.D[s].allFinite() ||
+          (options_.average_covariance && !running_cov_[s].allFinite()))
+        fail("holds non-finite running statistics for block ", s);
+      if (options_.average_covariance && !measure_symmetry<T>(running_cov_[s]).ok())
+        fail("holds a non-symmetric running covariance for block ", s);
+    }
   }
 
   block_plan plan_;
@@ -323,10 +424,13 @@ class deconv_core {
   isqrt_options isqrt_;
   layer_options options_;
   bool uncentred_;
-  block_statistics<T> running_;
-  std::vector<square_matrix<T>> running_cov_;
-  index_t counter_ = 0, steps_ = 0;
-  step_diagnostic diagnostic_;
+  // The running state; with an attached state (attach) a mirror of it, read at the start of every
+  // call (pull) and written after every change (push): hence mutable.
+  mutable block_statistics<T> running_;
+  mutable std::vector<square_matrix<T>> running_cov_;
+  mutable index_t counter_ = 0, steps_ = 0;
+  mutable step_diagnostic diagnostic_;
+  std::optional<running_state_view<T>> external_;
 };
 
 /// What conv and linear layers share: the core, accessors and checkpoints. The configuration fields
@@ -342,6 +446,13 @@ class folding_layer {
   /// Training steps seen, and the reference freeze counter (steps mod 10 * freeze_iter).
   index_t steps() const { return core_.steps(); }
   index_t freeze_counter() const { return core_.counter(); }
+
+  /// Keeps the running state in the caller's memory from now on (running_state_view; `remaining`
+  /// must be empty); the current state is written there first.
+  void attach_state(const running_state_view<T>& state) {
+    NETDECONV_REQUIRE(state.remaining.empty(), "attach_state", "remaining is for the channel layer; leave it empty");
+    core_.attach(state);
+  }
 
   /// Checkpoint bytes (see checkpoint.hpp).
   std::vector<std::uint8_t> state() const {
@@ -365,6 +476,7 @@ class folding_layer {
     auto loaded = core_.loaded(r);
     r.expect_end();
     core_ = std::move(loaded);
+    core_.push();
   }
 
  protected:
