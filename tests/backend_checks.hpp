@@ -396,15 +396,26 @@ void check_inverse_sqrt(rng_t& rng) {
       if (!m.final_residual) CHECK(std::isnan(r.residual));
     }
   }
-  // Failures: NaN (non_finite) and a non-positive diagonal (not_positive_definite); D is NaN.
-  std::vector<T> bad(2 * 9, T(0));
-  for (int i = 0; i < 3; ++i) bad[std::size_t(i * 4)] = T(1), bad[std::size_t(9 + i * 4)] = T(1);
-  bad[1] = std::numeric_limits<T>::quiet_NaN();
-  bad[9 + 4] = T(-1);
-  const auto got = B::template inverse_sqrt<T>(bad, 2, 3, isqrt_options::fixed(5));
-  CHECK(got.reports[0].status == isqrt_status::non_finite);
-  CHECK(got.reports[1].status == isqrt_status::not_positive_definite);
-  CHECK(std::all_of(got.D.begin(), got.D.end(), [](T v) { return std::isnan(v); }));
+  // The screen (sequential/inverse_sqrt.hpp, classify_spd): NaN (non_finite); indefinite with a
+  // positive diagonal, and A = 0 (not_positive_definite, D is NaN); positive semi-definite with a
+  // dead channel, whose rounding the shift tau covers (ok, D finite).
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  const std::vector<T> cases[] = {{1, nan, 0, nan, 1, 0, 0, 0, 1}, {1, 2, 0, 2, 1, 0, 0, 0, 1}, std::vector<T>(9, T(0)),
+                                  {1, 0, 0, 0, 0, 0, 0, 0, 2}};
+  const isqrt_status expected[] = {isqrt_status::non_finite, isqrt_status::not_positive_definite,
+                                   isqrt_status::not_positive_definite, isqrt_status::ok};
+  std::vector<T> packed;
+  for (const auto& c : cases) packed.insert(packed.end(), c.begin(), c.end());
+  const auto got = B::template inverse_sqrt<T>(packed, 4, 3, isqrt_options::fixed(5));
+  for (int b = 0; b < 4; ++b) {
+    CAPTURE(b);
+    CHECK(got.reports[std::size_t(b)].status == expected[b]);
+    square_matrix<T> D;
+    CHECK(inverse_sqrt(seq, Eigen::Map<const Eigen::Matrix<T, 3, 3, Eigen::RowMajor>>(cases[b].data()), D,
+                       isqrt_options::fixed(5)).status == expected[b]);
+    const bool failed = expected[b] != isqrt_status::ok;
+    for (int e = 0; e < 9; ++e) CHECK(std::isnan(got.D[std::size_t(9 * b + e)]) == failed);
+  }
 }
 
 template <class B, class T>

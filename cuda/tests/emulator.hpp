@@ -177,22 +177,33 @@ struct backend {
     void gemm(std::vector<T>& a, std::vector<T>& b, std::vector<T>& c) {
       for (index_t i = 0; i < batch(); ++i) mat(c, i).noalias() = mat(a, i) * mat(b, i);
     }
-    void init() {  // ns_scale_kernel, ns_init_kernel
+    void init() {  // ns_scale_kernel (with the Cholesky screen), ns_init_kernel
       const index_t n = batch() * F() * F();
       for (auto* v : {&Y, &Z, &P, &Tk, &W}) v->assign(std::size_t(n), T(0));
       scale.assign(std::size_t(batch()), 0.0);
+      std::vector<double> chol(static_cast<std::size_t>(n));
       for (index_t b = 0; b < batch(); ++b) {
         double acc = 0;
-        bool bad = false, nonpos = false;
+        bool bad = false, refused = false;
         for (index_t i = 0; i < F(); ++i)
           for (index_t j = 0; j < F(); ++j) {
             const double a = double(A(b, i, j));
             bad |= !std::isfinite(a);
-            nonpos |= i == j && !(a > 0);
             acc += options.scaling == isqrt_scaling::trace ? (i == j ? a : 0.0) : a * a;
           }
+        if (!bad) {  // the Cholesky screen, phase by phase as the kernel's threads run it
+          const double tau = detail::ns_shift(A, b);
+          for (index_t e = 0; e < F() * F(); ++e) detail::ns_cholesky_load(A, tau, chol.data(), b, e);
+          for (index_t k = 0; k < F() && !refused; ++k) {
+            refused = !(chol[std::size_t(b * F() * F() + k * F() + k)] > 0);
+            if (refused) break;
+            for (index_t i = k + 1; i < F(); ++i) detail::ns_cholesky_column(chol.data(), F(), b, k, i);
+            for (index_t i = k + 1; i < F(); ++i)
+              for (index_t j = k + 1; j <= i; ++j) detail::ns_cholesky_update(chol.data(), F(), b, k, i, j);
+          }
+        }
         scale[b] = options.scaling == isqrt_scaling::trace ? acc : std::sqrt(acc);
-        detail::ns_start(st, scale[b], bad, nonpos, std::numeric_limits<double>::quiet_NaN(), b);
+        detail::ns_start(st, scale[b], bad, refused, std::numeric_limits<double>::quiet_NaN(), b);
       }
       for (index_t e = 0; e < n; ++e)
         detail::ns_init_element(A, scale.data(), Y.data(), Z.data(), F(), e / (F() * F()), e % (F() * F()));

@@ -13,10 +13,12 @@
 // synchronises the stream every policy.check_interval steps to stop when all are done; fixed mode
 // never synchronises.
 //
-// Differences from the CPU, because A is not read on the host: A's symmetry is not checked, and
-// the screen is weaker: not_positive_definite when the scale or a diagonal entry is <= 0 (the CPU
-// also factors A + tau I). non_finite for NaN/Inf in A or D; failed matrices get D = NaN, as on
-// the CPU. The exact method is CPU-only (invalid_argument here).
+// The screen is the CPU's (bodies/inverse_sqrt.hpp): non_finite for NaN/Inf in A (or in D),
+// not_positive_definite when the Cholesky factorisation of A + tau I fails in double (tau = F *
+// epsilon(T) * max |a_ii|: an eigenvalue below -tau, or A = 0) or the scale is <= 0; failed
+// matrices get D = NaN. Differences from the CPU, because A is not read on the host: its symmetry
+// is not checked (only its lower triangle is factored), and the exact method is CPU-only
+// (invalid_argument here).
 //
 //   netdeconv::inverse_sqrt(policy, A, D, netdeconv::isqrt_options::fixed(5), reports);
 
@@ -58,18 +60,20 @@ __device__ inline double block_sum(double v, double* shm) {
   return total;
 }
 
-/// One block per matrix: the scale (in double), the screen and the starting report (ns_start).
+/// One block per matrix: the scale (in double), NaN/Inf, the Cholesky screen of A + tau I in
+/// `chol` (bodies/inverse_sqrt.hpp) and the starting report (ns_start).
 template <class T>
 __global__ void __launch_bounds__(ns_threads) ns_scale_kernel(tensor_view<const T, 3> A, bool trace, double* scale,
-                                                              ns_state st) {
+                                                              double* chol, ns_state st) {
   __shared__ double shm[ns_threads];
+  __shared__ double tau;
+  __shared__ int refused;
   const index_t b = blockIdx.x, F = A.shape[1], FF = F * F;
-  double acc = 0, bad = 0, nonpos = 0;
+  double acc = 0, bad = 0;
   for (index_t e = threadIdx.x; e < FF; e += ns_threads) {
     const index_t i = e / F, j = e % F;
     const double a = double(A(b, i, j));
     if (!std::isfinite(a)) bad = 1;
-    if (i == j && !(a > 0)) nonpos = 1;
     if (!trace)
       acc += a * a;
     else if (i == j)
@@ -77,10 +81,27 @@ __global__ void __launch_bounds__(ns_threads) ns_scale_kernel(tensor_view<const 
   }
   acc = block_sum(acc, shm);
   bad = block_sum(bad, shm);
-  nonpos = block_sum(nonpos, shm);
+  if (threadIdx.x == 0) {
+    tau = ns_shift(A, b);
+    refused = 0;
+  }
+  __syncthreads();
+  if (bad == 0) {
+    for (index_t e = threadIdx.x; e < FF; e += ns_threads) ns_cholesky_load(A, tau, chol, b, e);
+    for (index_t k = 0; k < F; ++k) {
+      __syncthreads();
+      if (threadIdx.x == 0 && !(chol[b * FF + k * F + k] > 0)) refused = 1;
+      __syncthreads();
+      if (refused) break;
+      for (index_t i = k + 1 + threadIdx.x; i < F; i += ns_threads) ns_cholesky_column(chol, F, b, k, i);
+      __syncthreads();
+      for (index_t i = k + 1; i < F; ++i)
+        for (index_t j = k + 1 + threadIdx.x; j <= i; j += ns_threads) ns_cholesky_update(chol, F, b, k, i, j);
+    }
+  }
   if (threadIdx.x == 0) {
     scale[b] = trace ? acc : std::sqrt(acc);
-    ns_start(st, scale[b], bad > 0, nonpos > 0, quiet_nan<double>(), b);
+    ns_start(st, scale[b], bad > 0, refused != 0, quiet_nan<double>(), b);
   }
 }
 
@@ -183,15 +204,17 @@ class blas_binding {
   bool owned_ = false;
 };
 
-/// Scratch layout: Y, Z, P, T, W (batch*F*F T each), scale (batch double), done, converged, flag (int).
+/// Scratch layout: Y, Z, P, T, W (batch*F*F T each), scale (batch double), done, converged, flag
+/// (int), the screen's Cholesky factors (batch*F*F double).
 template <class T>
 struct ns_layout {
-  std::size_t matrix, scale, flags, total;
+  std::size_t matrix, scale, flags, chol, total;
   ns_layout(index_t batch, index_t F) {
     matrix = align_up(sizeof(T) * std::size_t(batch * F * F));
     scale = align_up(sizeof(double) * std::size_t(batch));
     flags = align_up(sizeof(int) * std::size_t(2 * batch + 1));
-    total = 5 * matrix + scale + flags;
+    chol = align_up(sizeof(double) * std::size_t(batch * F * F));
+    total = 5 * matrix + scale + flags + chol;
   }
 };
 
@@ -205,14 +228,15 @@ struct gpu_ns_ops {
   isqrt_options options;
   ns_state st;
   T *Y, *Z, *P, *Tk, *W;
-  double* scale;
+  double *scale, *chol;
   int* flag;
 
   index_t batch() const { return A.shape[0]; }
   index_t F() const { return A.shape[1]; }
   long long elements() const { return batch() * F() * F(); }
   void init() {
-    ns_scale_kernel<T><<<unsigned(batch()), ns_threads, 0, stream>>>(A, options.scaling == isqrt_scaling::trace, scale, st);
+    ns_scale_kernel<T><<<unsigned(batch()), ns_threads, 0, stream>>>(A, options.scaling == isqrt_scaling::trace, scale,
+                                                                      chol, st);
     NETDECONV_CUDA_CHECK_LAUNCH("ns_scale_kernel");
     ns_init_kernel<T><<<grid_for(elements(), 256), 256, 0, stream>>>(A, scale, Y, Z, F(), elements());
     NETDECONV_CUDA_CHECK_LAUNCH("ns_init_kernel");
@@ -285,7 +309,8 @@ void inverse_sqrt(const cuda_policy& policy, tensor_view<const T, 3> A, tensor_v
   int* flags = ws.at<int>(5 * layout.matrix + layout.scale);
   d::gpu_ns_ops<T> ops{policy.stream, blas.get(), A, D, options, {reports, flags, flags + batch},
                        ws.at<T>(0), ws.at<T>(layout.matrix), ws.at<T>(2 * layout.matrix), ws.at<T>(3 * layout.matrix),
-                       ws.at<T>(4 * layout.matrix), ws.at<double>(5 * layout.matrix), flags + 2 * batch};
+                       ws.at<T>(4 * layout.matrix), ws.at<double>(5 * layout.matrix),
+                       ws.at<double>(5 * layout.matrix + layout.scale + layout.flags), flags + 2 * batch};
   d::run_newton_schulz(ops, options.iterations, options.tolerance, options.final_residual, policy.check_interval);
 }
 

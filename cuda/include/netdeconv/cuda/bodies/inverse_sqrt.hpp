@@ -7,6 +7,7 @@
 // scratch, matrix b at b*F*F. Plain C++ without nvcc.
 
 #include <cmath>
+#include <limits>
 
 #include <netdeconv/config.hpp>
 #include <netdeconv/isqrt_options.hpp>
@@ -21,13 +22,54 @@ struct ns_state {
   int* converged = nullptr;  ///< 1: residual <= tolerance reached
 };
 
-/// After the screen of matrix b (scale s in double: ||A||_F or tr A; any NaN/Inf; a diagonal entry
-/// <= 0): the starting report and flags. `nan` is the caller's quiet NaN.
-NETDECONV_HOST_DEVICE inline void ns_start(const ns_state& st, double scale, bool non_finite, bool non_positive,
+/// The screen of matrix b, as the CPU's (classify_spd, sequential/inverse_sqrt.hpp): the
+/// Cholesky factorisation in double of L = A + tau I, tau = F * epsilon(T) * max_i |a_ii|, in
+/// place (lower triangle), column by column; A is refused (not_positive_definite) at the first
+/// pivot <= 0, i.e. when it has an eigenvalue below -tau (or is 0). L is matrix b of a contiguous
+/// (batch, F, F) double scratch.
+template <class T>
+NETDECONV_HOST_DEVICE double ns_shift(const tensor_view<const T, 3>& A, index_t b) {
+  const index_t F = A.shape[1];
+  double largest = 0;
+  for (index_t i = 0; i < F; ++i) {
+    const double a = double(A(b, i, i));
+    largest = a > largest ? a : (-a > largest ? -a : largest);
+  }
+  return double(F) * double(std::numeric_limits<T>::epsilon()) * largest;
+}
+
+/// Element e of L = A + tau I.
+template <class T>
+NETDECONV_HOST_DEVICE void ns_cholesky_load(const tensor_view<const T, 3>& A, double tau, double* L, index_t b, index_t e) {
+  const index_t F = A.shape[1], i = e / F, j = e % F;
+  L[b * F * F + e] = double(A(b, i, j)) + (i == j ? tau : 0.0);
+}
+
+/// Step k, first phase (after checking the pivot L(k, k) > 0): row i > k of column k, L(i, k) /= sqrt(L(k, k)).
+NETDECONV_HOST_DEVICE inline void ns_cholesky_column(double* L, index_t F, index_t b, index_t k, index_t i) {
+  double* l = L + b * F * F;
+  l[i * F + k] /= std::sqrt(l[k * F + k]);
+}
+
+/// Step k, second phase: entry (i, j), k < j <= i, of the trailing lower triangle,
+/// L(i, j) -= L(i, k) L(j, k).
+NETDECONV_HOST_DEVICE inline void ns_cholesky_update(double* L, index_t F, index_t b, index_t k, index_t i, index_t j) {
+  double* l = L + b * F * F;
+  l[i * F + j] -= l[i * F + k] * l[j * F + k];
+}
+
+/// After the screen of matrix b (scale s in double: ||A||_F or tr A; NaN/Inf in A; the Cholesky
+/// test failed): the starting report and flags, in the CPU's order of checks. `nan` is the
+/// caller's quiet NaN.
+NETDECONV_HOST_DEVICE inline void ns_start(const ns_state& st, double scale, bool non_finite, bool not_positive_definite,
                                            double nan, index_t b) {
   isqrt_report& r = st.reports(b);
-  r.status = non_finite ? isqrt_status::non_finite
-                        : (non_positive || !(scale > 0)) ? isqrt_status::not_positive_definite : isqrt_status::ok;
+  const bool scale_finite = scale - scale == 0.0;
+  r.status = non_finite                ? isqrt_status::non_finite
+             : not_positive_definite   ? isqrt_status::not_positive_definite
+             : !scale_finite           ? isqrt_status::non_finite
+             : !(scale > 0)            ? isqrt_status::not_positive_definite
+                                       : isqrt_status::ok;
   r.iterations = 0;
   r.residual = nan;
   st.done[b] = r.status != isqrt_status::ok;
