@@ -151,10 +151,9 @@ class patch_sampler {
 
   NETDECONV_HOST_DEVICE index_t rows() const { return map_.rows; }
   NETDECONV_HOST_DEVICE index_t width() const { return map_.width; }
-  /// The input image, the sampling geometry (stride S*s) and the index map, for backends with their own gather.
+  /// The input image and the sampling geometry (stride S*s), for backends with their own gather.
   const image_view<const T>& image() const { return x_; }
   const conv_geometry& sampling_geometry() const { return map_.g; }
-  const patch_map& map() const { return map_; }
 
   /// Entry (r, j), converted to Out (0 for padding).
   template <class Out>

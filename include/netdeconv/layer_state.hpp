@@ -218,9 +218,6 @@ class deconv_core {
     v.counters(2) = diagnostic_.failures;
   }
 
-  /// The attached state, if any.
-  const std::optional<running_state_view<T>>& attached() const { return external_; }
-
   /// One training step over the rows of `source`; returns the statistics to fold with this step.
   template <class Policy, class Source>
   block_statistics<T> train(const Policy& policy, const Source& source) {
