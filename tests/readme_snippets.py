@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
-"""Checks that README.md holds, verbatim, every snippet that tests/test_readme.cpp runs.
+"""Checks that README.md holds, verbatim, every snippet that the given test files run.
 
 A snippet is the lines between "// README snippet begin" and "// README snippet end" in the test,
 dedented by the marker's indentation; README.md must contain them as consecutive lines of one of
-its ```cpp blocks. Usage: readme_snippets.py README.md tests/test_readme.cpp
+its ```cpp blocks. Usage: readme_snippets.py README.md TEST_FILE...
 """
 import re
 import sys
@@ -26,18 +26,20 @@ def snippets(test_source):
 
 
 def main():
-    readme_path, test_path = sys.argv[1], sys.argv[2]
+    readme_path, test_paths = sys.argv[1], sys.argv[2:]
     readme = open(readme_path, encoding="utf-8").read()
     blocks = [b.splitlines() for b in re.findall(r"```cpp\n(.*?)```", readme, flags=re.S)]
-    found = snippets(open(test_path, encoding="utf-8").read())
-    if not found:
-        raise SystemExit(f"readme_snippets: no snippets in {test_path}")
-    missing = 0
-    for snippet in found:
-        if not any(snippet == block[i:i + len(snippet)] for block in blocks for i in range(len(block))):
-            missing += 1
-            print(f"README.md lacks this snippet of {test_path}:\n  " + "\n  ".join(snippet))
-    print(f"{len(found) - missing} of {len(found)} snippets found in {readme_path}")
+    missing = total = 0
+    for test_path in test_paths:
+        found = snippets(open(test_path, encoding="utf-8").read())
+        if not found:
+            raise SystemExit(f"readme_snippets: no snippets in {test_path}")
+        total += len(found)
+        for snippet in found:
+            if not any(snippet == block[i:i + len(snippet)] for block in blocks for i in range(len(block))):
+                missing += 1
+                print(f"README.md lacks this snippet of {test_path}:\n  " + "\n  ".join(snippet))
+    print(f"{total - missing} of {total} snippets found in {readme_path}")
     return 1 if missing else 0
 
 

@@ -5,6 +5,28 @@
 
 #include <netdeconv/cuda.cuh>
 
+/// The part of PyTorch that the README's CUDA snippet uses, over device memory.
+namespace at {
+struct Tensor {
+  float* ptr = nullptr;
+  std::vector<std::int64_t> shape, stride;
+  template <class T>
+  T* data_ptr() const {
+    return ptr;
+  }
+  const std::vector<std::int64_t>& sizes() const { return shape; }
+  const std::vector<std::int64_t>& strides() const { return stride; }
+};
+namespace cuda {
+struct CUDAStream {
+  cudaStream_t s;
+  cudaStream_t stream() const { return s; }
+};
+inline cudaStream_t current_stream = nullptr;
+inline CUDAStream getCurrentCUDAStream() { return {current_stream}; }
+}  // namespace cuda
+}  // namespace at
+
 namespace netdeconv::cuda::test {
 namespace {
 
@@ -302,6 +324,40 @@ host_step<T> linear_step(matrix_view<const T> x, std::size_t span, matrix_view<c
                          bias.empty() ? vector_view<const T>{} : contiguous<const T>(db.get(), cout), config, views);
   st.sync();
   return out.download();
+}
+
+host_step<float> readme_snippet(const std::vector<float>& x_host, index_t N, index_t C, index_t H, index_t W,
+                                const std::vector<float>& w_host, const std::vector<float>& b_host, index_t Cout) {
+  stream st;
+  at::cuda::current_stream = st.get();
+  const index_t count = conv_statistics_plan(C, conv_deconv_config{}).count();
+  const index_t features = C * 9 / count;  // the snippet's plan: reference defaults, 3x3 kernel
+  buffer<float> dx(x_host.data(), x_host.size()), dw(w_host.data(), w_host.size()), db(b_host.data(), b_host.size());
+  device_step<float> o(count, features, Cout * C * 9, Cout);
+  const at::Tensor x{dx.get(), {N, C, H, W}, {C * H * W, H * W, W, 1}}, w{dw.get(), {Cout, C, 3, 3}, {C * 9, 9, 3, 1}},
+      b{db.get(), {Cout}, {1}}, mean{o.mean.get(), {count, features}, {features, 1}},
+      D{o.D.get(), {count, features, features}, {features * features, features, 1}}, w_out{o.weight.get(), {}, {}},
+      b_out{o.bias.get(), {}, {}};
+  isqrt_report* reports_ptr = o.reports.get();
+  // README snippet begin
+  netdeconv::cuda_policy policy{at::cuda::getCurrentCUDAStream().stream()};  // Python: torch.cuda.current_stream().cuda_stream
+  netdeconv::conv_deconv_config cfg;                                 // reference defaults: block 64, S = 3, 5 iterations
+  cfg.geometry = netdeconv::conv_geometry::square(3, 1, 1);
+  const netdeconv::block_plan plan = netdeconv::conv_statistics_plan(C, cfg);
+  const netdeconv::index_t S = plan.count(), F = plan.features();   // statistics, features per statistic
+  auto xv = netdeconv::strided<const float, 4>(x.data_ptr<float>(), x.sizes(), x.strides());
+  netdeconv::statistics_step_outputs<float, 4> out{
+      netdeconv::row_major(mean.data_ptr<float>(), S, F),            // mu (S, F)
+      netdeconv::strided<float, 3>(D.data_ptr<float>(), D.sizes(), D.strides()),   // D (S, F, F)
+      netdeconv::nchw(w_out.data_ptr<float>(), Cout, C, 3, 3),       // W'
+      netdeconv::contiguous(b_out.data_ptr<float>(), Cout),          // b'
+      netdeconv::contiguous(reports_ptr, S)};                        // netdeconv::isqrt_report[S] in device memory
+  netdeconv::conv_statistics_step(policy, xv, netdeconv::nchw<const float>(w.data_ptr<float>(), Cout, C, 3, 3),
+                                  netdeconv::contiguous<const float>(b.data_ptr<float>(), Cout), cfg, out);
+  // enqueued on the stream, no synchronisation: then torch's conv2d(x, w_out, b_out)
+  // README snippet end
+  st.sync();
+  return o.download();
 }
 
 std::string failing_call_message() {

@@ -66,6 +66,11 @@ template <class T>
 host_step<T> linear_step(matrix_view<const T> x, std::size_t span, matrix_view<const T> w, const std::vector<T>& bias,
                          const linear_deconv_config& config);
 
+/// The README's CUDA snippet (the conv statistics step with the reference defaults and a 3x3
+/// kernel, padding 1) run verbatim on x (N, C, H, W) and w (Cout, C, 3, 3), b (Cout), contiguous.
+host_step<float> readme_snippet(const std::vector<float>& x, index_t N, index_t C, index_t H, index_t W,
+                                const std::vector<float>& w, const std::vector<float>& b, index_t Cout);
+
 /// Messages of the error paths: a failing CUDA call, a too small workspace, TF32 asked for double
 /// rows, a view over pageable host memory.
 std::string failing_call_message();

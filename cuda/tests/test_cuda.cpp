@@ -125,6 +125,26 @@ TEST_CASE_TEMPLATE("CUDA statistics steps into device views match the CPU", T, f
   checks::check_statistics_steps<gpu, T>(rng);
 }
 
+TEST_CASE("the README's CUDA snippet runs and equals the CPU statistics step") {
+  std::mt19937_64 rng(9);
+  std::normal_distribution<double> normal;
+  const netdeconv::index_t N = 2, C = 8, H = 12, W = 12, Cout = 4;
+  std::vector<float> x(static_cast<std::size_t>(N * C * H * W)), w(static_cast<std::size_t>(Cout * C * 9)),
+      b(static_cast<std::size_t>(Cout));
+  for (auto* v : {&x, &w, &b})
+    for (float& e : *v) e = float(normal(rng));
+  const auto got = gpu_api::readme_snippet(x, N, C, H, W, w, b, Cout);
+  netdeconv::conv_deconv_config cfg;
+  cfg.geometry = netdeconv::conv_geometry::square(3, 1, 1);
+  const auto expected = netdeconv::conv_statistics_step(netdeconv::seq, netdeconv::nchw<const float>(x.data(), N, C, H, W),
+                                                        netdeconv::nchw<const float>(w.data(), Cout, C, 3, 3),
+                                                        netdeconv::contiguous<const float>(b.data(), Cout), cfg);
+  CHECK(checks::rel_diff(got.weight, expected.weight) < 50 * checks::tol<float>());
+  CHECK(checks::rel_diff(got.bias, expected.bias) < 50 * checks::tol<float>());
+  REQUIRE(got.reports.size() == 1);
+  CHECK(got.reports[0].status == expected.reports[0].status);
+}
+
 TEST_CASE("CUDA errors carry the error string and the call site; small workspaces, TF32 on double and host pointers are refused") {
   const std::string failing = gpu_api::failing_call_message();
   CHECK(failing.find("cudaMalloc") != std::string::npos);

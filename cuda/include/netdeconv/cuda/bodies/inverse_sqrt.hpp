@@ -27,6 +27,10 @@ struct ns_state {
 /// place (lower triangle), column by column; A is refused (not_positive_definite) at the first
 /// pivot <= 0, i.e. when it has an eigenvalue below -tau (or is 0). L is matrix b of a contiguous
 /// (batch, F, F) double scratch.
+/// epsilon(T) as a constant that device code may read.
+template <class T>
+inline constexpr double ns_epsilon = double(std::numeric_limits<T>::epsilon());
+
 template <class T>
 NETDECONV_HOST_DEVICE double ns_shift(const tensor_view<const T, 3>& A, index_t b) {
   const index_t F = A.shape[1];
@@ -35,7 +39,7 @@ NETDECONV_HOST_DEVICE double ns_shift(const tensor_view<const T, 3>& A, index_t 
     const double a = double(A(b, i, i));
     largest = a > largest ? a : (-a > largest ? -a : largest);
   }
-  return double(F) * double(std::numeric_limits<T>::epsilon()) * largest;
+  return double(F) * ns_epsilon<T> * largest;
 }
 
 /// Element e of L = A + tau I.
