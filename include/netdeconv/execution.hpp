@@ -19,6 +19,8 @@
 
 #include <type_traits>
 
+#include "error.hpp"
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -27,10 +29,14 @@ namespace netdeconv {
 
 struct sequential_policy {};
 
-/// OpenMP backend. `threads == 0` uses the OpenMP default (OMP_NUM_THREADS or all cores).
+/// OpenMP backend. `threads == 0` uses the OpenMP default (OMP_NUM_THREADS or all cores); at most
+/// max_policy_threads (a call with more, or with a negative count, throws invalid_argument).
 struct omp_policy : sequential_policy {
   int threads = 0;
 };
+
+/// The most threads a policy may ask for.
+inline constexpr int max_policy_threads = 1024;
 
 /// SIMD (xsimd, instruction set chosen at compile time by -march) + OpenMP. `threads` as omp_policy.
 struct simd_policy : omp_policy {};
@@ -50,8 +56,10 @@ inline constexpr bool is_execution_policy_v = std::is_base_of_v<sequential_polic
 
 namespace detail {
 
-/// Number of threads an omp_policy region runs with (1 without OpenMP).
+/// Number of threads an omp_policy region runs with (1 without OpenMP); checks policy.threads.
 inline int thread_count(const omp_policy& policy) {
+  NETDECONV_REQUIRE(policy.threads >= 0 && policy.threads <= max_policy_threads, "execution policy",
+                    "threads must be in [0, ", max_policy_threads, "] (0: the OpenMP default), got ", policy.threads);
 #ifdef _OPENMP
   return policy.threads > 0 ? policy.threads : omp_get_max_threads();
 #else

@@ -19,9 +19,10 @@ void im2col_impl(const omp_policy& policy, image_view<const T> x, const conv_geo
 }
 
 template <class T>
-void col2im_impl([[maybe_unused]] const omp_policy& policy, matrix_view<const T> cols, const conv_geometry& g, image_view<T> x) {
+void col2im_impl(const omp_policy& policy, matrix_view<const T> cols, const conv_geometry& g, image_view<T> x) {
+  [[maybe_unused]] const int threads = thread_count(policy);
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(thread_count(policy)) schedule(static)
+#pragma omp parallel for num_threads(threads) schedule(static)
 #endif
   for (index_t n = 0; n < x.shape[0]; ++n) col2im_image(cols, g, x, n);
 }
