@@ -77,3 +77,59 @@ TEST_CASE("conv layer rejects inputs and weights that do not match its configura
   CHECK_THROWS_WITH_AS(conv_deconv_layer<float>(4, cfg, options), doctest::Contains("freeze_iter must be in [1, 2^63/10]"),
                        invalid_argument);
 }
+
+TEST_CASE("train_step into caller views: the returning form's W', b' and statistics, frozen steps included") {
+  std::mt19937_64 rng(93);
+  conv_deconv_config cfg;
+  cfg.geometry = conv_geometry::square(3, 1, 1);
+  cfg.block = 2;
+  cfg.sampling_stride = 2;
+  layer_options options;
+  options.freeze = true;
+  options.freeze_iter = 1;  // steps 0, 1 computed, 2.. frozen
+  conv_deconv_layer<float> returning(4, cfg, options), writing(4, cfg, options);
+  const index_t S = writing.plan().count(), F = writing.plan().features();
+  std::normal_distribution<double> normal;
+  std::vector<float> W(5 * 4 * 9), b(5);
+  for (auto& v : W) v = float(normal(rng));
+  for (auto& v : b) v = float(normal(rng));
+  const auto Wv = nchw<const float>(W.data(), 5, 4, 3, 3);
+  const auto bv = contiguous<const float>(b.data(), 5);
+  std::vector<float> mean(S * F), D(S * F * F), w_out(W.size()), b_out(5);
+  std::vector<isqrt_report> reports(S);
+  // W' into a channels_last (OHWI) buffer, as a framework's tensor may be
+  const statistics_step_outputs<float, 4> out{row_major(mean.data(), S, F), {D.data(), {S, F, F}, {F * F, F, 1}},
+                                              nhwc(w_out.data(), 5, 3, 3, 4), contiguous(b_out.data(), 5),
+                                              contiguous(reports.data(), S)};
+  for (int k = 0; k < 4; ++k) {
+    CAPTURE(k);
+    std::vector<float> x(2 * 4 * 7 * 7);
+    for (auto& v : x) v = float(normal(rng));
+    const auto expected = returning.train_step(par, nchw<const float>(x.data(), 2, 4, 7, 7), Wv, bv);
+    writing.train_step(par, nchw<const float>(x.data(), 2, 4, 7, 7), Wv, bv, out);
+    for (index_t o = 0; o < 5; ++o)
+      for (index_t c = 0; c < 4; ++c)
+        for (index_t t = 0; t < 9; ++t) CHECK(out.weight(o, c, t / 3, t % 3) == expected.weight[(o * 4 + c) * 9 + t]);
+    CHECK(b_out == expected.bias);
+    for (index_t s = 0; s < S; ++s) {
+      CHECK(Eigen::Map<const Eigen::VectorXf>(mean.data() + s * F, F) == expected.statistics.mean[s]);
+      CHECK(Eigen::Map<const Eigen::Matrix<float, -1, -1, Eigen::RowMajor>>(D.data() + s * F * F, F, F) ==
+            expected.statistics.D[s]);
+      CHECK(reports[s].status == isqrt_status::ok);
+      CHECK(reports[s].iterations == (k < 2 ? 5 : 0));  // frozen steps have no reports of their own
+    }
+    CHECK(writing.state() == returning.state());
+  }
+  // the views are checked before the state changes
+  const auto steps = writing.steps();
+  std::vector<float> x(2 * 4 * 7 * 7, 1.0f);
+  auto bad = out;
+  bad.reports = contiguous(reports.data(), S + 1);
+  CHECK_THROWS_WITH_AS(writing.train_step(par, nchw<const float>(x.data(), 2, 4, 7, 7), Wv, bv, bad),
+                       doctest::Contains("reports has"), invalid_argument);
+  bad = out;
+  bad.weight = nchw(W.data(), 5, 4, 3, 3);  // W' may not be W
+  CHECK_THROWS_WITH_AS(writing.train_step(par, nchw<const float>(x.data(), 2, 4, 7, 7), Wv, bv, bad),
+                       doctest::Contains("overlaps"), invalid_argument);
+  CHECK(writing.steps() == steps);
+}

@@ -50,3 +50,33 @@ TEST_CASE("linear layer rejects mismatched shapes") {
   CHECK_THROWS_WITH_AS(layer.train_step(seq, row_major<const float>(x.data(), 5, 8), row_major<const float>(W.data(), 3, 10), {}),
                        doctest::Contains("x has 8 features, the layer has 10"), invalid_argument);
 }
+
+TEST_CASE("linear train_step into caller views equals the returning form") {
+  std::mt19937_64 rng(94);
+  std::normal_distribution<double> normal;
+  const index_t rows = 50, fin = 6, cout = 3;
+  linear_deconv_config cfg;
+  cfg.block = 3;
+  linear_deconv_layer<double> returning(fin, cfg), writing(fin, cfg);
+  const index_t S = writing.plan().count(), F = writing.plan().features();
+  std::vector<double> W(cout * fin), b(cout), mean(S * F), D(S * F * F), w_out(cout * fin), b_out(cout);
+  std::vector<isqrt_report> reports(S);
+  for (auto* v : {&W, &b})
+    for (auto& e : *v) e = normal(rng);
+  const statistics_step_outputs<double, 2> out{row_major(mean.data(), S, F), {D.data(), {S, F, F}, {F * F, F, 1}},
+                                               {w_out.data(), {cout, fin}, {1, cout}},  // column-major W'
+                                               contiguous(b_out.data(), cout), contiguous(reports.data(), S)};
+  for (int k = 0; k < 3; ++k) {
+    std::vector<double> x(rows * fin);
+    for (auto& e : x) e = normal(rng) + 0.5 * k;
+    const auto xv = row_major<const double>(x.data(), rows, fin);
+    const auto expected = returning.train_step(seq, xv, row_major<const double>(W.data(), cout, fin),
+                                               contiguous<const double>(b.data(), cout));
+    writing.train_step(seq, xv, row_major<const double>(W.data(), cout, fin), contiguous<const double>(b.data(), cout), out);
+    for (index_t o = 0; o < cout; ++o)
+      for (index_t f = 0; f < fin; ++f) CHECK(out.weight(o, f) == expected.weight[o * fin + f]);
+    CHECK(b_out == expected.bias);
+    for (index_t s = 0; s < S; ++s) CHECK(Eigen::Map<const Eigen::VectorXd>(mean.data() + s * F, F) == expected.statistics.mean[s]);
+    CHECK(writing.state() == returning.state());
+  }
+}

@@ -36,12 +36,22 @@ class conv_deconv_layer : public detail::folding_layer<T, layer_kind::conv> {
   template <class Policy>
   layer_step<T> train_step(const Policy& policy, image_view<const T> x, image_view<const T> weight,
                            vector_view<const T> bias) {
-    check("train_step", weight, bias);
-    NETDECONV_REQUIRE(x.shape[1] == this->plan().channels, "train_step", "x has C=", x.shape[1], ", the layer has ",
-                      this->plan().channels);
+    check_input("train_step", x, weight, bias);
     auto stats = this->core_.train(policy, patch_sampler<T>(x, this->geometry_, this->sampling_stride_));
     auto folded = detail::folded(policy, stats, weight, bias);
     return {std::move(folded), std::move(stats)};
+  }
+
+  /// Writing form: the statistics folded (mean, D), this step's reports and W', b' into caller
+  /// views (statistics_step_outputs; a frozen step writes reports of 0 iterations, residual NaN,
+  /// ok). Every view is checked before the state changes.
+  template <class Policy>
+  void train_step(const Policy& policy, image_view<const T> x, image_view<const T> weight, vector_view<const T> bias,
+                  const statistics_step_outputs<T, 4>& out) {
+    check_input("train_step", x, weight, bias);
+    detail::check_step_outputs("train_step", this->plan(), x, weight, bias, out);
+    this->store_step(policy, this->core_.train(policy, patch_sampler<T>(x, this->geometry_, this->sampling_stride_)),
+                     weight, bias, out);
   }
 
   /// Evaluation: W' and b' from the running statistics (an ordinary conv).
@@ -61,6 +71,12 @@ class conv_deconv_layer : public detail::folding_layer<T, layer_kind::conv> {
   }
 
  private:
+  void check_input(const char* fn, image_view<const T> x, image_view<const T> weight, vector_view<const T> bias) const {
+    check(fn, weight, bias);
+    detail::check_view(fn, "x", x);
+    NETDECONV_REQUIRE(x.shape[1] == this->plan().channels, fn, "x has C=", x.shape[1], ", the layer has ",
+                      this->plan().channels);
+  }
   void check(const char* fn, image_view<const T> weight, vector_view<const T> bias) const {
     detail::check_weight(fn, this->plan(), weight, bias);
     const conv_geometry& g = this->geometry_;

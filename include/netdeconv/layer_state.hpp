@@ -34,6 +34,7 @@
 #include "moments.hpp"
 #include "statistics_view.hpp"
 #include "statistics_step.hpp"
+#include "statistics_step_config.hpp"
 
 namespace netdeconv {
 
@@ -480,6 +481,19 @@ class folding_layer {
   folding_layer(const block_plan& plan, const conv_geometry& geometry, double eps, index_t sampling_stride,
                 const isqrt_options& isqrt, const layer_options& options)
       : geometry_(geometry), eps_(eps), sampling_stride_(sampling_stride), core_(plan, eps, isqrt, options) {}
+
+  /// The writing form of train_step: the statistics a step folds, its reports (a frozen step,
+  /// which has none, writes 0 iterations, residual NaN, ok) and W', b' into checked outputs.
+  template <class Policy>
+  void store_step(const Policy& policy, const block_statistics<T>& stats, const image_view<const T>& weight,
+                  const vector_view<const T>& bias, const statistics_step_outputs<T, 4>& out) const {
+    store_statistics(stats, out.mean, out.D);
+    const std::vector<isqrt_report>& reports = core_.diagnostic().reports;
+    for (index_t s = 0; s < out.reports.shape[0]; ++s)
+      out.reports(s) = reports.empty() ? isqrt_report{0, std::numeric_limits<double>::quiet_NaN(), isqrt_status::ok}
+                                       : reports[std::size_t(s)];
+    fold_impl(policy, stats, weight, bias, out.weight, out.bias);
+  }
 
   conv_geometry geometry_;  ///< 1x1 for a linear layer
   double eps_;

@@ -26,13 +26,20 @@ class linear_deconv_layer : public detail::folding_layer<T, layer_kind::linear> 
   template <class Policy>
   layer_step<T> train_step(const Policy& policy, matrix_view<const T> x, matrix_view<const T> weight,
                            vector_view<const T> bias) {
-    check("train_step", weight, bias);
-    detail::check_view("train_step", "x", x);
-    NETDECONV_REQUIRE(x.shape[1] == this->plan().channels, "train_step", "x has ", x.shape[1],
-                      " features, the layer has ", this->plan().channels);
+    check_input("train_step", x, weight, bias);
     auto stats = this->core_.train(policy, matrix_rows<T>(x));
     auto folded = detail::folded(policy, stats, detail::as_conv_weight(weight), bias);
     return {std::move(folded), std::move(stats)};
+  }
+
+  /// Writing form (W' (Cout, Fin) in out.weight): as conv_deconv_layer's.
+  template <class Policy>
+  void train_step(const Policy& policy, matrix_view<const T> x, matrix_view<const T> weight, vector_view<const T> bias,
+                  const statistics_step_outputs<T, 2>& out) {
+    check_input("train_step", x, weight, bias);
+    const auto conv_out = detail::as_conv_outputs(out);
+    detail::check_step_outputs("train_step", this->plan(), x, detail::as_conv_weight(weight), bias, conv_out);
+    this->store_step(policy, this->core_.train(policy, matrix_rows<T>(x)), detail::as_conv_weight(weight), bias, conv_out);
   }
 
   template <class Policy>
@@ -50,6 +57,12 @@ class linear_deconv_layer : public detail::folding_layer<T, layer_kind::linear> 
   }
 
  private:
+  void check_input(const char* fn, matrix_view<const T> x, matrix_view<const T> weight, vector_view<const T> bias) const {
+    check(fn, weight, bias);
+    detail::check_view(fn, "x", x);
+    NETDECONV_REQUIRE(x.shape[1] == this->plan().channels, fn, "x has ", x.shape[1], " features, the layer has ",
+                      this->plan().channels);
+  }
   void check(const char* fn, matrix_view<const T> weight, vector_view<const T> bias) const {
     detail::check_weight(fn, this->plan(), detail::as_conv_weight(weight), bias);
   }
