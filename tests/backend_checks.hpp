@@ -16,6 +16,8 @@
 //   merge(a, b) -> host_moments                           covariance<T>(m, eps) -> cov (S*F*F) then means (S*F)
 //   inverse_sqrt<T>(A, batch, F, options) -> host_isqrt   fold<T>(plan, mean, D, w, span, bias) -> W' then b'
 //   apply_whitening<T>(plan, mean, D, X, span, columns)   conv_step<T>(x, span, w, bias, cfg) / linear_step<T>(...)
+//   conv_layer<T>(xs, span, w, bias, cfg, options) / linear_layer<T>(...) / channel_layer<T>(xs, span, cfg, options)
+//     -> host_layer_trace (a layer's steps over the batches xs, its final state and evaluation)
 // Plain C++ + doctest + Eigen.
 
 #include <algorithm>
@@ -138,6 +140,70 @@ struct cpu_backend {
   static host_step<T> linear_step(matrix_view<const T> x, std::size_t, matrix_view<const T> w, const std::vector<T>& bias,
                                   const linear_deconv_config& cfg) {
     return step<T, 2>(x, w, bias, cfg, linear_statistics_plan(x.shape[1], cfg));
+  }
+
+  /// A conv or linear layer's trajectory over the batches xs, its state attached to the trace's
+  /// buffers with the policy.
+  template <class T, int R, class Layer, class X>
+  static host_layer_trace<T> folding_layer(Layer layer, const layer_options& o, const std::vector<X>& xs,
+                                           tensor_view<const T, R> w, const std::vector<T>& bias) {
+    const block_plan plan = layer.plan();
+    const index_t S = plan.count(), F = plan.features(), cout = w.shape[0];
+    host_layer_trace<T> t = host_layer_trace<T>::initial(S, F, o.average_covariance, false);
+    layer.attach_state(policy, t.state(S, F));
+    const vector_view<const T> b = bias.empty() ? vector_view<const T>{} : contiguous(bias.data(), cout);
+    for (const X& x : xs) {
+      host_step<T> h{std::vector<T>(std::size_t(S * F)), std::vector<T>(std::size_t(S * F * F)),
+                     std::vector<T>(std::size_t(w.size())), std::vector<T>(std::size_t(cout)),
+                     std::vector<isqrt_report>(std::size_t(S))};
+      const statistics_step_outputs<T, R> out{row_major(h.mean.data(), S, F), {h.D.data(), {S, F, F}, {F * F, F, 1}},
+                                              contiguous_like(h.weight.data(), w), contiguous(h.bias.data(), cout),
+                                              contiguous(h.reports.data(), S)};
+      try {
+        layer.train_step(policy, x, w, b, out);
+        t.threw.push_back(0);
+      } catch (const numerical_error&) {
+        t.threw.push_back(1);
+      }
+      t.steps.push_back(std::move(h));
+    }
+    t.evaluated.resize(std::size_t(w.size() + cout));
+    layer.export_weights(policy, w, b, contiguous_like(t.evaluated.data(), w), contiguous(t.evaluated.data() + w.size(), cout));
+    return t;
+  }
+  template <class T>
+  static host_layer_trace<T> conv_layer(const std::vector<image_view<const T>>& xs, std::size_t, image_view<const T> w,
+                                        const std::vector<T>& bias, const conv_deconv_config& cfg, const layer_options& o) {
+    return folding_layer<T, 4>(conv_deconv_layer<T>(xs[0].shape[1], cfg, o), o, xs, w, bias);
+  }
+  template <class T>
+  static host_layer_trace<T> linear_layer(const std::vector<matrix_view<const T>>& xs, std::size_t, matrix_view<const T> w,
+                                          const std::vector<T>& bias, const linear_deconv_config& cfg,
+                                          const layer_options& o) {
+    return folding_layer<T, 2>(linear_deconv_layer<T>(xs[0].shape[1], cfg, o), o, xs, w, bias);
+  }
+  /// The channel layer's trajectory: y of every batch (in steps[k].weight, NCHW contiguous).
+  template <class T>
+  static host_layer_trace<T> channel_layer(const std::vector<image_view<const T>>& xs, std::size_t,
+                                           const channel_deconv_config& cfg, const layer_options& o) {
+    const index_t C = xs[0].shape[1], B = cfg.block;
+    channel_deconv_layer<T> layer(C, cfg, o);
+    host_layer_trace<T> t = host_layer_trace<T>::initial(1, B, o.average_covariance, C % B != 0);
+    layer.attach_state(policy, t.state(1, B));
+    for (const image_view<const T>& x : xs) {
+      host_step<T> h;
+      h.weight.resize(std::size_t(x.size()));
+      try {
+        layer.train_step(policy, x, contiguous_like(h.weight.data(), x));
+        t.threw.push_back(0);
+      } catch (const numerical_error&) {
+        t.threw.push_back(1);
+      }
+      t.steps.push_back(std::move(h));
+    }
+    t.evaluated.resize(std::size_t(xs.back().size()));
+    layer.eval(policy, xs.back(), contiguous_like(t.evaluated.data(), xs.back()));
+    return t;
   }
 };
 
@@ -541,6 +607,115 @@ void check_statistics_steps(rng_t& rng) {
     CAPTURE(trial);
     compare(B::template linear_step<T>(xv, X.size(), row_major(w.data(), cout, Fin), bias, cfg),
             linear_statistics_step(seq, xv, row_major(w.data(), cout, Fin), contiguous(bias.data(), cout), cfg), plan);
+  }
+}
+
+/// Two layer trajectories agree: the same steps throw, the same counters; every other step's
+/// outputs, the final state and the evaluation within 50 tol (the statistics steps' bound).
+template <class T>
+void compare_traces(const host_layer_trace<T>& got, const host_layer_trace<T>& want) {
+  REQUIRE(got.steps.size() == want.steps.size());
+  CHECK(got.threw == want.threw);
+  CHECK(got.counters == want.counters);
+  for (std::size_t k = 0; k < want.steps.size(); ++k) {
+    CAPTURE(k);
+    if (want.threw[k]) continue;
+    const host_step<T>&g = got.steps[k], &w = want.steps[k];
+    CHECK(rel_diff(g.weight, w.weight) < 50 * tol<T>());
+    CHECK(rel_diff(g.bias, w.bias) < 50 * tol<T>());
+    if (w.reports.empty()) continue;
+    CHECK(rel_diff(g.mean, w.mean) < 50 * tol<T>());
+    CHECK(rel_diff(g.D, w.D) < 50 * tol<T>());
+    for (std::size_t s = 0; s < w.reports.size(); ++s) {
+      CHECK(g.reports[s].status == w.reports[s].status);
+      CHECK(std::abs(g.reports[s].iterations - w.reports[s].iterations) <= 1);
+    }
+  }
+  CHECK(rel_diff(got.mean, want.mean) < 50 * tol<T>());
+  CHECK(rel_diff(got.D, want.D) < 50 * tol<T>());
+  CHECK(rel_diff(got.cov, want.cov) < 50 * tol<T>());
+  CHECK(rel_diff(got.remaining, want.remaining) < 50 * tol<T>());
+  CHECK(rel_diff(got.evaluated, want.evaluated) < 50 * tol<T>());
+}
+
+/// Layer options of case k: the reference rule; the improved one; freeze (freeze_iter 1, so
+/// steps 2 and 3 are frozen) with the running covariance; the reference rule again (with a
+/// failing batch below: throw_error).
+inline layer_options layer_case(int k) {
+  layer_options o = k == 1 || k == 2 ? layer_options::improved() : layer_options{};
+  if (k == 2) {
+    o.freeze = true;
+    o.freeze_iter = 1;
+  }
+  return o;
+}
+
+/// The three layers' trajectories over 4 batches against the CPU layer on seq: every failure
+/// policy a cuda_policy takes, freeze, the running covariance, trace-relative eps, first-step
+/// copy; batch 1 is all NaN in cases 1 and 3 (a kept step, a throwing step).
+template <class B, class T>
+void check_layers(rng_t& rng) {
+  using oracle_backend = cpu_backend<sequential_policy>;
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  for (int k = 0; k < 4; ++k) {
+    CAPTURE(k);
+    const layer_options o = layer_case(k);
+    const bool poisoned = k == 1 || k == 3;
+    {  // conv
+      conv_deconv_config cfg;
+      cfg.layout = k % 2 ? block_layout::interleaved_shared : block_layout::grouped;
+      do cfg.geometry = random_geometry(rng);
+      while (cfg.geometry.out_h(6) < 1 || cfg.geometry.out_w(6) < 1);
+      const index_t C = 2 * uniform(rng, 1, 3);
+      const block_plan plan = random_plan(rng, cfg.layout, C, cfg.geometry.kernel_area());
+      cfg.groups = plan.groups;
+      cfg.block = plan.block;
+      cfg.sampling_stride = uniform(rng, 1, 2);
+      cfg.eps = 1e-2;
+      std::vector<image_case<T>> batches;
+      for (int b = 0; b < 4; ++b) batches.push_back(random_image<T>(rng, 2, C, uniform(rng, 6, 10), uniform(rng, 6, 10), 1.0));
+      if (poisoned) std::fill(batches[1].data.begin(), batches[1].data.end(), nan);
+      std::vector<image_view<const T>> xs;
+      std::size_t span = 0;
+      for (const auto& b : batches) xs.push_back(b.cpu()), span = std::max(span, b.data.size());
+      const index_t cout = plan.groups * uniform(rng, 1, 2), kh = cfg.geometry.kernel_h, kw = cfg.geometry.kernel_w;
+      const std::vector<T> w = random_vector<T>(rng, std::size_t(cout * (C / plan.groups) * kh * kw));
+      const std::vector<T> bias = random_vector<T>(rng, std::size_t(cout));
+      const auto wv = nchw(w.data(), cout, C / plan.groups, kh, kw);
+      compare_traces(B::template conv_layer<T>(xs, span, wv, bias, cfg, o),
+                     oracle_backend::template conv_layer<T>(xs, span, wv, bias, cfg, o));
+    }
+    {  // linear
+      linear_deconv_config cfg;
+      cfg.layout = k % 2 ? block_layout::contiguous_shared : block_layout::independent;
+      const index_t Fin = uniform(rng, 2, 24), cout = uniform(rng, 1, 4);
+      const block_plan plan = random_plan(rng, cfg.layout, Fin, 1);
+      cfg.block = plan.block;
+      cfg.eps = 1e-2;
+      std::vector<std::vector<T>> batches;
+      std::vector<matrix_view<const T>> xs;
+      for (int b = 0; b < 4; ++b) batches.push_back(random_vector<T>(rng, std::size_t(64 * Fin), 0.5));
+      if (poisoned) std::fill(batches[1].begin(), batches[1].end(), nan);
+      for (const auto& b : batches) xs.push_back(row_major(b.data(), 64, Fin));
+      const std::vector<T> w = random_vector<T>(rng, std::size_t(cout * Fin)), bias = random_vector<T>(rng, std::size_t(cout));
+      compare_traces(B::template linear_layer<T>(xs, std::size_t(64 * Fin), row_major(w.data(), cout, Fin), bias, cfg, o),
+                     oracle_backend::template linear_layer<T>(xs, std::size_t(64 * Fin), row_major(w.data(), cout, Fin), bias,
+                                                              cfg, o));
+    }
+    if (k != 2) {  // channel (no freeze), C not a multiple of the block in cases 0 and 1
+      channel_deconv_config cfg;
+      cfg.block = uniform(rng, 2, 4);
+      cfg.uncentred_covariance = k != 1;
+      const index_t C = cfg.block * uniform(rng, 1, 3) + (k < 2 ? uniform(rng, 1, cfg.block - 1) : 0);
+      layer_options co = k == 1 ? o : channel_deconv_layer<T>::reference_options();
+      std::vector<image_case<T>> batches;
+      for (int b = 0; b < 4; ++b) batches.push_back(random_image<T>(rng, 2, C, uniform(rng, 3, 8), uniform(rng, 3, 8), 0.5));
+      if (poisoned) std::fill(batches[1].data.begin(), batches[1].data.end(), nan);
+      std::vector<image_view<const T>> xs;
+      std::size_t span = 0;
+      for (const auto& b : batches) xs.push_back(b.cpu()), span = std::max(span, b.data.size());
+      compare_traces(B::template channel_layer<T>(xs, span, cfg, co), oracle_backend::template channel_layer<T>(xs, span, cfg, co));
+    }
   }
 }
 

@@ -64,3 +64,8 @@ TEST_CASE_TEMPLATE("the statistics steps into caller views match the CPU oracle"
   checks::rng_t rng(8);
   checks::check_statistics_steps<typename P::backend, typename P::type>(rng);
 }
+
+TEST_CASE_TEMPLATE("the layers' trajectories match the CPU layer on seq", P, NETDECONV_BACKENDS) {
+  checks::rng_t rng(20261201);
+  checks::check_layers<typename P::backend, typename P::type>(rng);
+}

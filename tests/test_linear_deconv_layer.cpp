@@ -28,8 +28,9 @@ TEST_CASE("linear layer: exported weights reproduce the whitened layer on new da
   Eigen::VectorXd bout(cout);
   layer.export_weights(seq, view(W), contiguous<const double>(b.data(), cout), view_mut(Wout), contiguous(bout.data(), cout));
   // explicit: whiten the chunks of 4 features of each row with the shared (mu, D), then W
-  const auto& mu = layer.running().mean[0];
-  const auto& D = layer.running().D[0];
+  const block_statistics<double> running = layer.running();
+  const auto& mu = running.mean[0];
+  const auto& D = running.D[0];
   Eigen::MatrixXd Z(Xnew.rows(), fin);
   for (index_t c = 0; c < 2; ++c) Z.middleCols(4 * c, 4) = (Xnew.middleCols(4 * c, 4).rowwise() - mu.transpose()) * D;
   const Eigen::MatrixXd ref = (Z * W.transpose()).rowwise() + b.transpose();

@@ -326,6 +326,110 @@ host_step<T> linear_step(matrix_view<const T> x, std::size_t span, matrix_view<c
   return out.download();
 }
 
+namespace {
+
+/// A layer state in device memory, filled by attach_state from the layer's initial state, and
+/// read back into a trace.
+template <class T>
+struct device_state {
+  buffer<T> mean, D, cov, remaining;
+  buffer<index_t> counters;
+  index_t S, F;
+  device_state(index_t s, index_t f, bool covariance, bool rest)
+      : mean(std::size_t(s * f)), D(std::size_t(s * f * f)), cov(covariance ? std::size_t(s * f * f) : 0),
+        remaining(rest ? 2 : 0), counters(3), S(s), F(f) {}
+  running_state_view<T> view() const {
+    return {row_major(mean.get(), S, F), cube(D.get(), S, F),
+            cov.get() ? cube(cov.get(), S, F) : tensor_view<T, 3>{}, contiguous(counters.get(), 3),
+            remaining.get() ? contiguous(remaining.get(), 2) : vector_view<T>{}};
+  }
+  void download(host_layer_trace<T>& t) const {
+    t.mean = mean.download(), t.D = D.download(), t.cov = cov.download(), t.remaining = remaining.download();
+    t.counters = counters.download();
+  }
+};
+
+template <class T, int R, class Layer, class X>
+host_layer_trace<T> folding_layer(Layer layer, const layer_options& o, const std::vector<X>& xs, std::size_t span,
+                                  tensor_view<const T, R> w, const std::vector<T>& bias) {
+  const block_plan p = layer.plan();
+  const index_t S = p.count(), F = p.features(), cout = w.shape[0];
+  stream st;
+  const cuda_policy policy{st.get()};
+  device_state<T> state(S, F, o.average_covariance, false);
+  layer.attach_state(policy, state.view());
+  buffer<T> dw(w.data, std::size_t(w.size())), db(bias.data(), bias.size());
+  const tensor_view<const T, R> wv = checks::contiguous_like<const T>(dw.get(), w);
+  const vector_view<const T> bv = bias.empty() ? vector_view<const T>{} : contiguous<const T>(db.get(), cout);
+  host_layer_trace<T> t;
+  for (const X& x : xs) {
+    buffer<T> dx(x.data, span);
+    device_step<T> out(S, F, w.size(), cout);
+    const statistics_step_outputs<T, R> views{row_major(out.mean.get(), S, F), cube(out.D.get(), S, F),
+                                              checks::contiguous_like(out.weight.get(), w), contiguous(out.bias.get(), cout),
+                                              contiguous(out.reports.get(), S)};
+    try {
+      layer.train_step(policy, rebind(x, dx.get()), wv, bv, views);
+      t.threw.push_back(0);
+    } catch (const numerical_error&) {
+      t.threw.push_back(1);
+    }
+    st.sync();
+    t.steps.push_back(out.download());
+  }
+  buffer<T> evaluated(std::size_t(w.size() + cout));
+  layer.export_weights(policy, wv, bv, checks::contiguous_like(evaluated.get(), w), contiguous(evaluated.get() + w.size(), cout));
+  st.sync();
+  t.evaluated = evaluated.download();
+  state.download(t);
+  return t;
+}
+
+}  // namespace
+
+template <class T>
+host_layer_trace<T> conv_layer(const std::vector<image_view<const T>>& xs, std::size_t span, image_view<const T> w,
+                               const std::vector<T>& bias, const conv_deconv_config& config, const layer_options& options) {
+  return folding_layer<T, 4>(conv_deconv_layer<T>(xs[0].shape[1], config, options), options, xs, span, w, bias);
+}
+
+template <class T>
+host_layer_trace<T> linear_layer(const std::vector<matrix_view<const T>>& xs, std::size_t span, matrix_view<const T> w,
+                                 const std::vector<T>& bias, const linear_deconv_config& config, const layer_options& options) {
+  return folding_layer<T, 2>(linear_deconv_layer<T>(xs[0].shape[1], config, options), options, xs, span, w, bias);
+}
+
+template <class T>
+host_layer_trace<T> channel_layer(const std::vector<image_view<const T>>& xs, std::size_t span,
+                                  const channel_deconv_config& config, const layer_options& options) {
+  const index_t C = xs[0].shape[1], B = config.block;
+  channel_deconv_layer<T> layer(C, config, options);
+  stream st;
+  const cuda_policy policy{st.get()};
+  device_state<T> state(1, B, options.average_covariance, C % B != 0);
+  layer.attach_state(policy, state.view());
+  host_layer_trace<T> t;
+  for (const image_view<const T>& x : xs) {
+    buffer<T> dx(x.data, span), dy(std::size_t(x.size()));
+    try {
+      layer.train_step(policy, rebind(x, dx.get()), checks::contiguous_like(dy.get(), x));
+      t.threw.push_back(0);
+    } catch (const numerical_error&) {
+      t.threw.push_back(1);
+    }
+    st.sync();
+    checks::host_step<T> h;
+    h.weight = dy.download();
+    t.steps.push_back(std::move(h));
+  }
+  buffer<T> dx(xs.back().data, span), dy(std::size_t(xs.back().size()));
+  layer.eval(policy, rebind(xs.back(), dx.get()), checks::contiguous_like(dy.get(), xs.back()));
+  st.sync();
+  t.evaluated = dy.download();
+  state.download(t);
+  return t;
+}
+
 host_step<float> readme_snippet(const std::vector<float>& x_host, index_t N, index_t C, index_t H, index_t W,
                                 const std::vector<float>& w_host, const std::vector<float>& b_host, index_t Cout) {
   stream st;
@@ -429,7 +533,14 @@ std::string host_pointer_message() {
   template host_step<T> conv_step<T>(image_view<const T>, std::size_t, image_view<const T>, const std::vector<T>&,     \
                                      const conv_deconv_config&);                                                       \
   template host_step<T> linear_step<T>(matrix_view<const T>, std::size_t, matrix_view<const T>, const std::vector<T>&, \
-                                       const linear_deconv_config&);
+                                       const linear_deconv_config&);                                                   \
+  template host_layer_trace<T> conv_layer<T>(const std::vector<image_view<const T>>&, std::size_t, image_view<const T>, \
+                                             const std::vector<T>&, const conv_deconv_config&, const layer_options&);  \
+  template host_layer_trace<T> linear_layer<T>(const std::vector<matrix_view<const T>>&, std::size_t,                  \
+                                               matrix_view<const T>, const std::vector<T>&, const linear_deconv_config&, \
+                                               const layer_options&);                                                  \
+  template host_layer_trace<T> channel_layer<T>(const std::vector<image_view<const T>>&, std::size_t,                  \
+                                                const channel_deconv_config&, const layer_options&);
 
 NETDECONV_INSTANTIATE(float)
 NETDECONV_INSTANTIATE(double)

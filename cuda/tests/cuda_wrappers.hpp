@@ -12,7 +12,9 @@
 
 #include <netdeconv/blocks.hpp>
 #include <netdeconv/geometry.hpp>
+#include <netdeconv/channel_samples.hpp>
 #include <netdeconv/isqrt_options.hpp>
+#include <netdeconv/layer_core.hpp>
 #include <netdeconv/statistics_step_config.hpp>
 #include <netdeconv/tensor_view.hpp>
 
@@ -21,6 +23,7 @@
 namespace netdeconv::cuda::test {
 
 using checks::host_isqrt;
+using checks::host_layer_trace;
 using checks::host_moments;
 using checks::host_step;
 
@@ -65,6 +68,18 @@ host_step<T> conv_step(image_view<const T> x, std::size_t span, image_view<const
 template <class T>
 host_step<T> linear_step(matrix_view<const T> x, std::size_t span, matrix_view<const T> w, const std::vector<T>& bias,
                          const linear_deconv_config& config);
+
+/// The layers' trajectories over the batches xs (each of `span` elements), their state attached
+/// in device memory (backend_checks.hpp's conv_layer, linear_layer, channel_layer).
+template <class T>
+host_layer_trace<T> conv_layer(const std::vector<image_view<const T>>& xs, std::size_t span, image_view<const T> w,
+                               const std::vector<T>& bias, const conv_deconv_config& config, const layer_options& options);
+template <class T>
+host_layer_trace<T> linear_layer(const std::vector<matrix_view<const T>>& xs, std::size_t span, matrix_view<const T> w,
+                                 const std::vector<T>& bias, const linear_deconv_config& config, const layer_options& options);
+template <class T>
+host_layer_trace<T> channel_layer(const std::vector<image_view<const T>>& xs, std::size_t span,
+                                  const channel_deconv_config& config, const layer_options& options);
 
 /// The README's CUDA snippet (the conv statistics step with the reference defaults and a 3x3
 /// kernel, padding 1) run verbatim on x (N, C, H, W) and w (Cout, C, 3, 3), b (Cout), contiguous.

@@ -21,6 +21,7 @@
 #include <netdeconv/cuda/bodies/fold.hpp>
 #include <netdeconv/cuda/bodies/im2col.hpp>
 #include <netdeconv/cuda/bodies/inverse_sqrt.hpp>
+#include <netdeconv/cuda/bodies/layer_state.hpp>
 #include <netdeconv/cuda/bodies/moments.hpp>
 #include <netdeconv/cuda/bodies/whiten.hpp>
 
@@ -32,6 +33,7 @@ namespace netdeconv::cuda::emulate {
 using checks::host_isqrt;
 using checks::host_moments;
 using checks::host_step;
+using checks::host_layer_trace;
 
 struct backend {
   template <class T>
@@ -340,6 +342,162 @@ struct backend {
                                   const linear_deconv_config& cfg) {
     return step<T>(matrix_rows<T>(x), linear_statistics_plan(x.shape[1], cfg), ::netdeconv::detail::as_conv_weight(w), bias,
                    cfg.eps, cfg.isqrt);
+  }
+
+  // The layers: layer_state.cuh's composition over a host state (initialised as attach_state
+  // would copy it there).
+
+  /// train_statistics: moments -> layer covariance -> inverse_sqrt (-> the running covariance's)
+  /// -> layer_decide (+ remaining_update) -> layer_update; then raise_failure's throws.
+  template <class T, class Source>
+  static void layer_train(const Source& source, const block_plan& p, double eps, bool uncentred, const isqrt_options& isqrt,
+                          const layer_options& o, const running_state_view<T>& st, const matrix_view<T>& mean,
+                          const tensor_view<T, 3>& D, const vector_view<isqrt_report>& reports, const T* batch_scalars,
+                          T* apply_scalars) {
+    using namespace detail;
+    const index_t S = p.count(), F = p.features();
+    const host_moments m = moments<T>(source, p);
+    std::vector<T> cov(std::size_t(S * F * F)), eval(std::size_t(S * F * F));
+    std::vector<isqrt_report> eval_reports(static_cast<std::size_t>(S));
+    const tensor_view<T, 3> cv{cov.data(), {S, F, F}, {F * F, F, 1}}, ev{eval.data(), {S, F, F}, {F * F, F, 1}};
+    for (index_t e = 0; e < S * F * F; ++e)
+      layer_covariance_element(m.view(), eps, o.relative_eps, uncentred, cv, mean, e / (F * F), (e / F) % F, e % F);
+    inverse_sqrt<T>(tensor_view<const T, 3>(cv), D, isqrt, reports);
+    vector_view<const isqrt_report> er{};
+    if (needs_evaluation(o)) {
+      inverse_sqrt<T>(tensor_view<const T, 3>(st.cov), ev, isqrt, contiguous(eval_reports.data(), S));
+      er = contiguous<const isqrt_report>(eval_reports.data(), S);
+    }
+    const bool remaining = batch_scalars != nullptr && !st.remaining.empty();
+    const bool remaining_bad = remaining && remaining_failed(batch_scalars, eps);
+    const layer_decision d = layer_decide(o, st.counters, vector_view<const isqrt_report>(reports), er, remaining_bad);
+    if (remaining && commits(d, o.on_failure)) remaining_update(d, o, st.remaining, batch_scalars, apply_scalars);
+    for (index_t e = 0; e < S * F * F; ++e)
+      layer_update_element(d, o, st, mean, D, tensor_view<const T, 3>(cv), tensor_view<const T, 3>(ev), reports, er,
+                           e / (F * F), (e / F) % F, e % F);
+    if (o.on_failure != failure_policy::throw_error) return;
+    if (remaining_bad) throw numerical_error("channel layer statistics failed");
+    if (d.failed) throw numerical_error("layer statistics failed");
+    if (d.eval_failed) throw numerical_error("the running covariance has no inverse square root");
+  }
+
+  /// evaluation_D and check_evaluation: the evaluation D (the running D without average_covariance).
+  template <class T>
+  static std::vector<T> evaluation_D(const block_plan& p, const isqrt_options& isqrt, const layer_options& o,
+                                     const running_state_view<T>& st) {
+    const index_t S = p.count(), F = p.features();
+    std::vector<T> D(static_cast<std::size_t>(S * F * F));
+    const tensor_view<T, 3> dv{D.data(), {S, F, F}, {F * F, F, 1}};
+    if (!o.average_covariance) {
+      for (index_t e = 0; e < S * F * F; ++e) dv(e / (F * F), (e / F) % F, e % F) = st.D(e / (F * F), (e / F) % F, e % F);
+      return D;
+    }
+    std::vector<isqrt_report> reports(static_cast<std::size_t>(S));
+    inverse_sqrt<T>(tensor_view<const T, 3>(st.cov), dv, isqrt, contiguous(reports.data(), S));
+    for (index_t e = 0; e < S * F * F; ++e) detail::evaluation_element(st, dv, e / (F * F), (e / F) % F, e % F);
+    for (const isqrt_report& r : reports)
+      if (st.counters(0) > 0 && r.status != isqrt_status::ok) throw numerical_error("the running covariance has no inverse square root");
+    return D;
+  }
+
+  template <class T, int R, class X, class Source>
+  static host_layer_trace<T> folding_layer(const block_plan& p, double eps, const isqrt_options& isqrt, const layer_options& o,
+                                           const std::vector<X>& xs, Source&& source, tensor_view<const T, R> w,
+                                           const std::vector<T>& bias) {
+    const index_t S = p.count(), F = p.features(), cout = w.shape[0];
+    host_layer_trace<T> t = host_layer_trace<T>::initial(S, F, o.average_covariance, false);
+    const running_state_view<T> st = t.state(S, F);
+    const vector_view<const T> b = bias.empty() ? vector_view<const T>{} : contiguous(bias.data(), cout);
+    const auto conv = [](const auto& v) {  // a linear weight as (Cout, Fin, 1, 1)
+      if constexpr (R == 4)
+        return v;
+      else
+        return ::netdeconv::detail::as_conv_weight(v);
+    };
+    for (const X& x : xs) {
+      host_step<T> h{std::vector<T>(std::size_t(S * F)), std::vector<T>(std::size_t(S * F * F)),
+                     std::vector<T>(std::size_t(w.size())), std::vector<T>(std::size_t(cout)),
+                     std::vector<isqrt_report>(std::size_t(S))};
+      const matrix_view<T> mean = row_major(h.mean.data(), S, F);
+      const tensor_view<T, 3> D{h.D.data(), {S, F, F}, {F * F, F, 1}};
+      try {
+        layer_train<T>(source(x), p, eps, false, isqrt, o, st, mean, D, contiguous(h.reports.data(), S), nullptr, nullptr);
+        t.threw.push_back(0);
+      } catch (const numerical_error&) {
+        t.threw.push_back(1);
+      }
+      fold<T>(block_statistics_view<const T>{p, mean, D}, conv(w), b, conv(checks::contiguous_like(h.weight.data(), w)),
+              contiguous(h.bias.data(), cout));
+      t.steps.push_back(std::move(h));
+    }
+    std::vector<T> D = evaluation_D<T>(p, isqrt, o, st);
+    t.evaluated.resize(std::size_t(w.size() + cout));
+    fold<T>(block_statistics_view<const T>{p, st.mean, {D.data(), {S, F, F}, {F * F, F, 1}}}, conv(w), b,
+            conv(checks::contiguous_like(t.evaluated.data(), w)), contiguous(t.evaluated.data() + w.size(), cout));
+    return t;
+  }
+
+  template <class T>
+  static host_layer_trace<T> conv_layer(const std::vector<image_view<const T>>& xs, std::size_t, image_view<const T> w,
+                                        const std::vector<T>& bias, const conv_deconv_config& cfg, const layer_options& o) {
+    return folding_layer<T, 4>(conv_statistics_plan(xs[0].shape[1], cfg), cfg.eps, cfg.isqrt, o, xs,
+                               [&](const image_view<const T>& x) { return patch_sampler<T>(x, cfg.geometry, cfg.sampling_stride); },
+                               w, bias);
+  }
+  template <class T>
+  static host_layer_trace<T> linear_layer(const std::vector<matrix_view<const T>>& xs, std::size_t, matrix_view<const T> w,
+                                          const std::vector<T>& bias, const linear_deconv_config& cfg,
+                                          const layer_options& o) {
+    return folding_layer<T, 2>(linear_statistics_plan(xs[0].shape[1], cfg), cfg.eps, cfg.isqrt, o, xs,
+                               [](const matrix_view<const T>& x) { return matrix_rows<T>(x); }, w, bias);
+  }
+
+  /// channel_train and channel_eval: remaining_kernel (one block of 256 threads), train, apply.
+  template <class T>
+  static host_layer_trace<T> channel_layer(const std::vector<image_view<const T>>& xs, std::size_t,
+                                           const channel_deconv_config& cfg, const layer_options& o) {
+    using namespace detail;
+    const index_t C = xs[0].shape[1], B = cfg.block;
+    const ::netdeconv::detail::channel_spec spec{C, C / B * B, B, cfg.sampling_stride, cfg.eps};
+    const block_plan p = make_block_plan(block_layout::independent, B, 1, B);
+    host_layer_trace<T> t = host_layer_trace<T>::initial(1, B, o.average_covariance, C % B != 0);
+    const running_state_view<T> st = t.state(1, B);
+    const auto apply = [&](const image_view<const T>& x, T* y, const matrix_view<const T>& mu, const tensor_view<const T, 3>& D,
+                           const vector_view<const T>& scalars) {
+      const image_view<T> yv = checks::contiguous_like(y, x);
+      for (index_t e = 0; e < x.size(); ++e) channel_apply_element(spec, x, yv, mu, D, scalars, e);
+    };
+    for (const image_view<const T>& x : xs) {
+      host_step<T> h{std::vector<T>(std::size_t(B)), std::vector<T>(std::size_t(B * B)), std::vector<T>(std::size_t(x.size())),
+                     {}, std::vector<isqrt_report>(1)};
+      T scalars[4] = {};
+      const bool remaining = spec.whitened < C;
+      if (remaining) {
+        const double shift = double(spec.remaining_value(x, 0, 0));
+        double sum = 0, squares = 0;
+        for (int tid = 0; tid < 256; ++tid) {
+          double a, b;
+          remaining_partial(spec, x, shift, tid, 256, a, b);
+          sum += a, squares += b;  // the kernel's tree reduction, summed in thread order here
+        }
+        remaining_finish(shift, sum, squares, x.shape[0] * spec.remaining_per_image(x.shape), scalars);
+      }
+      const matrix_view<T> mean = row_major(h.mean.data(), 1, B);
+      const tensor_view<T, 3> D{h.D.data(), {1, B, B}, {B * B, B, 1}};
+      try {
+        layer_train<T>(make_channel_samples(spec, x), p, cfg.eps, cfg.uncentred_covariance, cfg.isqrt, o, st, mean, D,
+                       contiguous(h.reports.data(), 1), remaining ? scalars : nullptr, scalars + 2);
+        t.threw.push_back(0);
+      } catch (const numerical_error&) {
+        t.threw.push_back(1);
+      }
+      apply(x, h.weight.data(), mean, D, remaining ? vector_view<const T>{scalars + 2, {2}, {1}} : vector_view<const T>{});
+      t.steps.push_back(std::move(h));
+    }
+    std::vector<T> D = evaluation_D<T>(p, cfg.isqrt, o, st);
+    t.evaluated.resize(std::size_t(xs.back().size()));
+    apply(xs.back(), t.evaluated.data(), st.mean, {D.data(), {1, B, B}, {B * B, B, 1}}, st.remaining);
+    return t;
   }
 };
 

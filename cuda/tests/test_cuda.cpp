@@ -33,6 +33,9 @@ struct gpu {
   template <class T, class... A> static auto apply_whitening(A&&... a) { return gpu_api::apply_whitening<T>(a...); }
   template <class T, class... A> static auto conv_step(A&&... a) { return gpu_api::conv_step<T>(a...); }
   template <class T, class... A> static auto linear_step(A&&... a) { return gpu_api::linear_step<T>(a...); }
+  template <class T, class... A> static auto conv_layer(A&&... a) { return gpu_api::conv_layer<T>(a...); }
+  template <class T, class... A> static auto linear_layer(A&&... a) { return gpu_api::linear_layer<T>(a...); }
+  template <class T, class... A> static auto channel_layer(A&&... a) { return gpu_api::channel_layer<T>(a...); }
 };
 
 TEST_CASE_TEMPLATE("CUDA im2col and col2im match the CPU", T, float, double) {
@@ -123,6 +126,11 @@ TEST_CASE_TEMPLATE("CUDA whitening matches the CPU", T, float, double) {
 TEST_CASE_TEMPLATE("CUDA statistics steps into device views match the CPU", T, float, double) {
   checks::rng_t rng(8);
   checks::check_statistics_steps<gpu, T>(rng);
+}
+
+TEST_CASE_TEMPLATE("CUDA layers with their state in device memory match the CPU layers", T, float, double) {
+  checks::rng_t rng(9);
+  checks::check_layers<gpu, T>(rng);
 }
 
 TEST_CASE("the README's CUDA snippet runs and equals the CPU statistics step") {

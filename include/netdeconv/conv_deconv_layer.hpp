@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 // Conv deconvolution layer (docs/method.md §7): the state object a framework keeps next to its conv weights.
-// Weights are passed in as views, never owned; the training rule is in layer_state.hpp.
+// Weights are passed in as views, never owned; the training rule is in layer_core.hpp, its CPU form in
+// layer_state.hpp and its CUDA form in cuda/layer_state.cuh (this header is Eigen-free under nvcc).
 //
 //   netdeconv::conv_deconv_config cfg;                 // reference defaults
 //   cfg.geometry = netdeconv::conv_geometry::square(3, 1, 1);
@@ -12,9 +13,13 @@
 //
 // x: (N, C, H, W) any layout; W: (Cout, C/groups, kh, kw); b: (Cout) or empty.
 
-#include "fold.hpp"
-#include "layer_state.hpp"
-#include "statistics_step.hpp"
+#include "checks.hpp"
+#include "geometry.hpp"
+#include "layer_core.hpp"
+#include "statistics_step_config.hpp"
+#if !defined(__CUDACC__)
+#include "layer_state.hpp"  // the CPU policies' step; nvcc translation units take cuda/layer_state.cuh
+#endif
 
 namespace netdeconv {
 
@@ -37,9 +42,7 @@ class conv_deconv_layer : public detail::folding_layer<T, layer_kind::conv> {
   layer_step<T> train_step(const Policy& policy, image_view<const T> x, image_view<const T> weight,
                            vector_view<const T> bias) {
     check_input("train_step", x, weight, bias);
-    auto stats = this->core_.train(policy, patch_sampler<T>(x, this->geometry_, this->sampling_stride_));
-    auto folded = detail::folded(policy, stats, weight, bias);
-    return {std::move(folded), std::move(stats)};
+    return detail::layer_backend<Policy>::step(policy, this->core_, sampler(x), weight, bias);
   }
 
   /// Writing form: the statistics folded (mean, D), this step's reports and W', b' into caller
@@ -50,15 +53,14 @@ class conv_deconv_layer : public detail::folding_layer<T, layer_kind::conv> {
                   const statistics_step_outputs<T, 4>& out) {
     check_input("train_step", x, weight, bias);
     detail::check_step_outputs("train_step", this->plan(), x, weight, bias, out);
-    this->store_step(policy, this->core_.train(policy, patch_sampler<T>(x, this->geometry_, this->sampling_stride_)),
-                     weight, bias, out);
+    detail::layer_backend<Policy>::step(policy, this->core_, sampler(x), weight, bias, out);
   }
 
   /// Evaluation: W' and b' from the running statistics (an ordinary conv).
   template <class Policy>
   folded_weights<T> eval(const Policy& policy, image_view<const T> weight, vector_view<const T> bias) const {
     check("eval", weight, bias);
-    return detail::folded(policy, this->core_.evaluation(policy), weight, bias);
+    return detail::layer_backend<Policy>::eval(policy, this->core_, weight, bias);
   }
 
   /// Export for inference: writes eval()'s W' and b' into the caller's tensors.
@@ -67,10 +69,13 @@ class conv_deconv_layer : public detail::folding_layer<T, layer_kind::conv> {
                       image_view<T> weight_out, vector_view<T> bias_out) const {
     check("export_weights", weight, bias);
     detail::check_fold_outputs("export_weights", weight, bias, weight_out, bias_out, true);
-    detail::fold_impl(policy, this->core_.evaluation(policy), weight, bias, weight_out, bias_out);
+    detail::layer_backend<Policy>::export_weights(policy, this->core_, weight, bias, weight_out, bias_out);
   }
 
  private:
+  patch_sampler<T> sampler(const image_view<const T>& x) const {
+    return patch_sampler<T>(x, this->geometry_, this->sampling_stride_);
+  }
   void check_input(const char* fn, image_view<const T> x, image_view<const T> weight, vector_view<const T> bias) const {
     check(fn, weight, bias);
     detail::check_view(fn, "x", x);

@@ -1,92 +1,32 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// Training state shared by the deconvolution layers (docs/method.md §7): running statistics, the reference
-// freeze counter, the failure policy and the per-step diagnostic.
-//
-// One training step (running mean r_mu, running D r_D per statistic, momentum m):
-//   frozen = freeze && counter > freeze_iter;  counter = (counter + 1) mod (10 * freeze_iter)
-//   frozen:      fold with (r_mu, r_D); nothing else changes
-//   otherwise:   moments of the batch -> Cov_s = M_s/n + eps_s I -> D_s = Cov_s^(-1/2)
-//                (measure_batch: the first half of the statistics step, statistics_step.hpp)
-//                on failure (NaN/Inf, not positive definite, not converged) apply options.on_failure
-//                r <- (1 - m) r + m value for mu and D (or Cov, with average_covariance);
-//                r <- value on the first step with first_step_copy
-// A step that throws leaves the state exactly as it was.
+// The layers' training step on the CPU policies (seq, omp, par): detail::layer_backend<Policy> for
+// the rule in layer_core.hpp, over the host state of a deconv_core.
+//   train:      measure_batch (statistics_step.hpp) -> Cov_s + eps_s I -> inverse_sqrt, the failure
+//               policy, the running update; returns the statistics the step folds
+//   evaluation: running mean with running D, or (average_covariance) the inverse square root of
+//               the running covariance
+// The CUDA form is cuda/layer_state.cuh.
 
-#include <array>
 #include <cmath>
-#include <cstdint>
-#include <iterator>
-#include <limits>
-#include <optional>
-#include <ostream>
-#include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
-#include "blocks.hpp"
-#include "checkpoint.hpp"
+#include <Eigen/Core>
+
+#include "block_statistics.hpp"
+#include "channel_samples.hpp"
 #include "covariance.hpp"
-#include "error.hpp"
+#include "execution.hpp"
 #include "fold.hpp"
-#include "im2col.hpp"
 #include "inverse_sqrt.hpp"
+#include "layer_core.hpp"
 #include "moments.hpp"
-#include "statistics_view.hpp"
 #include "statistics_step.hpp"
 #include "statistics_step_config.hpp"
 
 namespace netdeconv {
-
-/// What a layer does when a step's statistics fail (NaN/Inf, not positive definite, not converged).
-enum class failure_policy {
-  throw_error,     ///< throw numerical_error; the state is unchanged
-  keep_previous,   ///< fold with the running statistics; do not update them
-  exact_fallback,  ///< recompute the failed blocks with the exact float64 path (then keep_previous)
-  raise_eps,       ///< multiply eps by 10 and retry, at most max_eps_raises times (then keep_previous)
-};
-
-enum class step_outcome { computed, frozen, kept_previous, exact_fallback, eps_raised };
-
-inline std::ostream& operator<<(std::ostream& os, step_outcome o) {
-  constexpr const char* names[] = {"computed", "frozen", "kept_previous", "exact_fallback", "eps_raised"};
-  const auto i = static_cast<std::size_t>(o);
-  if (i >= std::size(names)) return os << "step_outcome(" << static_cast<int>(o) << ")";
-  return os << names[i];
-}
-
-/// Thrown by failure_policy::throw_error.
-class numerical_error : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
-
-/// Layer options. The defaults are the reference layers' behaviour (reference-compatible mode);
-/// improved() turns on the documented improvements.
-struct layer_options {
-  double momentum = 0.1;
-  bool freeze = false;
-  index_t freeze_iter = 100;
-  /// Copy the first step's statistics into the running ones instead of averaging with (0, I).
-  /// The reference does this only in the channel layer.
-  bool first_step_copy = false;
-  /// Keep a running average of Cov instead of D; evaluation takes the inverse square root of it.
-  bool average_covariance = false;
-  /// eps_s = eps * tr(Cov0_s)/F (scale-free) instead of eps.
-  bool relative_eps = false;
-  failure_policy on_failure = failure_policy::throw_error;
-  int max_eps_raises = 3;
-
-  /// First-step copy, running covariance, trace-relative eps, keep previous statistics on failure.
-  static layer_options improved() {
-    layer_options o;
-    o.first_step_copy = true;
-    o.average_covariance = true;
-    o.relative_eps = true;
-    o.on_failure = failure_policy::keep_previous;
-    return o;
-  }
-};
 
 /// A training step's result: W', b' and the statistics they were folded with (the batch's, or the
 /// running ones when the step was frozen or kept its previous statistics); a backward pass needs them.
@@ -95,154 +35,49 @@ struct layer_step : folded_weights<T> {
   block_statistics<T> statistics;
 };
 
-/// What the last training step did.
-struct step_diagnostic {
-  step_outcome outcome = step_outcome::computed;
-  std::vector<isqrt_report> reports;  ///< one per statistic, as finally used (empty when frozen)
-  int eps_raises = 0;                 ///< tenfold eps increases this step (raise_eps)
-  index_t failures = 0;               ///< steps so far whose statistics failed (saved in checkpoints)
-};
-
-/// A layer's running state in memory its caller owns (a framework's buffers, e.g. PyTorch
-/// register_buffer tensors, so that its own checkpoint holds them). S = plan().count(),
-/// F = plan().features(); any strides.
-template <class T>
-struct running_state_view {
-  matrix_view<T> mean;            ///< (S, F) running means
-  tensor_view<T, 3> D;            ///< (S, F, F) running D
-  tensor_view<T, 3> cov;          ///< (S, F, F) running covariance with average_covariance, else empty
-  vector_view<index_t> counters;  ///< (3): training steps, freeze counter, failed steps
-  vector_view<T> remaining;       ///< channel layer with unwhitened channels: their mean and variance (2), else empty
-};
-
 namespace detail {
 
-/// Running statistics of one plan and the step logic above; used by every layer.
 template <class T>
-class deconv_core {
- public:
-  using vector = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+block_statistics<T> running_statistics(const deconv_core<T>& core) {
+  const running_state_view<T>& st = core.host_state("running");
+  return load_statistics(block_statistics_view<const T>{core.plan(), st.mean, st.D});
+}
 
-  deconv_core(const block_plan& plan, double eps, const isqrt_options& isqrt, const layer_options& options,
-              bool uncentred = false)
-      : plan_(plan), eps_(eps), isqrt_(isqrt), options_(options), uncentred_(uncentred) {
-    constexpr const char* fn = "layer";
-    NETDECONV_REQUIRE(eps >= 0, fn, "eps must be >= 0, got ", eps);
-    check_isqrt_options(fn, isqrt);
-    NETDECONV_REQUIRE(options.momentum >= 0 && options.momentum <= 1, fn, "momentum must be in [0, 1], got ",
-                      options.momentum);
-    NETDECONV_REQUIRE(options.freeze_iter >= 1 && options.freeze_iter <= std::numeric_limits<index_t>::max() / 10, fn,
-                      "freeze_iter must be in [1, 2^63/10] (the counter wraps at 10*freeze_iter), got ",
-                      options.freeze_iter);
-    NETDECONV_REQUIRE(options.max_eps_raises >= 0 && options.max_eps_raises <= 30, fn,
-                      "max_eps_raises must be in [0, 30] (eps x 10^30 at most), got ", options.max_eps_raises);
-    const index_t F = plan.features();
-    running_.plan = plan;
-    running_.mean.assign(plan.count(), vector::Zero(F));
-    running_.D.assign(plan.count(), square_matrix<T>::Identity(F, F));
-    if (options.average_covariance) running_cov_.assign(plan.count(), square_matrix<T>::Identity(F, F));
-  }
+template <class Policy, class>
+struct layer_backend {
+  static_assert(is_execution_policy_v<Policy>, "a layer's policy must be an execution policy");
 
-  const block_plan& plan() const { return plan_; }
-  const layer_options& options() const { return options_; }
-  const block_statistics<T>& running() const { return (pull(), running_); }
-  const step_diagnostic& diagnostic() const { return (pull(), diagnostic_); }
-  index_t steps() const { return (pull(), steps_); }
-  index_t counter() const { return (pull(), counter_); }
-
-  /// From now on keeps the running statistics and counters in `state` (see running_state_view):
-  /// writes the current ones there, and every later call reads them back first (checked as a
-  /// checkpoint is), so whatever the caller loads into that memory is the state.
-  void attach(const running_state_view<T>& state) {
-    constexpr const char* fn = "attach_state";
-    const index_t S = plan_.count(), F = plan_.features();
-    const block_statistics_view<const T> stats{plan_, state.mean, state.D};
-    check_statistics_view(fn, stats);
-    check_output_view(fn, "mean", state.mean);
-    check_output_view(fn, "D", state.D);
-    check_output_view(fn, "counters", state.counters);
-    NETDECONV_REQUIRE(state.counters.shape[0] == 3, fn, "counters must have 3 entries (steps, freeze counter, failures), got ",
-                      state.counters.shape[0]);
-    check_disjoint(fn, "D", state.D, "mean", state.mean);
-    check_disjoint(fn, "counters", state.counters, "mean", state.mean);
-    check_disjoint(fn, "counters", state.counters, "D", state.D);
-    if (options_.average_covariance) {
-      check_output_view(fn, "cov", state.cov);
-      NETDECONV_REQUIRE(state.cov.shape[0] == S && state.cov.shape[1] == F && state.cov.shape[2] == F, fn, "cov is (",
-                        state.cov.shape[0], ", ", state.cov.shape[1], ", ", state.cov.shape[2], "), the layer needs (", S,
-                        ", ", F, ", ", F, ") with average_covariance");
-      check_disjoint(fn, "cov", state.cov, "mean", state.mean);
-      check_disjoint(fn, "cov", state.cov, "D", state.D);
-      check_disjoint(fn, "cov", state.cov, "counters", state.counters);
-    } else {
-      NETDECONV_REQUIRE(state.cov.empty(), fn, "cov must be empty without average_covariance");
-    }
-    pull();
-    external_ = state;
-    push();
-  }
-
-  /// Reads an attached state into this object (see attach); invalid_argument if it makes no sense.
-  void pull() const {
-    if (!external_) return;
-    const running_state_view<T>& v = *external_;
-    const index_t F = plan_.features();
-    for (index_t s = 0; s < plan_.count(); ++s)
-      for (index_t i = 0; i < F; ++i) {
-        running_.mean[s][i] = v.mean(s, i);
-        for (index_t j = 0; j < F; ++j) {
-          running_.D[s](i, j) = v.D(s, i, j);
-          if (options_.average_covariance) running_cov_[s](i, j) = v.cov(s, i, j);
-        }
-      }
-    steps_ = v.counters(0);
-    counter_ = v.counters(1);
-    diagnostic_.failures = v.counters(2);
-    check_running([](const auto&... parts) { fail("attach_state", "the attached state ", parts...); });
-  }
-
-  /// Writes this object's state into the attached views.
-  void push() const {
-    if (!external_) return;
-    const running_state_view<T>& v = *external_;
-    const index_t F = plan_.features();
-    for (index_t s = 0; s < plan_.count(); ++s)
-      for (index_t i = 0; i < F; ++i) {
-        v.mean(s, i) = running_.mean[s][i];
-        for (index_t j = 0; j < F; ++j) {
-          v.D(s, i, j) = running_.D[s](i, j);
-          if (options_.average_covariance) v.cov(s, i, j) = running_cov_[s](i, j);
-        }
-      }
-    v.counters(0) = steps_;
-    v.counters(1) = counter_;
-    v.counters(2) = diagnostic_.failures;
+  template <class T>
+  static void attach(const Policy&, deconv_core<T>& core, const running_state_view<T>& state) {
+    core.attach(state);
   }
 
   /// One training step over the rows of `source`; returns the statistics to fold with this step.
-  template <class Policy, class Source>
-  block_statistics<T> train(const Policy& policy, const Source& source) {
-    pull();
-    const bool frozen = options_.freeze && counter_ > options_.freeze_iter;
+  template <class T, class Source>
+  static block_statistics<T> train(const Policy& policy, deconv_core<T>& core, const Source& source) {
+    const running_state_view<T>& st = core.host_state("train_step");
+    const layer_options& o = core.options();
+    const block_plan& plan = core.plan();
     step_diagnostic diag;
-    diag.failures = diagnostic_.failures;
-    if (frozen) {
+    diag.failures = st.counters(2);
+    if (o.freeze && st.counters(1) > o.freeze_iter) {
       diag.outcome = step_outcome::frozen;
-      auto stats = evaluation(policy);
-      commit(diag);
+      auto stats = evaluation(policy, core);
+      core.commit(diag);
       return stats;
     }
-    const batch_statistics<T> measured = measure_batch<T>(policy, source, plan_, uncentred_);
-    std::vector<double> eps(plan_.count(), eps_);
-    if (options_.relative_eps)
-      for (index_t s = 0; s < plan_.count(); ++s) eps[s] = eps_ * measured.cov0[s].trace() / double(plan_.features());
-    block_statistics<T> batch{plan_, measured.mean, {}};
+    const batch_statistics<T> measured = measure_batch<T>(policy, source, plan, core.uncentred());
+    std::vector<double> eps(std::size_t(plan.count()), core.eps());
+    if (o.relative_eps)
+      for (index_t s = 0; s < plan.count(); ++s) eps[s] = core.eps() * measured.cov0[s].trace() / double(plan.features());
+    block_statistics<T> batch{plan, measured.mean, {}};
     std::vector<square_matrix<T>> cov = measured.regularised(eps);
-    diag.reports = inverse_sqrt(policy, cov, batch.D, isqrt_);
+    diag.reports = inverse_sqrt(policy, cov, batch.D, core.isqrt());
     if (!all_ok(diag.reports)) {
       ++diag.failures;
-      switch (options_.on_failure) {
-        case failure_policy::throw_error: throw numerical_error(describe_failure(diag.reports));
+      switch (o.on_failure) {
+        case failure_policy::throw_error:
+          throw numerical_error("netdeconv: layer statistics failed:" + describe_failures(diag.reports));
         case failure_policy::keep_previous: break;
         case failure_policy::exact_fallback:
           diag.outcome = step_outcome::exact_fallback;
@@ -251,30 +86,34 @@ class deconv_core {
           break;
         case failure_policy::raise_eps:
           diag.outcome = step_outcome::eps_raised;
-          for (double scale = 10.0; !all_ok(diag.reports) && diag.eps_raises < options_.max_eps_raises; scale *= 10.0) {
+          for (double scale = 10.0; !all_ok(diag.reports) && diag.eps_raises < o.max_eps_raises; scale *= 10.0) {
             ++diag.eps_raises;
             std::vector<double> raised(eps);
             for (double& e : raised) e *= scale;
             cov = measured.regularised(raised);
-            diag.reports = inverse_sqrt(policy, cov, batch.D, isqrt_);
+            diag.reports = inverse_sqrt(policy, cov, batch.D, core.isqrt());
           }
           break;
       }
       if (!all_ok(diag.reports) || !all_finite(batch.mean)) {
         diag.outcome = step_outcome::kept_previous;
-        auto stats = evaluation(policy);
-        commit(diag);
+        auto stats = evaluation(policy, core);
+        core.commit(diag);
         return stats;
       }
     }
-    const bool copy = options_.first_step_copy && steps_ == 0;
-    const T m = T(options_.momentum);
-    for (index_t s = 0; s < plan_.count(); ++s) {
-      average(running_.mean[s], batch.mean[s], copy, m);
-      average(running_.D[s], batch.D[s], copy, m);
-      if (options_.average_covariance) average(running_cov_[s], cov[s], copy, m);
+    const bool copy = o.first_step_copy && st.counters(0) == 0;
+    const T m = T(o.momentum);
+    block_statistics<T> running = running_statistics(core);
+    std::vector<square_matrix<T>> running_cov = covariances(core);
+    for (index_t s = 0; s < plan.count(); ++s) {
+      average(running.mean[s], batch.mean[s], copy, m);
+      average(running.D[s], batch.D[s], copy, m);
+      if (o.average_covariance) average(running_cov[s], cov[s], copy, m);
     }
-    commit(diag);
+    store_statistics(running, st.mean, st.D);
+    store_covariances(running_cov, st.cov);
+    core.commit(diag);
     return batch;
   }
 
@@ -282,81 +121,139 @@ class deconv_core {
   /// square root of the running covariance. A block whose iteration fails (not converged within its
   /// cap, say) takes the exact float64 root of the running covariance, a positive combination of
   /// positive definite matrices; if that fails too, numerical_error is thrown.
-  template <class Policy>
-  block_statistics<T> evaluation(const Policy& policy) const {
-    pull();
-    if (!options_.average_covariance || steps_ == 0) return running_;
-    block_statistics<T> out{plan_, running_.mean, {}};
-    auto reports = inverse_sqrt(policy, running_cov_, out.D, isqrt_);
+  template <class T>
+  static block_statistics<T> evaluation(const Policy& policy, const deconv_core<T>& core) {
+    block_statistics<T> running = running_statistics(core);
+    if (!core.options().average_covariance || core.steps() == 0) return running;
+    const std::vector<square_matrix<T>> cov = covariances(core);
+    block_statistics<T> out{core.plan(), std::move(running.mean), {}};
+    auto reports = inverse_sqrt(policy, cov, out.D, core.isqrt());
     for (std::size_t s = 0; s < reports.size(); ++s)
-      if (reports[s].status != isqrt_status::ok) reports[s] = inverse_sqrt_exact(running_cov_[s], out.D[s]);
+      if (reports[s].status != isqrt_status::ok) reports[s] = inverse_sqrt_exact(cov[s], out.D[s]);
     if (!all_ok(reports))
-      throw numerical_error("netdeconv: the running covariance has no inverse square root:" + describe(reports));
+      throw numerical_error("netdeconv: the running covariance has no inverse square root:" + describe_failures(reports));
     return out;
   }
 
-  /// Records a step whose statistics are not used (e.g. a failed part of a composite layer).
-  void keep_previous_step() {
-    pull();
-    step_diagnostic diag;
-    diag.outcome = step_outcome::kept_previous;
-    diag.failures = diagnostic_.failures + 1;
-    commit(diag);
+  // Conv and linear layers (weights as conv weights, (Cout, C/groups, kh, kw)).
+
+  template <class T, class Source>
+  static layer_step<T> step(const Policy& policy, deconv_core<T>& core, const Source& source,
+                            const image_view<const T>& weight, const vector_view<const T>& bias) {
+    auto stats = train(policy, core, source);
+    auto folded = detail::folded(policy, stats, weight, bias);
+    return {std::move(folded), std::move(stats)};
   }
 
-  /// Writes the plan, every option that shapes the trajectory, the counters and the running
-  /// statistics.
-  void save(byte_writer& w) const {
-    pull();
-    for (const std::int64_t v : configuration()) w.i64(v);
-    w.f64(options_.momentum);
-    w.f64(isqrt_.tolerance);
-    w.i64(steps_);
-    w.i64(counter_);
-    w.i64(diagnostic_.failures);
-    for (index_t s = 0; s < plan_.count(); ++s) {
-      w.scalars(running_.mean[s].data(), running_.mean[s].size());
-      w.scalars(running_.D[s].data(), running_.D[s].size());
-      if (options_.average_covariance) w.scalars(running_cov_[s].data(), running_cov_[s].size());
-    }
+  /// The writing form: the statistics a step folds, its reports (a frozen step, which has none,
+  /// writes 0 iterations, residual NaN, ok) and W', b' into checked outputs.
+  template <class T, class Source>
+  static void step(const Policy& policy, deconv_core<T>& core, const Source& source, const image_view<const T>& weight,
+                   const vector_view<const T>& bias, const statistics_step_outputs<T, 4>& out) {
+    const block_statistics<T> stats = train(policy, core, source);
+    store_statistics(stats, out.mean, out.D);
+    const std::vector<isqrt_report>& reports = core.diagnostic().reports;
+    for (index_t s = 0; s < out.reports.shape[0]; ++s)
+      out.reports(s) = reports.empty() ? isqrt_report{0, std::numeric_limits<double>::quiet_NaN(), isqrt_status::ok}
+                                       : reports[std::size_t(s)];
+    fold_impl(policy, stats, weight, bias, out.weight, out.bias);
   }
 
-  /// This state with what save() wrote; throws checkpoint_error (and changes nothing) when the
-  /// configuration differs or the contents make no sense: counters outside
-  /// 0 <= failures <= steps < 2^62 and counter == steps mod (10 freeze_iter), running statistics
-  /// that are not finite, or a running covariance that is not symmetric.
-  deconv_core loaded(byte_reader& r) const {
-    pull();
-    deconv_core copy = *this;
-    constexpr const char* names[] = {"block layout", "channels", "kernel area", "groups", "block",
-                                     "freeze", "freeze_iter", "first_step_copy", "average_covariance",
-                                     "relative_eps", "on_failure", "max_eps_raises", "isqrt method",
-                                     "isqrt iterations", "isqrt scaling"};
-    const auto config = configuration();
-    static_assert(std::size(names) == std::tuple_size_v<decltype(config)>);
-    for (std::size_t i = 0; i < config.size(); ++i) r.expect_i64(config[i], names[i]);
-    r.expect_f64(options_.momentum, "momentum");
-    r.expect_f64(isqrt_.tolerance, "isqrt tolerance");
-    copy.steps_ = r.i64();
-    copy.counter_ = r.i64();
-    copy.diagnostic_ = {};
-    copy.diagnostic_.failures = r.i64();
-    for (index_t s = 0; s < plan_.count(); ++s) {
-      r.scalars(copy.running_.mean[s].data(), copy.running_.mean[s].size(), "running mean");
-      r.scalars(copy.running_.D[s].data(), copy.running_.D[s].size(), "running D");
-      if (options_.average_covariance) r.scalars(copy.running_cov_[s].data(), copy.running_cov_[s].size(), "running Cov");
+  template <class T>
+  static folded_weights<T> eval(const Policy& policy, const deconv_core<T>& core, const image_view<const T>& weight,
+                                const vector_view<const T>& bias) {
+    return detail::folded(policy, evaluation(policy, core), weight, bias);
+  }
+
+  template <class T>
+  static void export_weights(const Policy& policy, const deconv_core<T>& core, const image_view<const T>& weight,
+                             const vector_view<const T>& bias, const image_view<T>& weight_out,
+                             const vector_view<T>& bias_out) {
+    fold_impl(policy, evaluation(policy, core), weight, bias, weight_out, bias_out);
+  }
+
+  // The channel layer (channel_deconv_layer.hpp): x and y checked, y may be x.
+
+  template <class T>
+  static void channel_train(const Policy& policy, deconv_core<T>& core, const channel_spec& spec,
+                            const image_view<const T>& x, const image_view<T>& y) {
+    const running_state_view<T>& st = core.host_state("train_step");
+    const scalar_stats<T> running = remaining_running(st);
+    scalar_stats<T> batch = remaining_stats(spec, x, running);
+    if (!std::isfinite(batch.mean) || !std::isfinite(batch.var) || !(double(batch.var) + spec.eps > 0)) {
+      if (core.options().on_failure == failure_policy::throw_error)
+        throw numerical_error("netdeconv: channel layer statistics failed: the remaining channels' mean "
+                              "or variance is not finite, or variance + eps is 0");
+      core.keep_previous_step();
+      channel_apply(spec, x, y, evaluation(policy, core), running);
+      return;
     }
-    copy.check_running([&](const auto&... parts) { r.fail(parts...); });
-    return copy;
+    const auto stats = train(policy, core, make_channel_samples(spec, x));
+    if (core.diagnostic().outcome == step_outcome::kept_previous) {
+      batch = running;
+    } else if (!st.remaining.empty()) {
+      const T m = T(core.options().momentum);
+      const bool copy = core.options().first_step_copy && st.counters(0) == 1;
+      st.remaining(0) = copy ? batch.mean : (T(1) - m) * running.mean + m * batch.mean;
+      st.remaining(1) = copy ? batch.var : (T(1) - m) * running.var + m * batch.var;
+    }
+    channel_apply(spec, x, y, stats, batch);
+  }
+
+  template <class T>
+  static void channel_eval(const Policy& policy, const deconv_core<T>& core, const channel_spec& spec,
+                           const image_view<const T>& x, const image_view<T>& y) {
+    const scalar_stats<T> running = remaining_running(core.host_state("eval"));
+    channel_apply(spec, x, y, evaluation(policy, core), running);
   }
 
  private:
-  /// The integer configuration fields a checkpoint must match, in the order save() writes them.
-  std::array<std::int64_t, 15> configuration() const {
-    return {std::int64_t(plan_.layout), plan_.channels, plan_.kernel_area, plan_.groups, plan_.block,
-            options_.freeze, options_.freeze_iter, options_.first_step_copy, options_.average_covariance,
-            options_.relative_eps, std::int64_t(options_.on_failure), options_.max_eps_raises,
-            std::int64_t(isqrt_.method), isqrt_.iterations, std::int64_t(isqrt_.scaling)};
+  template <class T>
+  struct scalar_stats {
+    T mean = T(0), var = T(1);
+  };
+
+  template <class T>
+  static scalar_stats<T> remaining_running(const running_state_view<T>& st) {
+    return st.remaining.empty() ? scalar_stats<T>{} : scalar_stats<T>{st.remaining(0), st.remaining(1)};
+  }
+
+  /// Mean and unbiased variance of the remaining channels' sampled values (channel_samples.hpp),
+  /// merged image by image in double; `unused` when every channel is whitened.
+  template <class T>
+  static scalar_stats<T> remaining_stats(const channel_spec& spec, const image_view<const T>& x,
+                                         const scalar_stats<T>& unused) {
+    if (spec.whitened == spec.channels) return unused;
+    const index_t per_image = spec.remaining_per_image(x.shape);
+    moments<double> m(1);
+    Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> values(per_image, 1);
+    for (index_t n = 0; n < x.shape[0]; ++n) {
+      for (index_t k = 0; k < per_image; ++k) values(k, 0) = double(spec.remaining_value(x, n, k));
+      m.add(values);
+    }
+    const double var = m.count() > 1 ? m.scatter()(0, 0) / double(m.count() - 1) : std::nan("");
+    return {T(m.mean()[0]), T(var)};
+  }
+
+  /// y = D (x - mu) over the whitened channels' rows, (x - m) / sqrt(v + eps) over the others.
+  template <class T>
+  static void channel_apply(const channel_spec& spec, const image_view<const T>& x, const image_view<T>& y,
+                            const block_statistics<T>& stats, const scalar_stats<T>& scalars) {
+    const index_t B = spec.block, per_row = spec.per_row();
+    const auto& D = stats.D[0];
+    const auto& mu = stats.mean[0];
+    const T inv_sd = T(1.0 / std::sqrt(double(scalars.var) + spec.eps));
+    Eigen::Matrix<T, Eigen::Dynamic, 1> centred(B);
+    for (index_t n = 0; n < x.shape[0]; ++n)
+      for (index_t yy = 0; yy < x.shape[2]; ++yy)
+        for (index_t xx = 0; xx < x.shape[3]; ++xx) {
+          for (index_t cc = 0; cc < per_row; ++cc) {
+            for (index_t g = 0; g < B; ++g) centred[g] = x(n, g * per_row + cc, yy, xx) - mu[g];
+            for (index_t f = 0; f < B; ++f) y(n, f * per_row + cc, yy, xx) = D.row(f).dot(centred);
+          }
+          for (index_t c = spec.whitened; c < spec.channels; ++c)
+            y(n, c, yy, xx) = (x(n, c, yy, xx) - scalars.mean) * inv_sd;
+        }
   }
 
   static bool all_ok(const std::vector<isqrt_report>& reports) {
@@ -364,146 +261,38 @@ class deconv_core {
       if (r.status != isqrt_status::ok) return false;
     return true;
   }
-  static bool all_finite(const std::vector<vector>& v) {
+  template <class V>
+  static bool all_finite(const std::vector<V>& v) {
     for (const auto& e : v)
       if (!e.allFinite()) return false;
     return true;
   }
-  static std::string describe_failure(const std::vector<isqrt_report>& reports) {
-    return "netdeconv: layer statistics failed:" + describe(reports);
-  }
-  static std::string describe(const std::vector<isqrt_report>& reports) {
-    std::ostringstream os;
-    for (std::size_t s = 0; s < reports.size(); ++s)
-      if (reports[s].status != isqrt_status::ok)
-        os << " block " << s << ' ' << reports[s].status << " (residual " << reports[s].residual << " after "
-           << reports[s].iterations << " iterations)";
-    return os.str();
-  }
-  template <class M>
+  template <class M, class T>
   static void average(M& running, const M& value, bool copy, T m) {
     if (copy)
       running = value;
     else
       running = (T(1) - m) * running + m * value;
   }
-  /// Steps a checkpoint may hold: far beyond any run, and far from overflowing ++steps_.
-  static constexpr index_t max_steps = index_t(1) << 62;
-
-  void commit(const step_diagnostic& diag) {
-    counter_ = (counter_ + 1) % (10 * options_.freeze_iter);
-    ++steps_;
-    diagnostic_ = diag;
-    push();
-  }
-
-  /// Calls fail(message parts...) unless the counters and statistics make sense: 0 <= failures <=
-  /// steps < 2^62, counter == steps mod (10 freeze_iter), finite running statistics, a symmetric
-  /// running covariance.
-  template <class Fail>
-  void check_running(Fail&& fail) const {
-    const index_t wrap = 10 * options_.freeze_iter;
-    if (steps_ < 0 || steps_ >= max_steps) fail("has steps = ", steps_, ", outside [0, 2^62)");
-    if (counter_ != steps_ % wrap)
-      fail("has freeze counter ", counter_, ", but steps ", steps_, " mod 10*freeze_iter = ", steps_ % wrap);
-    if (diagnostic_.failures < 0 || diagnostic_.failures > steps_)
-      fail("has ", diagnostic_.failures, " failed steps, outside [0, steps = ", steps_, "]");
-    for (index_t s = 0; s < plan_.count(); ++s) {
-      if (!running_.mean[s].allFinite() || !running_.D[s].allFinite() ||
-          (options_.average_covariance && !running_cov_[s].allFinite()))
-        fail("holds non-finite running statistics for block ", s);
-      if (options_.average_covariance && !measure_symmetry<T>(running_cov_[s]).ok())
-        fail("holds a non-symmetric running covariance for block ", s);
+  /// The running covariances of a host state (empty without average_covariance).
+  template <class T>
+  static std::vector<square_matrix<T>> covariances(const deconv_core<T>& core) {
+    const running_state_view<T>& st = core.host_state("running");
+    std::vector<square_matrix<T>> out;
+    if (st.cov.empty()) return out;
+    const index_t F = core.plan().features();
+    for (index_t s = 0; s < core.plan().count(); ++s) {
+      out.emplace_back(F, F);
+      for (index_t i = 0; i < F; ++i)
+        for (index_t j = 0; j < F; ++j) out.back()(i, j) = st.cov(s, i, j);
     }
+    return out;
   }
-
-  block_plan plan_;
-  double eps_;
-  isqrt_options isqrt_;
-  layer_options options_;
-  bool uncentred_;
-  // The running state; with an attached state (attach) a mirror of it, read at the start of every
-  // call (pull) and written after every change (push): hence mutable.
-  mutable block_statistics<T> running_;
-  mutable std::vector<square_matrix<T>> running_cov_;
-  mutable index_t counter_ = 0, steps_ = 0;
-  mutable step_diagnostic diagnostic_;
-  std::optional<running_state_view<T>> external_;
-};
-
-/// What conv and linear layers share: the core, accessors and checkpoints. The configuration fields
-/// that shape the statistics beyond the plan (geometry, eps, sampling stride) are saved and checked
-/// too.
-template <class T, layer_kind Kind>
-class folding_layer {
- public:
-  /// Running statistics (mean and D per statistic of plan()).
-  const block_statistics<T>& running() const { return core_.running(); }
-  const block_plan& plan() const { return core_.plan(); }
-  const step_diagnostic& diagnostic() const { return core_.diagnostic(); }
-  /// Training steps seen, and the reference freeze counter (steps mod 10 * freeze_iter).
-  index_t steps() const { return core_.steps(); }
-  index_t freeze_counter() const { return core_.counter(); }
-
-  /// Keeps the running state in the caller's memory from now on (running_state_view; `remaining`
-  /// must be empty); the current state is written there first.
-  void attach_state(const running_state_view<T>& state) {
-    NETDECONV_REQUIRE(state.remaining.empty(), "attach_state", "remaining is for the channel layer; leave it empty");
-    core_.attach(state);
-  }
-
-  /// Checkpoint bytes (see checkpoint.hpp).
-  std::vector<std::uint8_t> state() const {
-    byte_writer w(Kind, sizeof(T));
-    w.f64(eps_);
-    w.i64(sampling_stride_);
-    for (const index_t v : geometry_fields()) w.i64(v);
-    core_.save(w);
-    return w.finish();
-  }
-  /// Restores a checkpoint of a layer with the same configuration; throws checkpoint_error, and
-  /// changes nothing, otherwise.
-  void load_state(const std::vector<std::uint8_t>& bytes) {
-    byte_reader r(bytes, Kind, sizeof(T));
-    r.expect_f64(eps_, "eps");
-    r.expect_i64(sampling_stride_, "sampling_stride");
-    constexpr const char* names[] = {"kernel_h", "kernel_w", "stride_h", "stride_w",
-                                     "pad_h",    "pad_w",    "dilation_h", "dilation_w"};
-    const auto fields = geometry_fields();
-    for (std::size_t i = 0; i < fields.size(); ++i) r.expect_i64(fields[i], names[i]);
-    auto loaded = core_.loaded(r);
-    r.expect_end();
-    core_ = std::move(loaded);
-    core_.push();
-  }
-
- protected:
-  folding_layer(const block_plan& plan, const conv_geometry& geometry, double eps, index_t sampling_stride,
-                const isqrt_options& isqrt, const layer_options& options)
-      : geometry_(geometry), eps_(eps), sampling_stride_(sampling_stride), core_(plan, eps, isqrt, options) {}
-
-  /// The writing form of train_step: the statistics a step folds, its reports (a frozen step,
-  /// which has none, writes 0 iterations, residual NaN, ok) and W', b' into checked outputs.
-  template <class Policy>
-  void store_step(const Policy& policy, const block_statistics<T>& stats, const image_view<const T>& weight,
-                  const vector_view<const T>& bias, const statistics_step_outputs<T, 4>& out) const {
-    store_statistics(stats, out.mean, out.D);
-    const std::vector<isqrt_report>& reports = core_.diagnostic().reports;
-    for (index_t s = 0; s < out.reports.shape[0]; ++s)
-      out.reports(s) = reports.empty() ? isqrt_report{0, std::numeric_limits<double>::quiet_NaN(), isqrt_status::ok}
-                                       : reports[std::size_t(s)];
-    fold_impl(policy, stats, weight, bias, out.weight, out.bias);
-  }
-
-  conv_geometry geometry_;  ///< 1x1 for a linear layer
-  double eps_;
-  index_t sampling_stride_;
-  deconv_core<T> core_;
-
- private:
-  std::array<index_t, 8> geometry_fields() const {
-    const conv_geometry& g = geometry_;
-    return {g.kernel_h, g.kernel_w, g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w};
+  template <class T>
+  static void store_covariances(const std::vector<square_matrix<T>>& cov, const tensor_view<T, 3>& out) {
+    for (std::size_t s = 0; s < cov.size(); ++s)
+      for (index_t i = 0; i < cov[s].rows(); ++i)
+        for (index_t j = 0; j < cov[s].cols(); ++j) out(index_t(s), i, j) = cov[s](i, j);
   }
 };
 

@@ -1,16 +1,21 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 // Linear deconvolution layer (docs/method.md §7): all rows of the (rows, Fin) input, contiguous blocks
-// (shared as in the reference, or independent), no sampling. Training rule: layer_state.hpp.
+// (shared as in the reference, or independent), no sampling. Training rule: layer_core.hpp (CPU:
+// layer_state.hpp, CUDA: cuda/layer_state.cuh).
 //
 //   netdeconv::linear_deconv_layer<float> layer(/*in_features*/ 64, netdeconv::linear_deconv_config{});
 //   auto wb = layer.train_step(netdeconv::par, x, W, b);  // then y = x wb.weight^T + wb.bias
 //
 // x: (rows, Fin); W: (Cout, Fin); b: (Cout) or empty.
 
-#include "fold.hpp"
-#include "layer_state.hpp"
-#include "statistics_step.hpp"
+#include "checks.hpp"
+#include "layer_core.hpp"
+#include "matrix_rows.hpp"
+#include "statistics_step_config.hpp"
+#if !defined(__CUDACC__)
+#include "layer_state.hpp"  // the CPU policies' step; nvcc translation units take cuda/layer_state.cuh
+#endif
 
 namespace netdeconv {
 
@@ -27,9 +32,8 @@ class linear_deconv_layer : public detail::folding_layer<T, layer_kind::linear> 
   layer_step<T> train_step(const Policy& policy, matrix_view<const T> x, matrix_view<const T> weight,
                            vector_view<const T> bias) {
     check_input("train_step", x, weight, bias);
-    auto stats = this->core_.train(policy, matrix_rows<T>(x));
-    auto folded = detail::folded(policy, stats, detail::as_conv_weight(weight), bias);
-    return {std::move(folded), std::move(stats)};
+    return detail::layer_backend<Policy>::step(policy, this->core_, matrix_rows<T>(x), detail::as_conv_weight(weight),
+                                               bias);
   }
 
   /// Writing form (W' (Cout, Fin) in out.weight): as conv_deconv_layer's.
@@ -39,13 +43,14 @@ class linear_deconv_layer : public detail::folding_layer<T, layer_kind::linear> 
     check_input("train_step", x, weight, bias);
     const auto conv_out = detail::as_conv_outputs(out);
     detail::check_step_outputs("train_step", this->plan(), x, detail::as_conv_weight(weight), bias, conv_out);
-    this->store_step(policy, this->core_.train(policy, matrix_rows<T>(x)), detail::as_conv_weight(weight), bias, conv_out);
+    detail::layer_backend<Policy>::step(policy, this->core_, matrix_rows<T>(x), detail::as_conv_weight(weight), bias,
+                                        conv_out);
   }
 
   template <class Policy>
   folded_weights<T> eval(const Policy& policy, matrix_view<const T> weight, vector_view<const T> bias) const {
     check("eval", weight, bias);
-    return detail::folded(policy, this->core_.evaluation(policy), detail::as_conv_weight(weight), bias);
+    return detail::layer_backend<Policy>::eval(policy, this->core_, detail::as_conv_weight(weight), bias);
   }
 
   template <class Policy>
@@ -53,7 +58,8 @@ class linear_deconv_layer : public detail::folding_layer<T, layer_kind::linear> 
                       matrix_view<T> weight_out, vector_view<T> bias_out) const {
     check("export_weights", weight, bias);
     detail::check_fold_outputs("export_weights", detail::as_conv_weight(weight), bias, detail::as_conv_weight(weight_out), bias_out, true);
-    detail::fold_impl(policy, this->core_.evaluation(policy), detail::as_conv_weight(weight), bias, detail::as_conv_weight(weight_out), bias_out);
+    detail::layer_backend<Policy>::export_weights(policy, this->core_, detail::as_conv_weight(weight), bias,
+                                                  detail::as_conv_weight(weight_out), bias_out);
   }
 
  private:

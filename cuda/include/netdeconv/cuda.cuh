@@ -9,6 +9,7 @@
 #include "cuda/fold.cuh"
 #include "cuda/im2col.cuh"
 #include "cuda/inverse_sqrt.cuh"
+#include "cuda/layer_state.cuh"
 #include "cuda/moments.cuh"
 #include "cuda/statistics_step.cuh"
 #include "cuda/whiten.cuh"
