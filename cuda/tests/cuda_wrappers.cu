@@ -518,6 +518,56 @@ std::string host_pointer_message() {
   return {};
 }
 
+std::vector<std::string> layer_refusal_messages() {
+  const auto message = [](auto&& call) -> std::string {
+    try {
+      call();
+    } catch (const netdeconv::invalid_argument& e) {
+      return e.what();
+    }
+    return {};
+  };
+  stream st;
+  const cuda_policy policy{st.get()};
+  linear_deconv_config cfg;
+  cfg.block = 2;
+  const index_t S = 1, F = 2, rows = 8;
+  buffer<float> x(static_cast<std::size_t>(rows * F)), w(static_cast<std::size_t>(F)), out(64);
+  buffer<isqrt_report> reports(1);
+  device_state<float> state(S, F, false, false), exact_state(S, F, false, false);
+  const matrix_view<const float> xv = row_major<const float>(x.get(), rows, F), wv = row_major<const float>(w.get(), 1, F);
+  const statistics_step_outputs<float, 2> views{row_major(out.get(), S, F), cube(out.get() + 2, S, F),
+                                                row_major(out.get() + 6, 1, F), contiguous(out.get() + 8, 1),
+                                                contiguous(reports.get(), 1)};
+  std::vector<std::string> m;
+  linear_deconv_layer<float> host_layer(F, cfg);
+  m.push_back(message([&] { host_layer.train_step(policy, xv, wv, {}, views); }));
+  linear_deconv_layer<float> device_layer(F, cfg);
+  device_layer.attach_state(policy, state.view());
+  m.push_back(message([&] { (void)device_layer.steps(); }));
+  layer_options exact;
+  exact.on_failure = failure_policy::exact_fallback;
+  linear_deconv_layer<float> exact_layer(F, cfg, exact);
+  exact_layer.attach_state(policy, exact_state.view());
+  m.push_back(message([&] { exact_layer.train_step(policy, xv, wv, {}, views); }));
+  channel_deconv_config ccfg;
+  ccfg.block = 2;
+  channel_deconv_layer<float> channel(2, ccfg);
+  device_state<float> cstate(1, 2, false, false);
+  channel.attach_state(policy, cstate.view());
+  buffer<float> image(std::size_t(2 * 2 * 4 * 4));
+  const image_view<float> iv = nchw(image.get(), 2, 2, 4, 4);
+  m.push_back(message([&] { channel.train_step(policy, image_view<const float>(iv), iv); }));
+  std::vector<float> host_mean(2), host_D(4);
+  std::vector<index_t> host_counters(3);
+  linear_deconv_layer<float> pageable(F, cfg);
+  m.push_back(message([&] {
+    pageable.attach_state(policy, {row_major(host_mean.data(), 1, 2), cube(host_D.data(), 1, 2), {},
+                                   contiguous(host_counters.data(), 3), {}});
+  }));
+  return m;
+}
+
 #define NETDECONV_INSTANTIATE(T)                                                                                       \
   template std::vector<T> im2col<T>(image_view<const T>, std::size_t, const conv_geometry&);                           \
   template std::vector<T> col2im<T>(const std::vector<T>&, index_t, index_t, index_t, index_t, const conv_geometry&);  \

@@ -92,5 +92,9 @@ std::string failing_call_message();
 std::string small_workspace_message();
 std::string tf32_double_message();
 std::string host_pointer_message();
+/// Messages of the CUDA layers' refusals: [0] a cuda_policy step on a host state, [1] a host
+/// accessor on a device state, [2] on_failure exact_fallback with a cuda_policy, [3] the channel
+/// layer's y = x, [4] attaching host memory with a cuda_policy.
+std::vector<std::string> layer_refusal_messages();
 
 }  // namespace netdeconv::cuda::test

@@ -163,6 +163,17 @@ TEST_CASE("CUDA errors carry the error string and the call site; small workspace
   CHECK(gpu_api::host_pointer_message().find("points at host memory") != std::string::npos);
 }
 
+TEST_CASE("CUDA layers refuse host states, host accessors on device states, host-only failure policies and y = x") {
+  const std::vector<std::string> m = gpu_api::layer_refusal_messages();
+  REQUIRE(m.size() == 5);
+  CHECK(m[0].find("needs the layer's state in device memory") != std::string::npos);
+  CHECK(m[1].find("the layer's state is in device memory") != std::string::npos);
+  CHECK(m[2].find("exact_fallback and raise_eps need the host") != std::string::npos);
+  CHECK(m[3].find("y") != std::string::npos);
+  CHECK(m[3].find("overlap") != std::string::npos);
+  CHECK(m[4].find("points at host memory") != std::string::npos);
+}
+
 int main(int argc, char** argv) {
   if (gpu_api::device_count() == 0) {
     std::puts("test_cuda: no CUDA device visible, skipping (exit 77)");
