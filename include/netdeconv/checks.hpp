@@ -114,6 +114,19 @@ void check_inverse_sqrt_batch(const char* fn, const tensor_view<const T, 3>& A, 
   check_disjoint(fn, "reports", reports, "D", D);
 }
 
+/// inverse_sqrt_vjp's views: A, D = dA and reports as inverse_sqrt's; G of A's shape; dA apart from G.
+template <class T>
+void check_inverse_sqrt_vjp_batch(const char* fn, const tensor_view<const T, 3>& A, const tensor_view<const T, 3>& G,
+                                  const tensor_view<T, 3>& dA, const isqrt_options& options,
+                                  const vector_view<isqrt_report>& reports) {
+  check_inverse_sqrt_batch(fn, A, dA, options, reports);
+  check_view(fn, "G", G);
+  NETDECONV_REQUIRE(G.shape == A.shape, fn, "G is (", G.shape[0], ", ", G.shape[1], ", ", G.shape[2], "), A is (",
+                    A.shape[0], ", ", A.shape[1], ", ", A.shape[2], ")");
+  check_disjoint(fn, "dA", dA, "G", G);
+  check_disjoint(fn, "reports", reports, "G", G);
+}
+
 /// weight (Cout, C/groups, kh, kw) and bias (Cout or empty) fit the plan.
 template <class T>
 void check_weight(const char* fn, const block_plan& plan, const image_view<const T>& weight,
