@@ -27,7 +27,9 @@ File format (whitespace-separated tokens, parsed by the C++ test without depende
   array blocks   `array <name> <count>` followed by <count> values, one per line, '%.17g'
 Arrays: x, weight, bias (only when bias 1), mean (all statistics concatenated), D (all statistics
 concatenated, each row-major), weight_folded (weight's shape, row-major), bias_folded (Cout;
-present also without bias: then b = 0), y (conv: N x Cout x Ho x Wo, linear: rows x Cout).
+present also without bias: then b = 0), y (conv: N x Cout x Ho x Wo, linear: rows x Cout), and the
+backward: grad_weight_folded and grad_bias_folded (upstream dL/dW', dL/db', exact values k/4096),
+grad_x, grad_weight and grad_bias (only when bias 1) by autograd of <dL/dW', W'> + <dL/db', b'>.
 """
 
 import argparse
@@ -216,17 +218,16 @@ def conv_forward(case, x, weight, bias):
         # grouped: group g owns channels [g*C/groups, (g+1)*C/groups) -> columns [g*F, (g+1)*F)
         og = Cout // groups
         W2 = weight.reshape(Cout, F)
-        Wf = torch.empty_like(W2)
-        bf = b.clone()
-        means, Ds = [], []
+        Wfs, bfs, means, Ds = [], [], [], []
         for g in range(groups):
             mu, D, n = moments_and_isqrt(X[:, g * F:(g + 1) * F], case["eps"], case["n_iter"])
             rows = slice(g * og, (g + 1) * og)
-            Wf[rows] = W2[rows] @ D
-            bf[rows] = b[rows] - Wf[rows] @ mu
+            Wfs.append(W2[rows] @ D)
+            bfs.append(b[rows] - Wfs[-1] @ mu)
             means.append(mu)
             Ds.append(D)
-        Wf = Wf.reshape(weight.shape).contiguous()
+        Wf = torch.cat(Wfs).reshape(weight.shape).contiguous()
+        bf = torch.cat(bfs)
     y = Fn.conv2d(x, Wf, bf, stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
                   groups=groups)
     # docs/method.md §6 check: the folded conv equals the unfolded layer applied to explicitly whitened patches
@@ -273,8 +274,16 @@ def fmt(v):
 def build(case):
     """(header: list of (key, str)), arrays: list of (name, flat float64 list)) for one case."""
     x, weight, bias = make_inputs(case)
+    leaves = [t.requires_grad_(True) for t in (x, weight, bias) if t is not None]
     fwd = conv_forward if case["kind"] == "conv" else linear_forward
     info, means, Ds, Wf, bf, y = fwd(case, x, weight, bias)
+    # The backward (docs/method.md §6): autograd of L = <G, W'> + <g, b'> for exact upstream
+    # gradients G, g; dL/dx flows only through mu and Cov (W' and b' see x through nothing else).
+    gen = torch.Generator().manual_seed(2000 + case["seed"])
+    grad_wf, grad_bf = _uniform(gen, Wf.shape), _uniform(gen, bf.shape)
+    grads = torch.autograd.grad((Wf * grad_wf).sum() + (bf * grad_bf).sum(), leaves)
+    x, weight, bias = (None if t is None else t.detach() for t in (x, weight, bias))
+    means, Ds, Wf, bf, y = [m.detach() for m in means], [D.detach() for D in Ds], Wf.detach(), bf.detach(), y.detach()
     if case["kind"] == "conv":
         keys = ["kind", "name", "N", "C", "H", "W", "Cout", "kernel", "stride", "padding", "dilation",
                 "groups", "block"]
@@ -290,7 +299,11 @@ def build(case):
     if bias is not None:
         arrays.append(("bias", flat(bias)))
     arrays += [("mean", flat(torch.cat(means))), ("D", flat(torch.cat([D.reshape(-1) for D in Ds]))),
-               ("weight_folded", flat(Wf)), ("bias_folded", flat(bf)), ("y", flat(y))]
+               ("weight_folded", flat(Wf)), ("bias_folded", flat(bf)), ("y", flat(y)),
+               ("grad_weight_folded", flat(grad_wf)), ("grad_bias_folded", flat(grad_bf)),
+               ("grad_x", flat(grads[0])), ("grad_weight", flat(grads[1]))]
+    if bias is not None:
+        arrays.append(("grad_bias", flat(grads[2])))
     return header, arrays
 
 
