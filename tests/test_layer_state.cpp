@@ -9,6 +9,7 @@
 #include <netdeconv/eigen.hpp>
 #include <netdeconv/conv_deconv_layer.hpp>
 #include <netdeconv/linear_deconv_layer.hpp>
+#include <netdeconv/statistics_step_vjp.hpp>
 
 #include "oracle.hpp"
 
@@ -370,4 +371,143 @@ TEST_CASE("an attached state is checked as a checkpoint is") {
   auto overlapping = buffers.view();
   overlapping.counters = {reinterpret_cast<index_t*>(buffers.D.data()), {3}, {1}};
   CHECK_THROWS_WITH_AS(layer.attach_state(overlapping), doctest::Contains("overlaps"), invalid_argument);
+}
+
+namespace {
+
+/// A linear layer step's outputs and what its backward needs (double, one contiguous statistic).
+struct backward_case {
+  static constexpr index_t rows = 40, fin = 4, cout = 2;
+  std::mt19937_64 rng{1301};
+  std::vector<double> x = random_vector<double>(rows * fin, rng, 0.5), W = random_vector<double>(cout * fin, rng),
+                      b = random_vector<double>(cout, rng), gw = random_vector<double>(cout * fin, rng),
+                      gb = random_vector<double>(cout, rng);
+  std::vector<double> mean = std::vector<double>(fin), D = std::vector<double>(fin * fin),
+                      wf = std::vector<double>(cout * fin), bf = std::vector<double>(cout);
+  std::vector<isqrt_report> reports = std::vector<isqrt_report>(1);
+  std::vector<double> dw = std::vector<double>(cout * fin), db = std::vector<double>(cout), dx = std::vector<double>(rows * fin);
+
+  matrix_view<const double> xv() const { return row_major<const double>(x.data(), rows, fin); }
+  matrix_view<const double> wv() const { return row_major<const double>(W.data(), cout, fin); }
+  vector_view<const double> bv() const { return contiguous<const double>(b.data(), cout); }
+  block_statistics_view<const double> stats(const block_plan& p) const {
+    return {p, row_major<const double>(mean.data(), 1, fin), {D.data(), {1, fin, fin}, {fin * fin, fin, 1}}};
+  }
+  /// One training step of `layer` on xv() into mean, D, W', b'.
+  void step(linear_deconv_layer<double>& layer) {
+    layer.train_step(seq, xv(), wv(), bv(),
+                     {row_major(mean.data(), 1, fin), {D.data(), {1, fin, fin}, {fin * fin, fin, 1}}, row_major(wf.data(), cout, fin),
+                      contiguous(bf.data(), cout), contiguous(reports.data(), 1)});
+  }
+  void backward(const linear_deconv_layer<double>& layer, const step_diagnostic& diag,
+                statistics_gradient mode = statistics_gradient::full) {
+    layer.backward(seq, xv(), wv(), bv(), stats(layer.plan()), diag, row_major<const double>(gw.data(), cout, fin),
+                   contiguous<const double>(gb.data(), cout),
+                   {row_major(dw.data(), cout, fin), contiguous(db.data(), cout), row_major(dx.data(), rows, fin),
+                    contiguous(reports.data(), 1)},
+                   mode);
+  }
+  /// dL/dW with mu and D constant: (G_o - g_o mu^T) D^T.
+  std::vector<double> constant_statistics_dw() const {
+    std::vector<double> out(cout * fin);
+    for (index_t o = 0; o < cout; ++o)
+      for (index_t k = 0; k < fin; ++k)
+        for (index_t f = 0; f < fin; ++f) out[o * fin + k] += (gw[o * fin + f] - gb[o] * mean[f]) * D[k * fin + f];
+    return out;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("layer backward of a computed step is the statistics step's backward, relative eps included") {
+  backward_case c;
+  linear_deconv_config cfg;
+  cfg.block = backward_case::fin;
+  cfg.eps = 0.05;
+  // reference rule: exactly linear_statistics_step_vjp
+  linear_deconv_layer<double> layer(backward_case::fin, cfg);
+  c.step(layer);
+  c.backward(layer, layer.diagnostic());
+  std::vector<double> dw(c.dw.size()), db(c.db.size()), dx(c.dx.size());
+  std::vector<isqrt_report> reports(1);
+  linear_statistics_step_vjp(seq, c.xv(), c.wv(), c.bv(), cfg, c.stats(layer.plan()),
+                             row_major<const double>(c.gw.data(), 2, 4), contiguous<const double>(c.gb.data(), 2),
+                             {row_major(dw.data(), 2, 4), contiguous(db.data(), 2), row_major(dx.data(), 40, 4),
+                              contiguous(reports.data(), 1)});
+  CHECK(dw == c.dw);
+  CHECK(dx == c.dx);
+  CHECK(db == c.db);
+  // improved rule (trace-relative eps): against central differences of a fresh layer's first step
+  const layer_options improved = layer_options::improved();
+  linear_deconv_layer<double> fresh(backward_case::fin, cfg, improved);
+  c.step(fresh);
+  c.backward(fresh, fresh.diagnostic());
+  REQUIRE(c.reports[0].status == isqrt_status::ok);
+  const auto loss = [&] {
+    linear_deconv_layer<double> l(backward_case::fin, cfg, improved);
+    const auto s = l.train_step(seq, c.xv(), c.wv(), c.bv());
+    double L = 0;
+    for (std::size_t i = 0; i < s.weight.size(); ++i) L += s.weight[i] * c.gw[i];
+    for (std::size_t i = 0; i < s.bias.size(); ++i) L += s.bias[i] * c.gb[i];
+    return L;
+  };
+  double scale = 0, worst = 0;
+  for (const double v : c.dx) scale = std::max(scale, std::abs(v));
+  for (const std::size_t i : {std::size_t(0), std::size_t(17), std::size_t(83), std::size_t(159)}) {
+    const double keep = c.x[i], h = 1e-6;
+    c.x[i] = keep + h;
+    const double up = loss();
+    c.x[i] = keep - h;
+    const double down = loss();
+    c.x[i] = keep;
+    worst = std::max(worst, std::abs(c.dx[i] - (up - down) / (2 * h)) / scale);
+  }
+  CHECK(worst < 1e-6);
+  // without the trace term the gradient differs by more than that
+  std::vector<double> plain_dx(c.dx.size());
+  linear_statistics_step_vjp(seq, c.xv(), c.wv(), c.bv(), cfg, c.stats(fresh.plan()),
+                             row_major<const double>(c.gw.data(), 2, 4), contiguous<const double>(c.gb.data(), 2),
+                             {row_major(dw.data(), 2, 4), contiguous(db.data(), 2), row_major(plain_dx.data(), 40, 4),
+                              contiguous(reports.data(), 1)});
+  CHECK(oracle::rel_err(plain_dx, c.dx) > 1e-4);
+}
+
+TEST_CASE("layer backward: frozen and kept steps, and statistics as constants, do not differentiate mu and D") {
+  backward_case c;
+  linear_deconv_config cfg;
+  cfg.block = backward_case::fin;
+  layer_options frozen;
+  frozen.freeze = true;
+  frozen.freeze_iter = 1;  // steps 0 and 1 compute, step 2 is frozen
+  linear_deconv_layer<double> layer(backward_case::fin, cfg, frozen);
+  for (int k = 0; k < 3; ++k) c.step(layer);
+  REQUIRE(layer.diagnostic().outcome == step_outcome::frozen);
+  std::fill(c.dx.begin(), c.dx.end(), 5.0);
+  c.backward(layer, layer.diagnostic());
+  CHECK(std::all_of(c.dx.begin(), c.dx.end(), [](double v) { return v == 0.0; }));
+  CHECK(c.reports[0].iterations == 0);
+  CHECK(std::isnan(c.reports[0].residual));
+  CHECK(oracle::rel_err(c.dw, c.constant_statistics_dw()) < 1e-14);
+  CHECK(c.db == c.gb);
+  // a computed step with statistics_gradient::constants: the same formula
+  linear_deconv_layer<double> computed(backward_case::fin, cfg);
+  c.step(computed);
+  REQUIRE(computed.diagnostic().outcome == step_outcome::computed);
+  c.backward(computed, computed.diagnostic(), statistics_gradient::constants);
+  CHECK(std::all_of(c.dx.begin(), c.dx.end(), [](double v) { return v == 0.0; }));
+  CHECK(oracle::rel_err(c.dw, c.constant_statistics_dw()) < 1e-14);
+  // a kept step (NaN batch under keep_previous) folds the running statistics: constants too
+  layer_options keep;
+  keep.on_failure = failure_policy::keep_previous;
+  linear_deconv_layer<double> kept(backward_case::fin, cfg, keep);
+  std::fill(c.x.begin(), c.x.end(), std::numeric_limits<double>::quiet_NaN());
+  c.step(kept);
+  REQUIRE(kept.diagnostic().outcome == step_outcome::kept_previous);
+  c.backward(kept, kept.diagnostic());
+  CHECK(std::all_of(c.dx.begin(), c.dx.end(), [](double v) { return v == 0.0; }));
+  CHECK(oracle::rel_err(c.dw, c.constant_statistics_dw()) < 1e-14);
+  // steps that exact_fallback or raise_eps repaired are refused
+  step_diagnostic repaired = kept.diagnostic();
+  repaired.outcome = step_outcome::eps_raised;
+  CHECK_THROWS_WITH_AS(c.backward(kept, repaired), doctest::Contains("is not implemented"), invalid_argument);
 }

@@ -72,6 +72,23 @@ class conv_deconv_layer : public detail::folding_layer<T, layer_kind::conv> {
     detail::layer_backend<Policy>::export_weights(policy, this->core_, weight, bias, weight_out, bias_out);
   }
 
+  /// Backward of a training step (statistics_step_vjp.hpp): x, weight and bias as in the step;
+  /// stats the statistics it folded (its out.mean and out.D) and step its diagnostic(), taken
+  /// right after it; grad_weight = dL/dW', grad_bias = dL/db'. Writes dL/dW, dL/db and
+  /// dL/dx_stats (through mu and Cov, with eps as the step used it) into out. A frozen or kept
+  /// step, or mode constants, treats mu and D as constants (dL/dx_stats = 0), as the reference's
+  /// frozen steps do. The layer's state does not change.
+  template <class Policy>
+  void backward(const Policy& policy, image_view<const T> x, image_view<const T> weight, vector_view<const T> bias,
+                const block_statistics_view<const T>& stats, const step_diagnostic& step, image_view<const T> grad_weight,
+                vector_view<const T> grad_bias, const statistics_step_gradients<T, 4>& out,
+                statistics_gradient mode = statistics_gradient::full) const {
+    check_input("backward", x, weight, bias);
+    detail::check_step_vjp("backward", this->plan(), x, weight, bias, stats, grad_weight, grad_bias, out, out.weight);
+    detail::layer_backend<Policy>::conv_backward(policy, this->core_, x, weight, this->geometry_, this->sampling_stride_,
+                                                 stats, step, mode, grad_weight, grad_bias, out);
+  }
+
  private:
   patch_sampler<T> sampler(const image_view<const T>& x) const {
     return patch_sampler<T>(x, this->geometry_, this->sampling_stride_);

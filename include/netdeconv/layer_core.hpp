@@ -88,6 +88,10 @@ struct layer_options {
   }
 };
 
+/// What a layer's backward differentiates: mu and D as functions of x (full), or as constants
+/// (the cheap stop-gradient; frozen and kept steps always are).
+enum class statistics_gradient { full, constants };
+
 /// What the last training step did (host state only).
 struct step_diagnostic {
   step_outcome outcome = step_outcome::computed;

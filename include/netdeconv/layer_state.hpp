@@ -25,6 +25,7 @@
 #include "moments.hpp"
 #include "statistics_step.hpp"
 #include "statistics_step_config.hpp"
+#include "statistics_step_vjp.hpp"
 
 namespace netdeconv {
 
@@ -172,6 +173,26 @@ struct layer_backend {
     fold_impl(policy, evaluation(policy, core), weight, bias, weight_out, bias_out);
   }
 
+  // The backward of a conv or linear step (statistics_step_vjp.hpp), arguments checked.
+
+  template <class T>
+  static void conv_backward(const Policy& policy, const deconv_core<T>& core, const image_view<const T>& x,
+                            const image_view<const T>& weight, const conv_geometry& geometry, index_t sampling_stride,
+                            const block_statistics_view<const T>& stats, const step_diagnostic& step, statistics_gradient mode,
+                            const image_view<const T>& grad_weight, const vector_view<const T>& grad_bias,
+                            const statistics_step_gradients<T, 4>& out) {
+    conv_step_vjp(policy, x, weight, geometry, sampling_stride, core.plan(), stats, backward_rule(core, step, mode),
+                  grad_weight, grad_bias, out);
+  }
+
+  template <class T>
+  static void linear_backward(const Policy& policy, const deconv_core<T>& core, const matrix_view<const T>& x,
+                              const matrix_view<const T>& weight, const block_statistics_view<const T>& stats,
+                              const step_diagnostic& step, statistics_gradient mode, const matrix_view<const T>& grad_weight,
+                              const vector_view<const T>& grad_bias, const statistics_step_gradients<T, 2>& out) {
+    linear_step_vjp(policy, x, weight, core.plan(), stats, backward_rule(core, step, mode), grad_weight, grad_bias, out);
+  }
+
   // The channel layer (channel_deconv_layer.hpp): x and y checked, y may be x.
 
   template <class T>
@@ -208,6 +229,20 @@ struct layer_backend {
   }
 
  private:
+  /// The rule of a step's backward: constants for a frozen or kept step (or when asked); else the
+  /// layer's eps (trace-relative with relative_eps) and inverse square root. The steps that
+  /// exact_fallback or raise_eps repaired are refused (invalid_argument): their backward is not
+  /// written yet.
+  template <class T>
+  static statistics_backward backward_rule(const deconv_core<T>& core, const step_diagnostic& step, statistics_gradient mode) {
+    NETDECONV_REQUIRE(step.outcome != step_outcome::exact_fallback && step.outcome != step_outcome::eps_raised, "backward",
+                      "the backward of a step that ", step.outcome,
+                      " repaired is not implemented; use keep_previous or throw_error, or statistics_gradient::constants");
+    const bool constants = mode == statistics_gradient::constants || step.outcome == step_outcome::frozen ||
+                           step.outcome == step_outcome::kept_previous;
+    return {core.eps(), core.options().relative_eps, core.isqrt(), constants};
+  }
+
   template <class T>
   struct scalar_stats {
     T mean = T(0), var = T(1);

@@ -62,6 +62,24 @@ class linear_deconv_layer : public detail::folding_layer<T, layer_kind::linear> 
                                                   detail::as_conv_weight(weight_out), bias_out);
   }
 
+  /// Backward of a training step (statistics_step_vjp.hpp): x, weight and bias as in the step;
+  /// stats the statistics it folded (its out.mean and out.D) and step its diagnostic(), taken
+  /// right after it; grad_weight = dL/dW', grad_bias = dL/db'. Writes dL/dW, dL/db and
+  /// dL/dx_stats (through mu and Cov, with eps as the step used it) into out. A frozen or kept
+  /// step, or mode constants, treats mu and D as constants (dL/dx_stats = 0), as the reference's
+  /// frozen steps do. The layer's state does not change.
+  template <class Policy>
+  void backward(const Policy& policy, matrix_view<const T> x, matrix_view<const T> weight, vector_view<const T> bias,
+                const block_statistics_view<const T>& stats, const step_diagnostic& step, matrix_view<const T> grad_weight,
+                vector_view<const T> grad_bias, const statistics_step_gradients<T, 2>& out,
+                statistics_gradient mode = statistics_gradient::full) const {
+    check_input("backward", x, weight, bias);
+    detail::check_step_vjp("backward", this->plan(), x, detail::as_conv_weight(weight), bias, stats,
+                           detail::as_conv_weight(grad_weight), grad_bias, out, detail::as_conv_weight(out.weight));
+    detail::layer_backend<Policy>::linear_backward(policy, this->core_, x, weight, stats, step, mode, grad_weight, grad_bias,
+                                                   out);
+  }
+
  private:
   void check_input(const char* fn, matrix_view<const T> x, matrix_view<const T> weight, vector_view<const T> bias) const {
     check(fn, weight, bias);

@@ -64,6 +64,17 @@ struct statistics_step_outputs {
   vector_view<isqrt_report> reports;
 };
 
+/// What a statistics step's backward writes, in caller views: dL/dW (the weight's shape), dL/db
+/// (Cout; empty when the step had no bias), dL/dx_stats (x's shape; overwritten) and one
+/// inverse-square-root report per statistic.
+template <class T, int R>
+struct statistics_step_gradients {
+  tensor_view<T, R> weight;
+  vector_view<T> bias;
+  tensor_view<T, R> x;
+  vector_view<isqrt_report> reports;
+};
+
 namespace detail {
 
 /// The configuration's eps and isqrt options.
@@ -138,6 +149,54 @@ void check_step_outputs(const char* fn, const block_plan& plan, const tensor_vie
 template <class T>
 statistics_step_outputs<T, 4> as_conv_outputs(const statistics_step_outputs<T, 2>& out) {
   return {out.mean, out.D, as_conv_weight(out.weight), out.bias, out.reports};
+}
+
+/// The checks every backward shares: the folded statistics fit the plan, the upstream gradients
+/// have W' and b''s shapes, the outputs have W, b and x's shapes and overlap no input.
+template <class T, int R>
+void check_step_vjp(const char* fn, const block_plan& plan, const tensor_view<const T, R>& x, const image_view<const T>& weight,
+                    const vector_view<const T>& bias, const block_statistics_view<const T>& stats,
+                    const image_view<const T>& grad_weight, const vector_view<const T>& grad_bias,
+                    const statistics_step_gradients<T, R>& out, const image_view<T>& out_weight) {
+  check_statistics_view(fn, stats);
+  const block_plan& q = stats.plan;
+  NETDECONV_REQUIRE(q.layout == plan.layout && q.channels == plan.channels && q.kernel_area == plan.kernel_area &&
+                        q.groups == plan.groups && q.block == plan.block,
+                    fn, "the statistics' plan differs from the step's (", q.count(), " statistics of ", q.features(),
+                    " features; the step has ", plan.count(), " of ", plan.features(), ")");
+  check_view(fn, "grad_weight", grad_weight);
+  check_view(fn, "grad_bias", grad_bias);
+  NETDECONV_REQUIRE(grad_weight.shape == weight.shape, fn, "grad_weight must have the weight's shape");
+  NETDECONV_REQUIRE(grad_bias.shape[0] == weight.shape[0] && !grad_bias.empty(), fn, "grad_bias must have Cout = ",
+                    weight.shape[0], " entries, got ", grad_bias.empty() ? 0 : grad_bias.shape[0]);
+  check_output_view(fn, "out.weight", out_weight);
+  check_output_view(fn, "out.x", out.x);
+  check_output_view(fn, "out.reports", out.reports);
+  NETDECONV_REQUIRE(out_weight.shape == weight.shape, fn, "out.weight must have the weight's shape");
+  NETDECONV_REQUIRE(out.x.shape == x.shape, fn, "out.x must have x's shape");
+  NETDECONV_REQUIRE(out.reports.shape[0] == plan.count(), fn, "out.reports has ", out.reports.shape[0], " entries for ",
+                    plan.count(), " statistics");
+  if (bias.empty()) {
+    NETDECONV_REQUIRE(out.bias.empty(), fn, "out.bias must be empty: the step has no bias");
+  } else {
+    check_output_view(fn, "out.bias", out.bias);
+    NETDECONV_REQUIRE(out.bias.shape[0] == weight.shape[0], fn, "out.bias must have Cout = ", weight.shape[0], " entries");
+  }
+  const auto apart = [&](const char* name, const auto& o) {
+    check_disjoint(fn, name, o, "x", x);
+    check_disjoint(fn, name, o, "weight", weight);
+    check_disjoint(fn, name, o, "bias", bias);
+    check_disjoint(fn, name, o, "grad_weight", grad_weight);
+    check_disjoint(fn, name, o, "grad_bias", grad_bias);
+    check_disjoint(fn, name, o, "mean", stats.mean);
+    check_disjoint(fn, name, o, "D", stats.D);
+  };
+  apart("out.weight", out_weight);
+  apart("out.bias", out.bias);
+  apart("out.x", out.x);
+  apart("out.reports", out.reports);
+  check_disjoint(fn, "out.x", out.x, "out.weight", out_weight);
+  check_disjoint(fn, "out.x", out.x, "out.bias", out.bias);
 }
 
 }  // namespace detail

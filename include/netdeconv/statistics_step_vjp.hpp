@@ -20,6 +20,7 @@
 //   netdeconv::statistics_step_gradients<float, 4> grads{dW, db, dx_stats, reports};   // caller views
 //   netdeconv::conv_statistics_step_vjp(netdeconv::seq, x, W, b, cfg, stats, dL_dWfolded, dL_dbfolded, grads);
 
+#include <limits>
 #include <vector>
 
 #include <Eigen/Core>
@@ -37,73 +38,25 @@
 
 namespace netdeconv {
 
-/// What a statistics step's backward writes, in caller views: dL/dW (the weight's shape), dL/db
-/// (Cout; empty when the step had no bias), dL/dx_stats (x's shape; overwritten) and one
-/// inverse-square-root report per statistic.
-template <class T, int R>
-struct statistics_step_gradients {
-  tensor_view<T, R> weight;
-  vector_view<T> bias;
-  tensor_view<T, R> x;
-  vector_view<isqrt_report> reports;
-};
-
 namespace detail {
 
-/// The checks every backward shares: the folded statistics fit the plan, the upstream gradients
-/// have W' and b''s shapes, the outputs have W, b and x's shapes and overlap no input.
-template <class T, int R>
-void check_step_vjp(const char* fn, const block_plan& plan, const tensor_view<const T, R>& x, const image_view<const T>& weight,
-                    const vector_view<const T>& bias, const block_statistics_view<const T>& stats,
-                    const image_view<const T>& grad_weight, const vector_view<const T>& grad_bias,
-                    const statistics_step_gradients<T, R>& out, const image_view<T>& out_weight) {
-  check_statistics_view(fn, stats);
-  const block_plan& q = stats.plan;
-  NETDECONV_REQUIRE(q.layout == plan.layout && q.channels == plan.channels && q.kernel_area == plan.kernel_area &&
-                        q.groups == plan.groups && q.block == plan.block,
-                    fn, "the statistics' plan differs from the step's (", q.count(), " statistics of ", q.features(),
-                    " features; the step has ", plan.count(), " of ", plan.features(), ")");
-  check_view(fn, "grad_weight", grad_weight);
-  check_view(fn, "grad_bias", grad_bias);
-  NETDECONV_REQUIRE(grad_weight.shape == weight.shape, fn, "grad_weight must have the weight's shape");
-  NETDECONV_REQUIRE(grad_bias.shape[0] == weight.shape[0] && !grad_bias.empty(), fn, "grad_bias must have Cout = ",
-                    weight.shape[0], " entries, got ", grad_bias.empty() ? 0 : grad_bias.shape[0]);
-  check_output_view(fn, "out.weight", out_weight);
-  check_output_view(fn, "out.x", out.x);
-  check_output_view(fn, "out.reports", out.reports);
-  NETDECONV_REQUIRE(out_weight.shape == weight.shape, fn, "out.weight must have the weight's shape");
-  NETDECONV_REQUIRE(out.x.shape == x.shape, fn, "out.x must have x's shape");
-  NETDECONV_REQUIRE(out.reports.shape[0] == plan.count(), fn, "out.reports has ", out.reports.shape[0], " entries for ",
-                    plan.count(), " statistics");
-  if (bias.empty()) {
-    NETDECONV_REQUIRE(out.bias.empty(), fn, "out.bias must be empty: the step has no bias");
-  } else {
-    check_output_view(fn, "out.bias", out.bias);
-    NETDECONV_REQUIRE(out.bias.shape[0] == weight.shape[0], fn, "out.bias must have Cout = ", weight.shape[0], " entries");
-  }
-  const auto apart = [&](const char* name, const auto& o) {
-    check_disjoint(fn, name, o, "x", x);
-    check_disjoint(fn, name, o, "weight", weight);
-    check_disjoint(fn, name, o, "bias", bias);
-    check_disjoint(fn, name, o, "grad_weight", grad_weight);
-    check_disjoint(fn, name, o, "grad_bias", grad_bias);
-    check_disjoint(fn, name, o, "mean", stats.mean);
-    check_disjoint(fn, name, o, "D", stats.D);
-  };
-  apart("out.weight", out_weight);
-  apart("out.bias", out.bias);
-  apart("out.x", out.x);
-  apart("out.reports", out.reports);
-  check_disjoint(fn, "out.x", out.x, "out.weight", out_weight);
-  check_disjoint(fn, "out.x", out.x, "out.bias", out.bias);
-}
+/// How a backward treats the statistics: eps_s as the forward used it (eps, times
+/// tr(Cov0_s)/F when relative: dL/dCov0 = dL/dCov + (eps/F) tr(dL/dCov) I), the inverse square
+/// root's options, or no gradient through mu and D at all (constants: dL/dx_stats = 0 and
+/// reports of 0 iterations, residual NaN, ok).
+struct statistics_backward {
+  double eps = 0;
+  bool relative_eps = false;
+  isqrt_options isqrt;
+  bool constants = false;
+};
 
 /// The backward on checked arguments (see file comment); scatter(r, j, v) adds v to the x entry of
 /// patch entry (r, j).
 template <class Policy, class T, class Source, class Scatter>
 void statistics_step_vjp_impl(const Policy& policy, const Source& source, const block_plan& plan,
-                              const image_view<const T>& weight, const block_statistics<T>& stats, double eps,
-                              const isqrt_options& isqrt, const image_view<const T>& grad_weight,
+                              const image_view<const T>& weight, const block_statistics<T>& stats,
+                              const statistics_backward& how, const image_view<const T>& grad_weight,
                               const vector_view<const T>& grad_bias, const image_view<T>& out_weight,
                               const vector_view<T>& out_bias, const vector_view<isqrt_report>& reports, Scatter&& scatter) {
   using vec = Eigen::VectorXd;
@@ -134,6 +87,10 @@ void statistics_step_vjp_impl(const Policy& policy, const Source& source, const 
       }
     if (!out_bias.empty()) out_bias(o) = grad_bias(o);
   }
+  if (how.constants) {
+    for (index_t s = 0; s < S; ++s) reports(s) = {0, std::numeric_limits<double>::quiet_NaN(), isqrt_status::ok};
+    return;
+  }
   // dL/dCov through the inverse square root, at the covariance the forward inverted.
   const std::vector<moments<double>> m = block_moments(policy, source, plan);
   std::vector<square_matrix<double>> sym(static_cast<std::size_t>(S));
@@ -141,10 +98,14 @@ void statistics_step_vjp_impl(const Policy& policy, const Source& source, const 
   std::vector<double> n(static_cast<std::size_t>(S));
   for (index_t s = 0; s < S; ++s) {
     const moments<double>& ms = m[std::size_t(s)];
-    const square_matrix<T> cov = ms.template covariance<double>(eps).template cast<T>();
+    square_matrix<double> cov0 = ms.template covariance<double>(0.0);
+    const double eps = how.relative_eps ? how.eps * cov0.trace() / double(F) : how.eps;
+    cov0.diagonal().array() += eps;
     square_matrix<T> dcov;
-    reports(s) = inverse_sqrt_vjp(policy, cov, square_matrix<T>(dD[std::size_t(s)].template cast<T>()), dcov, isqrt);
-    const square_matrix<double> d = dcov.template cast<double>();
+    reports(s) = inverse_sqrt_vjp(policy, square_matrix<T>(cov0.template cast<T>()),
+                                  square_matrix<T>(dD[std::size_t(s)].template cast<T>()), dcov, how.isqrt);
+    square_matrix<double> d = dcov.template cast<double>();
+    if (how.relative_eps) d.diagonal().array() += how.eps / double(F) * d.trace();
     n[std::size_t(s)] = double(ms.count());
     sym[std::size_t(s)] = (d + d.transpose()) / n[std::size_t(s)];  // (2/n) sym(dCov)
     mean[std::size_t(s)] = ms.mean();
@@ -164,6 +125,47 @@ void statistics_step_vjp_impl(const Policy& policy, const Source& source, const 
 
 }  // namespace detail
 
+namespace detail {
+
+/// The conv backward on checked arguments (out.x is zeroed first).
+template <class Policy, class T>
+void conv_step_vjp(const Policy& policy, const image_view<const T>& x, const image_view<const T>& weight,
+                   const conv_geometry& geometry, index_t sampling_stride, const block_plan& plan,
+                   const block_statistics_view<const T>& stats, const statistics_backward& how,
+                   const image_view<const T>& grad_weight, const vector_view<const T>& grad_bias,
+                   const statistics_step_gradients<T, 4>& out) {
+  constexpr const char* fn = "conv_statistics_step_vjp";
+  const patch_sampler<T> source(x, geometry, sampling_stride);
+  check_block_moments(fn, source, plan);
+  const patch_map map = make_patch_map(fn, x.shape, geometry, sampling_stride, true);
+  for (index_t n = 0; n < x.shape[0]; ++n)
+    for (index_t c = 0; c < x.shape[1]; ++c)
+      for (index_t y = 0; y < x.shape[2]; ++y)
+        for (index_t xx = 0; xx < x.shape[3]; ++xx) out.x(n, c, y, xx) = T(0);
+  statistics_step_vjp_impl(policy, source, plan, weight, load_statistics(stats), how, grad_weight, grad_bias, out.weight,
+                           out.bias, out.reports, [&](index_t r, index_t j, double v) {
+                             const patch_coord p = map.locate(r, j);
+                             if (p.inside) out.x(p.n, p.c, p.y, p.x) += T(v);
+                           });
+}
+
+/// The linear backward on checked arguments (out.x is zeroed first).
+template <class Policy, class T>
+void linear_step_vjp(const Policy& policy, const matrix_view<const T>& x, const matrix_view<const T>& weight,
+                     const block_plan& plan, const block_statistics_view<const T>& stats, const statistics_backward& how,
+                     const matrix_view<const T>& grad_weight, const vector_view<const T>& grad_bias,
+                     const statistics_step_gradients<T, 2>& out) {
+  const matrix_rows<T> source(x);
+  check_block_moments("linear_statistics_step_vjp", source, plan);
+  for (index_t r = 0; r < x.shape[0]; ++r)
+    for (index_t j = 0; j < x.shape[1]; ++j) out.x(r, j) = T(0);
+  statistics_step_vjp_impl(policy, source, plan, as_conv_weight(weight), load_statistics(stats), how,
+                           as_conv_weight(grad_weight), grad_bias, as_conv_weight(out.weight), out.bias, out.reports,
+                           [&](index_t r, index_t j, double v) { out.x(r, j) += T(v); });
+}
+
+}  // namespace detail
+
 /// Backward of conv_statistics_step (see file comment): x (N, C, H, W), weight, bias (or empty)
 /// and config as in the forward; stats: the mu and D it folded (plan conv_statistics_plan);
 /// grad_weight = dL/dW' (the weight's shape), grad_bias = dL/db' (Cout).
@@ -176,19 +178,9 @@ void conv_statistics_step_vjp(const Policy& policy, image_view<const T> x, image
   constexpr const char* fn = "conv_statistics_step_vjp";
   const block_plan plan = detail::check_conv_step(fn, x, weight, bias, config);
   detail::check_step_vjp(fn, plan, x, weight, bias, stats, grad_weight, grad_bias, out, out.weight);
-  const patch_sampler<T> source(x, config.geometry, config.sampling_stride);
-  detail::check_block_moments(fn, source, plan);
-  const patch_map map = detail::make_patch_map(fn, x.shape, config.geometry, config.sampling_stride, true);
-  for (index_t n = 0; n < x.shape[0]; ++n)
-    for (index_t c = 0; c < x.shape[1]; ++c)
-      for (index_t y = 0; y < x.shape[2]; ++y)
-        for (index_t xx = 0; xx < x.shape[3]; ++xx) out.x(n, c, y, xx) = T(0);
-  detail::statistics_step_vjp_impl(policy, source, plan, weight, detail::load_statistics(stats), config.eps, config.isqrt,
-                                   grad_weight, grad_bias, out.weight, out.bias, out.reports,
-                                   [&](index_t r, index_t j, double v) {
-                                     const patch_coord p = map.locate(r, j);
-                                     if (p.inside) out.x(p.n, p.c, p.y, p.x) += T(v);
-                                   });
+  const detail::statistics_backward how{config.eps, false, config.isqrt, false};
+  detail::conv_step_vjp(policy, x, weight, config.geometry, config.sampling_stride, plan, stats, how, grad_weight, grad_bias,
+                        out);
 }
 
 /// Backward of linear_statistics_step: x (rows, Fin), weight (Cout, Fin); as the conv form.
@@ -203,13 +195,8 @@ void linear_statistics_step_vjp(const Policy& policy, matrix_view<const T> x, ma
   const block_plan plan = detail::check_linear_step(fn, x, weight, bias, config);
   detail::check_step_vjp(fn, plan, x, as_conv_weight(weight), bias, stats, as_conv_weight(grad_weight), grad_bias, out,
                          as_conv_weight(out.weight));
-  const matrix_rows<T> source(x);
-  detail::check_block_moments(fn, source, plan);
-  for (index_t r = 0; r < x.shape[0]; ++r)
-    for (index_t j = 0; j < x.shape[1]; ++j) out.x(r, j) = T(0);
-  detail::statistics_step_vjp_impl(policy, source, plan, as_conv_weight(weight), detail::load_statistics(stats), config.eps,
-                                   config.isqrt, as_conv_weight(grad_weight), grad_bias, as_conv_weight(out.weight), out.bias,
-                                   out.reports, [&](index_t r, index_t j, double v) { out.x(r, j) += T(v); });
+  const detail::statistics_backward how{config.eps, false, config.isqrt, false};
+  detail::linear_step_vjp(policy, x, weight, plan, stats, how, grad_weight, grad_bias, out);
 }
 
 }  // namespace netdeconv
