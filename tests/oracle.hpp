@@ -15,6 +15,7 @@
 #include <netdeconv/eigen.hpp>
 #include <netdeconv/blocks.hpp>
 #include <netdeconv/im2col.hpp>
+#include <netdeconv/isqrt_options.hpp>
 #include <netdeconv/tensor_view.hpp>
 
 namespace oracle {
@@ -186,9 +187,10 @@ inline MatrixXd covariance(const MatrixXd& X, double eps) {
   return Xc.transpose() * Xc / double(X.rows()) + eps * MatrixXd::Identity(X.cols(), X.cols());
 }
 
-/// The coupled Newton-Schulz recurrence of docs/method.md §5 in float64, n steps, Frobenius scaling.
-inline MatrixXd newton_schulz(const MatrixXd& A, int n) {
-  const double s = A.norm();
+/// The coupled Newton-Schulz recurrence of docs/method.md §5 in float64, n steps, Frobenius (or
+/// trace) scaling.
+inline MatrixXd newton_schulz(const MatrixXd& A, int n, netdeconv::isqrt_scaling scaling = netdeconv::isqrt_scaling::frobenius) {
+  const double s = scaling == netdeconv::isqrt_scaling::frobenius ? A.norm() : A.trace();
   const MatrixXd I = MatrixXd::Identity(A.rows(), A.cols());
   MatrixXd Y = A / s, Z = I;
   for (int k = 0; k < n; ++k) {
