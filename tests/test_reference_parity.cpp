@@ -19,6 +19,7 @@
 #include <netdeconv/statistics_step_vjp.hpp>
 
 #include "golden_file.hpp"
+#include "flat_statistics.hpp"
 #include "oracle.hpp"
 
 #ifndef NETDECONV_GOLDEN_DIR
@@ -116,22 +117,6 @@ constexpr double backward_tolerance() {
   return std::is_same_v<T, float> ? 1e-5 : 1e-12;
 }
 
-/// The statistics a step folded, flattened, and their view (for the backward).
-template <class T>
-struct folded_statistics {
-  std::vector<T> mean, D;
-  block_statistics_view<const T> view;
-  explicit folded_statistics(const block_statistics<T>& st) {
-    const index_t S = st.plan.count(), F = st.plan.features();
-    for (index_t s = 0; s < S; ++s)
-      for (index_t i = 0; i < F; ++i) {
-        mean.push_back(st.mean[s][i]);
-        for (index_t j = 0; j < F; ++j) D.push_back(st.D[s](i, j));
-      }
-    view = {st.plan, row_major<const T>(mean.data(), S, F), {D.data(), {S, F, F}, {F * F, F, 1}}};
-  }
-};
-
 /// The backward's outputs against the goldens' autograd: grad_x (logical order), grad_weight, grad_bias.
 template <class T>
 void compare_backward(const golden& g, const std::vector<double>& dx, const std::vector<T>& dw, const std::vector<T>& db,
@@ -175,7 +160,7 @@ void run_conv(const golden& g, const Policy& policy, int layout, double tol) {
 
   // The backward for the goldens' upstream gradients, dL/dx_stats in x's layout.
   const auto gw = cast<T>(g.array("grad_weight_folded")), gb = cast<T>(g.array("grad_bias_folded"));
-  const folded_statistics<T> stats(step.statistics);
+  const checks::flat_statistics<T> stats(step.statistics);
   oracle::image<T> dx(N, C, H, W, layout);
   std::vector<T> dw(weight.size()), db(bias.size());
   std::vector<isqrt_report> reports(static_cast<std::size_t>(stats.view.plan.count()));
@@ -219,7 +204,7 @@ void run_linear(const golden& g, const Policy& policy, double tol) {
   compare<T>(g, "y", y, tol);
 
   const auto gw = cast<T>(g.array("grad_weight_folded")), gb = cast<T>(g.array("grad_bias_folded"));
-  const folded_statistics<T> stats(step.statistics);
+  const checks::flat_statistics<T> stats(step.statistics);
   std::vector<T> dx(x.size()), dw(weight.size()), db(bias.size());
   std::vector<isqrt_report> reports(static_cast<std::size_t>(stats.view.plan.count()));
   linear_statistics_step_vjp(policy, row_major(x.data(), rows, fin), row_major(weight.data(), cout, fin), bias_view, cfg,

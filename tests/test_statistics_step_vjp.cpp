@@ -10,6 +10,7 @@
 #include <netdeconv/statistics_step.hpp>
 #include <netdeconv/statistics_step_vjp.hpp>
 
+#include "flat_statistics.hpp"
 #include "oracle.hpp"
 
 using namespace netdeconv;
@@ -52,22 +53,6 @@ double worst_difference(std::vector<double>& values, const std::vector<double>& 
   return worst;
 }
 
-/// The statistics a forward folded, flattened, and their view.
-template <class T>
-struct flat_statistics {
-  std::vector<T> mean, D;
-  block_statistics_view<const T> view;
-  explicit flat_statistics(const block_statistics<T>& st) {
-    const index_t S = st.plan.count(), F = st.plan.features();
-    for (index_t s = 0; s < S; ++s)
-      for (index_t i = 0; i < F; ++i) {
-        mean.push_back(st.mean[s][i]);
-        for (index_t j = 0; j < F; ++j) D.push_back(st.D[s](i, j));
-      }
-    view = {st.plan, row_major<const T>(mean.data(), S, F), {D.data(), {S, F, F}, {F * F, F, 1}}};
-  }
-};
-
 }  // namespace
 
 TEST_CASE("conv statistics step backward matches finite differences (float64)") {
@@ -103,7 +88,7 @@ TEST_CASE("conv statistics step backward matches finite differences (float64)") 
     const auto step = conv_statistics_step(seq, xv(), wv(), bv(), cfg);
     const block_plan plan = conv_statistics_plan(C, cfg);
     const index_t S = plan.count();
-    const flat_statistics<double> flat(step.statistics);
+    const checks::flat_statistics<double> flat(step.statistics);
     const block_statistics_view<const double>& stats = flat.view;
     std::vector<double> dw(w.size()), db(b.size()), dx(x.size());
     std::vector<isqrt_report> reports(static_cast<std::size_t>(S));
@@ -148,7 +133,7 @@ TEST_CASE("linear statistics step backward matches finite differences (float64)"
                                              contiguous<const double>(b.data(), cout), cfg);
     const block_plan plan = linear_statistics_plan(Fin, cfg);
     const index_t S = plan.count();
-    const flat_statistics<double> flat(step.statistics);
+    const checks::flat_statistics<double> flat(step.statistics);
     const block_statistics_view<const double>& stats = flat.view;
     std::vector<double> dw(w.size()), db(b.size()), dx(x.size(), 99.0);
     std::vector<isqrt_report> reports(static_cast<std::size_t>(S));
@@ -223,7 +208,7 @@ TEST_CASE("statistics step backward on 1 and 2 threads agrees within rounding (f
   const auto step = conv_statistics_step(seq, xv, wv, contiguous<const float>(b.data(), cout), cfg);
   const block_plan plan = conv_statistics_plan(C, cfg);
   const index_t S = plan.count();
-  const flat_statistics<float> flat(step.statistics);
+  const checks::flat_statistics<float> flat(step.statistics);
   const block_statistics_view<const float>& stats = flat.view;
   const auto run = [&](int threads) {
     std::vector<float> dw(w.size()), db(b.size()), dx(x.size());
