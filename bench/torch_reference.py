@@ -7,10 +7,14 @@ from docs/method.md §2-6 as tests/reference/generate_goldens.py does, in float3
   unfold with stride S (sampled patches) -> interleaved block reshape -> mean, centred
   Cov = Xc^T Xc / n + eps I (addmm) -> 5 coupled Newton-Schulz steps (15 products) -> fold W D, b - W' mu.
 
+With --backward, the same path runs with x, W and b requiring gradients and is followed by
+autograd's backward from fixed upstream dL/dW', dL/db' (what training through the reference layer
+computes): the time is forward + backward.
+
 Prints one line: `TORCH_JSON {"stats_s": median, "times": [...], "threads": t, "blas": path}`.
 Refuses to run (exit 3) unless the BLAS library mapped into the process is OpenBLAS.
 
-  torch_reference.py --shape H W Cin Cout blocks k S --batch 16 --threads 2 --reps 5
+  torch_reference.py --shape H W Cin Cout blocks k S --batch 16 --threads 2 --reps 5 [--backward]
 """
 
 import argparse
@@ -33,6 +37,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--n-iter", type=int, default=5)
+    ap.add_argument("--backward", action="store_true", help="time forward + autograd backward")
     args = ap.parse_args()
     os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
 
@@ -56,6 +61,10 @@ def main():
     x = torch.randn(args.batch, C, H, W) + 0.5
     weight = torch.randn(Cout, C, k, k) / (C * k * k) ** 0.5
     bias = torch.randn(Cout)
+    grad_w = torch.randn(Cout, C, k, k)
+    grad_b = torch.randn(Cout)
+    for t in (x, weight, bias):
+        t.requires_grad_(args.backward)
 
     def isqrt_newton_schulz(A, n_iter):
         norm = A.norm()
@@ -81,12 +90,19 @@ def main():
         w = w.view(Cout, G, F).transpose(1, 2).contiguous().view(weight.shape)
         return w, b
 
-    with torch.no_grad():
-        statistics_path()  # warm-up
+    def forward_backward():
+        for t in (x, weight, bias):
+            t.grad = None
+        w, b = statistics_path()
+        torch.autograd.backward((w, b), (grad_w, grad_b))
+
+    run = forward_backward if args.backward else statistics_path
+    with torch.set_grad_enabled(args.backward):
+        run()  # warm-up
         times = []
         for _ in range(args.reps):
             t0 = time.perf_counter()
-            statistics_path()
+            run()
             times.append(time.perf_counter() - t0)
     print("TORCH_JSON " + json.dumps({"stats_s": statistics.median(times), "times": times, "threads": torch.get_num_threads(),
                                       "blas": [lib for lib in libs if "openblas" in lib][0], "torch": torch.__version__}))

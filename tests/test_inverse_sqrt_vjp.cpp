@@ -59,12 +59,18 @@ TEST_CASE("fixed mode: the gradient of the truncated iteration matches finite di
         const MatrixXd G = random_matrix(F, rng);
         isqrt_options o = isqrt_options::fixed(n);
         o.scaling = scaling;
-        square_matrix<double> dA;
+        square_matrix<double> dA, dA_par;
         const isqrt_report r = inverse_sqrt_vjp(seq, A, G, dA, o);
         REQUIRE(r.status == isqrt_status::ok);
         CHECK(r.iterations == n);
         CHECK(finite_difference_error(A, G, dA, [&](const MatrixXd& a) { return oracle::newton_schulz(a, n, scaling); }, rng) <
               1e-7);
+        // par differentiates its symmetric iterates (Y_k = Y_0 Z_k, no transposes): the same gradient
+        const isqrt_report rp = inverse_sqrt_vjp(simd_threads(2), A, G, dA_par, o);
+        REQUIRE(rp.status == isqrt_status::ok);
+        CHECK(rp.iterations == n);
+        CHECK(std::abs(rp.residual - r.residual) <= 1e-12 * std::max(1.0, r.residual));
+        CHECK(oracle::rel_err(dA_par, dA) < 1e-12);
       }
 }
 
@@ -102,7 +108,7 @@ TEST_CASE("the truncated gradient converges to the true one as the iteration doe
 
 TEST_CASE("float32 fixed-mode gradient is the float64 one within float32 rounding") {
   std::mt19937_64 rng(1104);
-  for (const index_t F : {4, 16, 64}) {
+  for (const index_t F : {4, 16, 64, 200}) {
     CAPTURE(F);
     const MatrixXd A = oracle::random_spd(F, 1e2, rng);
     const MatrixXd G = random_matrix(F, rng);
@@ -112,6 +118,9 @@ TEST_CASE("float32 fixed-mode gradient is the float64 one within float32 roundin
     const square_matrix<float> a = A.cast<float>(), g = G.cast<float>();
     REQUIRE(inverse_sqrt_vjp(seq, a, g, d32, isqrt_options::fixed(5)).status == isqrt_status::ok);
     // measured 1.4e-7 (F = 4) to 4.9e-7 (F = 64) at condition 1e2: 20x headroom
+    CHECK(oracle::rel_err(d32.cast<double>().eval(), d64) < 1e-5);
+    // par: half products split over 2 threads (F = 64 and 200), the symmetric iterates' gradient
+    REQUIRE(inverse_sqrt_vjp(simd_threads(2), a, g, d32, isqrt_options::fixed(5)).status == isqrt_status::ok);
     CHECK(oracle::rel_err(d32.cast<double>().eval(), d64) < 1e-5);
   }
 }
@@ -140,6 +149,20 @@ TEST_CASE_TEMPLATE("the batched view form equals the single form, on strided vie
       for (index_t i = 0; i < F; ++i)
         for (index_t j = 0; j < F; ++j) CHECK(dv(b, i, j) == single(i, j));
     }
+    // par: 3 matrices on 2 threads (matrices in parallel) and on 4 (one after the other, threaded products)
+    for (const int threads : {2, 4}) {
+      inverse_sqrt_vjp(simd_threads(threads), tensor_view<const T, 3>(av), tensor_view<const T, 3>(gv), dv, o,
+                       contiguous(reports.data(), batch));
+      for (index_t b = 0; b < batch; ++b) {
+        square_matrix<T> single, got(F, F);
+        const isqrt_report r = inverse_sqrt_vjp(seq, a[std::size_t(b)], g[std::size_t(b)], single, o);
+        CHECK(reports[std::size_t(b)].status == r.status);
+        for (index_t i = 0; i < F; ++i)
+          for (index_t j = 0; j < F; ++j) got(i, j) = dv(b, i, j);
+        CHECK(oracle::rel_err(got.template cast<double>().eval(), single.template cast<double>().eval()) <
+              (std::is_same_v<T, float> ? 1e-5 : 1e-12));
+      }
+    }
   }
   for (index_t b = 0; b < batch; ++b)  // the padding is not written
     for (index_t i = 0; i < F; ++i) CHECK(dA[std::size_t(b * F * (F + pad) + i * (F + pad) + F)] == T(-7));
@@ -160,11 +183,15 @@ TEST_CASE("bad input: shapes are refused, numerical failures are statuses with N
   for (const isqrt_options o : {isqrt_options::fixed(5), isqrt_options::exact()}) {
     MatrixXd g = G;
     g(2, 1) = std::numeric_limits<double>::quiet_NaN();
-    CHECK(inverse_sqrt_vjp(seq, A, g, dA, o).status == isqrt_status::non_finite);
-    CHECK(dA.array().isNaN().all());
     MatrixXd indefinite = A;
     indefinite(3, 3) = -5.0;
+    CHECK(inverse_sqrt_vjp(seq, A, g, dA, o).status == isqrt_status::non_finite);
+    CHECK(dA.array().isNaN().all());
     CHECK(inverse_sqrt_vjp(seq, indefinite, G, dA, o).status == isqrt_status::not_positive_definite);
+    CHECK(dA.array().isNaN().all());
+    CHECK(inverse_sqrt_vjp(par, A, g, dA, o).status == isqrt_status::non_finite);
+    CHECK(dA.array().isNaN().all());
+    CHECK(inverse_sqrt_vjp(par, indefinite, G, dA, o).status == isqrt_status::not_positive_definite);
     CHECK(dA.array().isNaN().all());
   }
   // singular PSD: the truncated iteration is defined there (as the forward), the true root is not

@@ -68,6 +68,10 @@ inline int thread_count(const omp_policy& policy) {
 #endif
 }
 
+/// The threads a policy runs on: 1 for seq, thread_count for the OpenMP policies.
+inline int policy_threads(const sequential_policy&) { return 1; }
+inline int policy_threads(const omp_policy& policy) { return thread_count(policy); }
+
 /// This thread's index in its OpenMP team and the team's size ({0, 1} outside a region or without OpenMP).
 struct team_position {
   int thread = 0, threads = 1;

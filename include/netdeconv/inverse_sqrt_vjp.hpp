@@ -12,7 +12,9 @@
 //   step     Pb = -(Y_k^T Yb_{k+1} + Zb_{k+1} Z_k^T)/2
 //            Yb_k = Yb_{k+1} T_k^T + Z_k^T Pb,   Zb_k = T_k^T Zb_{k+1} + Pb Y_k^T
 //   end      sb -= <Yb_0, A>/s^2;   dA = Yb_0/s + sb ds/dA,  ds/dA = A/s (Frobenius) or I (trace)
-// This is the gradient autograd takes through the reference layers.
+// This is the gradient autograd takes through the reference layers. The OpenMP backend (par)
+// differentiates the iteration its forward runs, whose iterates are symmetric, with the
+// transposes dropped and every iterate kept (omp/inverse_sqrt_vjp.hpp): the same gradient to rounding.
 // Converged mode and the exact method: the gradient of the true A^(-1/2), from the float64
 // eigendecomposition A = U diag(w) U^T (the derivative of the spectral function w^(-1/2): the
 // divided differences (r_i^-1 - r_j^-1)/(w_i - w_j), written without cancellation):
@@ -38,6 +40,7 @@
 #include "execution.hpp"
 #include "inverse_sqrt.hpp"
 #include "isqrt_options.hpp"
+#include "omp/inverse_sqrt_vjp.hpp"
 #include "sequential/inverse_sqrt_vjp.hpp"
 #include "tensor_view.hpp"
 
@@ -76,11 +79,12 @@ void inverse_sqrt_vjp(const Policy& policy, tensor_view<const T, 3> A, tensor_vi
     const std::string name = "A[" + std::to_string(b) + "]";
     detail::check_square_symmetric<T>(fn, name.c_str(), a[std::size_t(b)]);
   }
-  square_matrix<T> da;
+  std::vector<square_matrix<T>> da;
+  const std::vector<isqrt_report> r = detail::inverse_sqrt_vjp_batched_impl<T>(policy, a, g, da, options);
   for (index_t b = 0; b < batch; ++b) {
-    reports(b) = detail::inverse_sqrt_vjp_impl<T>(policy, a[std::size_t(b)], g[std::size_t(b)], da, options);
+    reports(b) = r[std::size_t(b)];
     for (index_t i = 0; i < F; ++i)
-      for (index_t j = 0; j < F; ++j) dA(b, i, j) = da(i, j);
+      for (index_t j = 0; j < F; ++j) dA(b, i, j) = da[std::size_t(b)](i, j);
   }
 }
 

@@ -26,6 +26,7 @@
 #include "linear_deconv_layer.hpp"
 #include "matrix_rows.hpp"
 #include "moments.hpp"
+#include "row_reader.hpp"
 #include "statistics_step.hpp"
 #include "statistics_step_config.hpp"
 #include "statistics_step_vjp.hpp"

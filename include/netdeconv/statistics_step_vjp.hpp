@@ -20,6 +20,7 @@
 //   netdeconv::statistics_step_gradients<float, 4> grads{dW, db, dx_stats, reports};   // caller views
 //   netdeconv::conv_statistics_step_vjp(netdeconv::seq, x, W, b, cfg, stats, dL_dWfolded, dL_dbfolded, grads);
 
+#include <algorithm>
 #include <limits>
 #include <vector>
 
@@ -32,6 +33,8 @@
 #include "geometry.hpp"
 #include "inverse_sqrt_vjp.hpp"
 #include "matrix_rows.hpp"
+#include "omp/statistics_step_vjp.hpp"
+#include "sequential/statistics_step_vjp.hpp"
 #include "statistics_step_config.hpp"
 #include "statistics_view.hpp"
 #include "tensor_view.hpp"
@@ -51,76 +54,203 @@ struct statistics_backward {
   bool constants = false;
 };
 
-/// The backward on checked arguments (see file comment); scatter(r, j, v) adds v to the x entry of
-/// patch entry (r, j).
-template <class Policy, class T, class Source, class Scatter>
+/// The weight side of the backward, in double. The pieces of statistic s are the (o, g) whose
+/// columns plan.column(s, g, .) lie in o's input group; they are taken g by g, o by o, in chunks
+/// of up to `chunk` pieces (Wc, Gc: chunk x F the pieces of W and G, gc their g_o):
+///   Gt = Gc - gc mu_s^T;  dW[pieces] = Gt D_s^T;  dD_s += Wc^T Gt;  u_s += Wc^T gc
+/// and then dmu_s = -D_s^T u_s; dL/db = g. Statistics run in parallel on `threads` threads; the
+/// extra memory is three chunks and the accumulators.
+template <class T>
+void weight_vjp(int threads, const block_plan& plan, const image_view<const T>& weight, const block_statistics<T>& stats,
+                const image_view<const T>& grad_weight, const vector_view<const T>& grad_bias, const image_view<T>& out_weight,
+                const vector_view<T>& out_bias, std::vector<square_matrix<double>>& dD, std::vector<Eigen::VectorXd>& dmu) {
+  using mat = Eigen::MatrixXd;
+  const index_t S = plan.count(), F = plan.features(), G = plan.rows_per_patch(), K = plan.kernel_area;
+  const index_t cout = weight.shape[0], kw = weight.shape[3], group_cols = weight.shape[1] * K, per_group = cout / plan.groups;
+  const index_t chunk = std::max<index_t>(1, 32768 / F);
+  // offset of local column c*K + k of an output's weights, in each weight-shaped view
+  const auto offsets = [&](const auto& v) {
+    std::vector<index_t> t(static_cast<std::size_t>(group_cols));
+    for (index_t lc = 0; lc < group_cols; ++lc)
+      t[std::size_t(lc)] = (lc / K) * v.stride[1] + (lc % K / kw) * v.stride[2] + (lc % K % kw) * v.stride[3];
+    return t;
+  };
+  const std::vector<index_t> w_at = offsets(weight), g_at = offsets(grad_weight), o_at = offsets(out_weight);
+  dD.assign(std::size_t(S), square_matrix<double>());
+  dmu.assign(std::size_t(S), Eigen::VectorXd());
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(dynamic) if (threads > 1 && S > 1)
+#endif
+  for (index_t s = 0; s < S; ++s) {
+    keep_eigen_in_thread();
+    const square_matrix<double> D = stats.D[std::size_t(s)].template cast<double>();
+    const Eigen::RowVectorXd mu = stats.mean[std::size_t(s)].transpose().template cast<double>();
+    square_matrix<double> dDs = square_matrix<double>::Zero(F, F);
+    Eigen::VectorXd u = Eigen::VectorXd::Zero(F), gc(chunk);
+    mat Wc(chunk, F), Gc(chunk, F), Gt, dW;
+    std::vector<index_t> owner(static_cast<std::size_t>(chunk)), piece(owner), local(static_cast<std::size_t>(G * F));
+    index_t filled = 0;
+    const auto flush = [&] {
+      Gt.noalias() = Gc.topRows(filled) - gc.head(filled) * mu;
+      dW.noalias() = Gt * D.transpose();
+      for (index_t p = 0; p < filled; ++p) {
+        T* out = out_weight.data + owner[std::size_t(p)] * out_weight.stride[0];
+        const index_t* lc = local.data() + piece[std::size_t(p)] * F;
+        for (index_t f = 0; f < F; ++f) out[o_at[std::size_t(lc[f])]] = T(dW(p, f));
+      }
+      dDs.noalias() += Wc.topRows(filled).transpose() * Gt;
+      u.noalias() += Wc.topRows(filled).transpose() * gc.head(filled);
+      filled = 0;
+    };
+    for (index_t g = 0; g < G; ++g) {
+      const index_t q = plan.column(s, g, 0) / group_cols;  // the input group of piece g
+      for (index_t f = 0; f < F; ++f) local[std::size_t(g * F + f)] = plan.column(s, g, f) - q * group_cols;
+      const index_t* lc = local.data() + g * F;
+      for (index_t o = q * per_group; o < (q + 1) * per_group; ++o) {
+        const T* w = weight.data + o * weight.stride[0];
+        const T* gw = grad_weight.data + o * grad_weight.stride[0];
+        for (index_t f = 0; f < F; ++f)
+          Wc(filled, f) = double(w[w_at[std::size_t(lc[f])]]), Gc(filled, f) = double(gw[g_at[std::size_t(lc[f])]]);
+        gc[filled] = double(grad_bias(o));
+        owner[std::size_t(filled)] = o, piece[std::size_t(filled)] = g;
+        if (++filled == chunk) flush();
+      }
+    }
+    if (filled > 0) flush();
+    dD[std::size_t(s)] = std::move(dDs);
+    dmu[std::size_t(s)].noalias() = -(D.transpose() * u);
+  }
+  if (!out_bias.empty())
+    for (index_t o = 0; o < cout; ++o) out_bias(o) = grad_bias(o);
+}
+
+/// dL/dCov_s through the inverse square root at the covariance the forward inverted (recomputed
+/// from the source: Cov_s = M_s/n_s + eps_s I), with the trace-relative eps term, one report per
+/// statistic; dmu is taken over (divided by n_s). Each intermediate is freed once used.
+template <class Policy, class T, class Source>
+patch_gradient covariance_vjp(const Policy& policy, const Source& source, const block_plan& plan,
+                              const statistics_backward& how, std::vector<square_matrix<double>>&& dD,
+                              std::vector<Eigen::VectorXd>&& dmu, const vector_view<isqrt_report>& reports) {
+  const std::size_t S = std::size_t(plan.count());
+  const double F = double(plan.features());
+  patch_gradient out{std::vector<square_matrix<double>>(S), std::vector<Eigen::VectorXd>(S), std::move(dmu)};
+  std::vector<double> n(S);
+  std::vector<square_matrix<T>> cov(S), grad(S), dcov;
+  {
+    const std::vector<moments<double>> m = block_moments(policy, source, plan);
+    for (std::size_t s = 0; s < S; ++s) {
+      square_matrix<double> cov0 = m[s].template covariance<double>(0.0);
+      cov0.diagonal().array() += how.relative_eps ? how.eps * cov0.trace() / F : how.eps;
+      cov[s] = cov0.template cast<T>();
+      grad[s] = dD[s].template cast<T>();
+      dD[s] = {};
+      n[s] = double(m[s].count());
+      out.mean[s] = m[s].mean();
+    }
+  }
+  const std::vector<isqrt_report> r = inverse_sqrt_vjp_batched_impl<T>(policy, cov, grad, dcov, how.isqrt);
+  cov = {}, grad = {};
+  for (std::size_t s = 0; s < S; ++s) {
+    reports(index_t(s)) = r[s];
+    square_matrix<double> d = dcov[s].template cast<double>();
+    dcov[s] = {};
+    if (how.relative_eps) d.diagonal().array() += how.eps / F * d.trace();
+    out.sym[s] = (d + d.transpose()) / n[s];
+    out.dmu[s] /= n[s];
+  }
+  return out;
+}
+
+/// Adds rows of patch-entry gradients to dL/dx (N, C, H, W): add(r, v) adds v[j] (j < C*kh*kw) to
+/// the pixel of entry (r, j) of the sampled patch matrix, padding taps dropped; a patch inside the
+/// image through a table of offsets. Rows of different chunks (chunk_rows() consecutive rows: an
+/// image for a kernel > 1, one row for the 1x1 rule) touch different pixels.
+template <class T>
+class patch_row_adder {
+ public:
+  patch_row_adder(const patch_map& map, const image_view<T>& dx) : map_(map), dx_(dx) {
+    if (map.pointwise) return;
+    for (index_t c = 0; c < map.C; ++c)
+      for (index_t ky = 0; ky < map.g.kernel_h; ++ky)
+        for (index_t kx = 0; kx < map.g.kernel_w; ++kx)
+          offset_.push_back(c * dx.stride[1] + ky * map.g.dilation_h * dx.stride[2] + kx * map.g.dilation_w * dx.stride[3]);
+  }
+
+  index_t chunk_rows() const { return map_.pointwise ? 1 : map_.out_h * map_.out_w; }
+
+  template <class V>
+  void operator()(index_t r, const V* v) const {
+    const conv_geometry& g = map_.g;
+    if (map_.pointwise) {
+      const index_t p = r * map_.step, n = p / (map_.H * map_.W), y = (p / map_.W) % map_.H, xx = p % map_.W;
+      for (index_t c = 0; c < map_.C; ++c) dx_(n, c, y, xx) += T(v[c]);
+      return;
+    }
+    const index_t n = r / (map_.out_h * map_.out_w), oy = (r / map_.out_w) % map_.out_h, ox = r % map_.out_w;
+    const index_t y0 = oy * g.stride_h - g.pad_h, x0 = ox * g.stride_w - g.pad_w;
+    if (y0 >= 0 && x0 >= 0 && y0 + g.dilation_h * (g.kernel_h - 1) < map_.H && x0 + g.dilation_w * (g.kernel_w - 1) < map_.W) {
+      T* base = dx_.data + n * dx_.stride[0] + y0 * dx_.stride[2] + x0 * dx_.stride[3];
+      for (std::size_t j = 0; j < offset_.size(); ++j) base[offset_[j]] += T(v[j]);
+      return;
+    }
+    visit_patch_row(dx_, g, map_.out_h, map_.out_w, r, [&](index_t j, index_t nn, index_t c, index_t y, index_t xx, bool inside) {
+      if (inside) dx_(nn, c, y, xx) += T(v[j]);
+    });
+  }
+
+ private:
+  patch_map map_;
+  image_view<T> dx_;
+  std::vector<index_t> offset_;  // per patch column, from the patch's first pixel
+};
+
+/// add(r, v) adds v to row r of dL/dx (rows, Fin); every row is its own chunk.
+template <class T>
+struct matrix_row_adder {
+  matrix_view<T> dx;
+
+  index_t chunk_rows() const { return 1; }
+  template <class V>
+  void operator()(index_t r, const V* v) const {
+    for (index_t j = 0; j < dx.shape[1]; ++j) dx(r, j) += T(v[j]);
+  }
+};
+
+/// Sets every entry of v (rank 2 or 4) to zero, the leading index split over `threads` threads.
+template <class T, int R>
+void fill_zero(int threads, const tensor_view<T, R>& v) {
+  static_assert(R == 2 || R == 4, "fill_zero takes matrices and images");
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+#endif
+  for (index_t i = 0; i < v.shape[0]; ++i) {
+    if constexpr (R == 2) {
+      for (index_t j = 0; j < v.shape[1]; ++j) v(i, j) = T(0);
+    } else {
+      for (index_t c = 0; c < v.shape[1]; ++c)
+        for (index_t y = 0; y < v.shape[2]; ++y)
+          for (index_t xx = 0; xx < v.shape[3]; ++xx) v(i, c, y, xx) = T(0);
+    }
+  }
+}
+
+/// The backward on checked arguments (see file comment), dL/dx_stats added through `add` (its
+/// target zeroed by the caller).
+template <class Policy, class T, class Source, class Adder>
 void statistics_step_vjp_impl(const Policy& policy, const Source& source, const block_plan& plan,
                               const image_view<const T>& weight, const block_statistics<T>& stats,
                               const statistics_backward& how, const image_view<const T>& grad_weight,
                               const vector_view<const T>& grad_bias, const image_view<T>& out_weight,
-                              const vector_view<T>& out_bias, const vector_view<isqrt_report>& reports, Scatter&& scatter) {
-  using vec = Eigen::VectorXd;
-  const index_t S = plan.count(), F = plan.features(), G = plan.rows_per_patch();
-  const index_t cout = weight.shape[0], K = plan.kernel_area, kw = weight.shape[3], group_cols = weight.shape[1] * K;
-  std::vector<square_matrix<double>> dD(std::size_t(S), square_matrix<double>::Zero(F, F));
-  std::vector<vec> dmu(std::size_t(S), vec::Zero(F));
-  vec w(F), gt(F);
-  for (index_t o = 0; o < cout; ++o) {
-    const index_t base = (o / (cout / plan.groups)) * group_cols;
-    const auto at = [&](const auto& v, index_t col) -> auto& {
-      const index_t local = col - base, c = local / K, k = local % K;
-      return v(o, c, k / kw, k % kw);
-    };
-    const double go = double(grad_bias(o));
-    for (index_t s = 0; s < S; ++s)
-      for (index_t g = 0; g < G; ++g) {
-        const index_t first = plan.column(s, g, 0);
-        if (first < base || first >= base + group_cols) continue;
-        const square_matrix<double> D = stats.D[std::size_t(s)].template cast<double>();
-        const vec mu = stats.mean[std::size_t(s)].template cast<double>();
-        for (index_t f = 0; f < F; ++f)
-          w[f] = double(at(weight, plan.column(s, g, f))), gt[f] = double(at(grad_weight, plan.column(s, g, f))) - go * mu[f];
-        const vec dw = D * gt;  // (Gt D^T)^T
-        for (index_t f = 0; f < F; ++f) at(out_weight, plan.column(s, g, f)) = T(dw[f]);
-        dD[std::size_t(s)].noalias() += w * gt.transpose();
-        dmu[std::size_t(s)].noalias() -= go * (D.transpose() * w);
-      }
-    if (!out_bias.empty()) out_bias(o) = grad_bias(o);
-  }
+                              const vector_view<T>& out_bias, const vector_view<isqrt_report>& reports, const Adder& add) {
+  std::vector<square_matrix<double>> dD;
+  std::vector<Eigen::VectorXd> dmu;
+  weight_vjp(policy_threads(policy), plan, weight, stats, grad_weight, grad_bias, out_weight, out_bias, dD, dmu);
   if (how.constants) {
-    for (index_t s = 0; s < S; ++s) reports(s) = {0, std::numeric_limits<double>::quiet_NaN(), isqrt_status::ok};
+    for (index_t s = 0; s < plan.count(); ++s) reports(s) = {0, std::numeric_limits<double>::quiet_NaN(), isqrt_status::ok};
     return;
   }
-  // dL/dCov through the inverse square root, at the covariance the forward inverted.
-  const std::vector<moments<double>> m = block_moments(policy, source, plan);
-  std::vector<square_matrix<double>> sym(static_cast<std::size_t>(S));
-  std::vector<vec> mean(static_cast<std::size_t>(S));
-  std::vector<double> n(static_cast<std::size_t>(S));
-  for (index_t s = 0; s < S; ++s) {
-    const moments<double>& ms = m[std::size_t(s)];
-    square_matrix<double> cov0 = ms.template covariance<double>(0.0);
-    const double eps = how.relative_eps ? how.eps * cov0.trace() / double(F) : how.eps;
-    cov0.diagonal().array() += eps;
-    square_matrix<T> dcov;
-    reports(s) = inverse_sqrt_vjp(policy, square_matrix<T>(cov0.template cast<T>()),
-                                  square_matrix<T>(dD[std::size_t(s)].template cast<T>()), dcov, how.isqrt);
-    square_matrix<double> d = dcov.template cast<double>();
-    if (how.relative_eps) d.diagonal().array() += how.eps / double(F) * d.trace();
-    n[std::size_t(s)] = double(ms.count());
-    sym[std::size_t(s)] = (d + d.transpose()) / n[std::size_t(s)];  // (2/n) sym(dCov)
-    mean[std::size_t(s)] = ms.mean();
-    dmu[std::size_t(s)] /= n[std::size_t(s)];
-  }
-  // dL/dX_r for every sampled row and piece, scattered.
-  vec xr(F), v(F);
-  for (index_t r = 0; r < source.rows(); ++r)
-    for (index_t s = 0; s < S; ++s)
-      for (index_t g = 0; g < G; ++g) {
-        for (index_t f = 0; f < F; ++f) xr[f] = source.template value<double>(r, plan.column(s, g, f)) - mean[std::size_t(s)][f];
-        v.noalias() = sym[std::size_t(s)] * xr;  // sym is symmetric: (x - mu)^T S = S (x - mu)
-        v += dmu[std::size_t(s)];
-        for (index_t f = 0; f < F; ++f) scatter(r, plan.column(s, g, f), v[f]);
-      }
+  const patch_gradient grad = covariance_vjp<Policy, T>(policy, source, plan, how, std::move(dD), std::move(dmu), reports);
+  scatter_patch_gradient(policy, source, plan, grad, add);
 }
 
 }  // namespace detail
@@ -137,16 +267,10 @@ void conv_step_vjp(const Policy& policy, const image_view<const T>& x, const ima
   constexpr const char* fn = "conv_statistics_step_vjp";
   const patch_sampler<T> source(x, geometry, sampling_stride);
   check_block_moments(fn, source, plan);
-  const patch_map map = make_patch_map(fn, x.shape, geometry, sampling_stride, true);
-  for (index_t n = 0; n < x.shape[0]; ++n)
-    for (index_t c = 0; c < x.shape[1]; ++c)
-      for (index_t y = 0; y < x.shape[2]; ++y)
-        for (index_t xx = 0; xx < x.shape[3]; ++xx) out.x(n, c, y, xx) = T(0);
+  fill_zero(policy_threads(policy), out.x);
   statistics_step_vjp_impl(policy, source, plan, weight, load_statistics(stats), how, grad_weight, grad_bias, out.weight,
-                           out.bias, out.reports, [&](index_t r, index_t j, double v) {
-                             const patch_coord p = map.locate(r, j);
-                             if (p.inside) out.x(p.n, p.c, p.y, p.x) += T(v);
-                           });
+                           out.bias, out.reports,
+                           patch_row_adder<T>(make_patch_map(fn, x.shape, geometry, sampling_stride, true), out.x));
 }
 
 /// The linear backward on checked arguments (out.x is zeroed first).
@@ -157,11 +281,10 @@ void linear_step_vjp(const Policy& policy, const matrix_view<const T>& x, const 
                      const statistics_step_gradients<T, 2>& out) {
   const matrix_rows<T> source(x);
   check_block_moments("linear_statistics_step_vjp", source, plan);
-  for (index_t r = 0; r < x.shape[0]; ++r)
-    for (index_t j = 0; j < x.shape[1]; ++j) out.x(r, j) = T(0);
+  fill_zero(policy_threads(policy), out.x);
   statistics_step_vjp_impl(policy, source, plan, as_conv_weight(weight), load_statistics(stats), how,
                            as_conv_weight(grad_weight), grad_bias, as_conv_weight(out.weight), out.bias, out.reports,
-                           [&](index_t r, index_t j, double v) { out.x(r, j) += T(v); });
+                           matrix_row_adder<T>{out.x});
 }
 
 }  // namespace detail

@@ -130,4 +130,14 @@ isqrt_report inverse_sqrt_vjp_impl(const sequential_policy&, const Eigen::Ref<co
   return truncated ? newton_schulz_vjp<T>(A, G, dA, options) : root_vjp<T>(A, G, dA);
 }
 
+template <class T>
+std::vector<isqrt_report> inverse_sqrt_vjp_batched_impl(const sequential_policy& policy, const std::vector<square_matrix<T>>& A,
+                                                        const std::vector<square_matrix<T>>& G,
+                                                        std::vector<square_matrix<T>>& dA, const isqrt_options& options) {
+  std::vector<isqrt_report> reports(A.size());
+  dA.resize(A.size());
+  for (std::size_t i = 0; i < A.size(); ++i) reports[i] = inverse_sqrt_vjp_impl<T>(policy, A[i], G[i], dA[i], options);
+  return reports;
+}
+
 }  // namespace netdeconv::detail

@@ -37,6 +37,7 @@
 #include "../matrix_rows.hpp"
 #include "../moments.hpp"
 #include "../omp/covariance.hpp"
+#include "../row_reader.hpp"
 
 namespace netdeconv {
 }
@@ -54,83 +55,6 @@ inline constexpr index_t width = index_t(batch::size);
 template <class Source> struct fast_source : std::false_type {};
 template <> struct fast_source<patch_sampler<float>> : std::true_type {};
 template <> struct fast_source<matrix_rows<float>> : std::true_type {};
-
-/// Row reader: row r of the source either in place, as base(r)[offset(j)] for columns j (a patch
-/// row of a kernel > 1 sampler whose patch lies inside the image; a row of a matrix), or, where
-/// base(r) is null, gathered into a buffer by gather(r, out).
-template <class Source>
-class row_reader {
- public:
-  explicit row_reader(const Source& source) : source_(source) {}
-  const float* base(index_t) const { return nullptr; }
-  index_t offset(index_t j) const { return j; }
-  void gather(index_t r, float* out) const { source_.gather(r, out); }
-
- private:
-  const Source& source_;
-};
-
-template <>
-class row_reader<matrix_rows<float>> {
- public:
-  explicit row_reader(const matrix_rows<float>& source) : x_(source.matrix()) {}
-  const float* base(index_t r) const { return x_.data + r * x_.stride[0]; }
-  index_t offset(index_t j) const { return j * x_.stride[1]; }
-  void gather(index_t r, float* out) const {
-    for (index_t j = 0; j < x_.shape[1]; ++j) out[j] = x_(r, j);
-  }
-
- private:
-  matrix_view<const float> x_;
-};
-
-template <>
-class row_reader<patch_sampler<float>> {
- public:
-  explicit row_reader(const patch_sampler<float>& source) : source_(source), x_(source.image()), g_(source.sampling_geometry()) {
-    fast_ = !g_.is_pointwise();
-    out_h_ = g_.out_h(x_.shape[2]);
-    out_w_ = g_.out_w(x_.shape[3]);
-    if (!fast_) return;
-    for (index_t c = 0; c < x_.shape[1]; ++c)
-      for (index_t ky = 0; ky < g_.kernel_h; ++ky)
-        for (index_t kx = 0; kx < g_.kernel_w; ++kx) {
-          offset_.push_back(c * x_.stride[1] + ky * g_.dilation_h * x_.stride[2] + kx * g_.dilation_w * x_.stride[3]);
-          channel_.push_back(c);
-          dy_.push_back(ky * g_.dilation_h);
-          dx_.push_back(kx * g_.dilation_w);
-        }
-  }
-
-  const float* base(index_t r) const {
-    if (!fast_) return nullptr;
-    const index_t n = r / (out_h_ * out_w_), oy = (r / out_w_) % out_h_, ox = r % out_w_;
-    const index_t y0 = oy * g_.stride_h - g_.pad_h, x0 = ox * g_.stride_w - g_.pad_w;
-    const bool inside = y0 >= 0 && x0 >= 0 && y0 + g_.dilation_h * (g_.kernel_h - 1) < x_.shape[2] &&
-                        x0 + g_.dilation_w * (g_.kernel_w - 1) < x_.shape[3];
-    return inside ? x_.data + n * x_.stride[0] + y0 * x_.stride[2] + x0 * x_.stride[3] : nullptr;
-  }
-  index_t offset(index_t j) const { return fast_ ? offset_[j] : j; }
-  /// A patch row that crosses the border (zero padding outside the image).
-  void gather(index_t r, float* out) const {
-    if (!fast_) return source_.gather(r, out);
-    const index_t H = x_.shape[2], W = x_.shape[3];
-    const index_t n = r / (out_h_ * out_w_), oy = (r / out_w_) % out_h_, ox = r % out_w_;
-    const index_t y0 = oy * g_.stride_h - g_.pad_h, x0 = ox * g_.stride_w - g_.pad_w;
-    for (index_t j = 0; j < index_t(offset_.size()); ++j) {
-      const index_t y = y0 + dy_[j], xx = x0 + dx_[j];
-      out[j] = (y >= 0 && y < H && xx >= 0 && xx < W) ? x_(n, channel_[j], y, xx) : 0.0f;
-    }
-  }
-
- private:
-  const patch_sampler<float>& source_;
-  image_view<const float> x_;
-  conv_geometry g_;
-  bool fast_ = false;
-  index_t out_h_ = 0, out_w_ = 0;
-  std::vector<index_t> offset_, channel_, dy_, dx_;  // per patch column
-};
 
 /// acc[jj][i] += sum over samples r < m of A(r, i0 + i) * A(r, j0 + jj), for i < MV*width, jj < NR,
 /// where A(r, f) = packed[(f / MR) * m * MR + r * MR + f % MR] (MR = MV * width, panel layout).

@@ -1,0 +1,190 @@
+// SPDX-License-Identifier: MIT
+// Forward + backward of the statistics path of a reference conv deconvolution layer (interleaved-
+// shared blocks, padding k/2, stride 1, eps 1e-5, 5 Newton-Schulz steps) on every shape of
+// docs/method.md §9, against PyTorch autograd through the reference layer's statistics, all
+// measured in this run, interleaved, medians of --reps:
+//   ours     conv_statistics_step (writing form) + conv_statistics_step_vjp, netdeconv::par on
+//            --threads threads, and the backward's parts: the recomputed block_moments, the
+//            inverse square root's gradient, the weight side and the scatter to dL/dx;
+//   PyTorch  bench/torch_reference.py --backward: unfold, covariance, 5 coupled steps, fold, then
+//            autograd from the same kind of upstream dL/dW', dL/db' (same thread count, OpenBLAS
+//            checked), run as a subprocess in the middle of the row's rounds.
+// Also the peak extra heap memory of our forward and of our backward (outputs in caller memory).
+// Prints a table, then one `BENCH_JSON {...}` line per row.
+//   bench_statistics_step_vjp [--threads 2] [--batch 16] [--reps 5] [--only ROW]
+
+#include "common.hpp"
+
+#include <cmath>
+#include <iostream>
+#include <sstream>
+
+#include <netdeconv/netdeconv.hpp>
+
+using namespace netdeconv;
+
+namespace {
+
+struct row_result {
+  bench::layer_shape shape;
+  index_t F = 0, G = 0;
+  double forward = 0, backward = 0, moments = 0, isqrt = 0, weight = 0, scatter = 0, torch = NAN;
+  long long peak_forward = 0, peak_backward = 0, peak_moments = 0, peak_isqrt = 0, peak_weight = 0, peak_scatter = 0;
+};
+
+/// Runs the torch reference (forward + backward); returns its median time, or NaN (reason on stderr).
+double run_torch(const bench::layer_shape& s, const bench::options& o, std::string& blas) {
+  std::ostringstream cmd;
+  const char* dir = std::getenv("NETDECONV_BENCH_DIR");
+  cmd << "OPENBLAS_NUM_THREADS=" << o.threads << " OMP_NUM_THREADS=" << o.threads << " /usr/bin/python3 "
+      << (dir ? std::string(dir) : std::string("bench")) << "/torch_reference.py --backward --shape " << s.H << ' ' << s.W
+      << ' ' << s.C << ' ' << s.Cout << ' ' << s.blocks << ' ' << s.k << ' ' << s.S << " --batch " << o.batch
+      << " --threads " << o.threads << " --reps " << o.reps;
+  FILE* p = popen(cmd.str().c_str(), "r");
+  if (!p) return NAN;
+  char buf[4096];
+  double t = NAN;
+  while (std::fgets(buf, sizeof buf, p)) {
+    const std::string line(buf);
+    const auto at = line.find("\"stats_s\": ");
+    if (line.rfind("TORCH_JSON ", 0) == 0 && at != std::string::npos) {
+      t = std::atof(line.c_str() + at + 11);
+      const auto b = line.find("\"blas\": \"");
+      if (b != std::string::npos) blas = line.substr(b + 9, line.find('"', b + 9) - b - 9);
+    }
+  }
+  if (pclose(p) != 0) std::cerr << "torch reference failed for this row\n";
+  return t;
+}
+
+std::vector<float> normal(std::mt19937& rng, std::size_t n, float scale, float offset = 0) {
+  std::normal_distribution<float> d;
+  std::vector<float> v(n);
+  for (auto& e : v) e = offset + scale * d(rng);
+  return v;
+}
+
+row_result run_row(const bench::layer_shape& s, const bench::options& o, std::string& torch_blas) {
+  std::mt19937 rng(7);
+  const simd_policy pol = simd_threads(o.threads);
+  const index_t N = o.batch, K = s.k * s.k;
+  const std::vector<float> x = normal(rng, std::size_t(N) * s.C * s.H * s.W, 1, 0.5f),
+                           w = normal(rng, std::size_t(s.Cout) * s.C * K, 1 / std::sqrt(float(s.C * K))),
+                           b = normal(rng, std::size_t(s.Cout), 1), gw = normal(rng, w.size(), 1), gb = normal(rng, b.size(), 1);
+  conv_deconv_config cfg;
+  cfg.geometry = conv_geometry::square(s.k, 1, s.k / 2);
+  cfg.block = s.C / s.blocks;
+  cfg.sampling_stride = s.S;
+  const block_plan plan = conv_statistics_plan(s.C, cfg);
+  const index_t S = plan.count(), F = plan.features();
+  row_result res;
+  res.shape = s;
+  res.F = F;
+  res.G = plan.rows_per_patch();
+  const auto xv = nchw<const float>(x.data(), N, s.C, s.H, s.W);
+  const auto wv = nchw<const float>(w.data(), s.Cout, s.C, s.k, s.k), gwv = nchw<const float>(gw.data(), s.Cout, s.C, s.k, s.k);
+  const auto bv = contiguous<const float>(b.data(), s.Cout), gbv = contiguous<const float>(gb.data(), s.Cout);
+  // forward outputs and backward gradients: caller memory
+  std::vector<float> mean(std::size_t(S * F)), D(std::size_t(S * F * F)), wf(w.size()), bf(b.size()), dw(w.size()), db(b.size()),
+      dx(x.size());
+  std::vector<isqrt_report> reports(static_cast<std::size_t>(S)), breports(reports);
+  const statistics_step_outputs<float, 4> fout{row_major(mean.data(), S, F), {D.data(), {S, F, F}, {F * F, F, 1}},
+                                               nchw(wf.data(), s.Cout, s.C, s.k, s.k), contiguous(bf.data(), s.Cout),
+                                               contiguous(reports.data(), S)};
+  const statistics_step_gradients<float, 4> bout{nchw(dw.data(), s.Cout, s.C, s.k, s.k), contiguous(db.data(), s.Cout),
+                                                 nchw(dx.data(), N, s.C, s.H, s.W), contiguous(breports.data(), S)};
+  const block_statistics_view<const float> stats{plan, fout.mean, fout.D};
+  const auto forward = [&] { conv_statistics_step(pol, xv, wv, bv, cfg, fout); };
+  const auto backward = [&] { conv_statistics_step_vjp(pol, xv, wv, bv, cfg, stats, gwv, gbv, bout); };
+  forward();
+  // the backward's parts, on the same data
+  const patch_sampler<float> sampler(xv, cfg.geometry, cfg.sampling_stride);
+  const block_statistics<float> folded = detail::load_statistics(stats);
+  std::vector<square_matrix<double>> dD;
+  std::vector<Eigen::VectorXd> dmu;
+  detail::weight_vjp(o.threads, plan, wv, folded, gwv, gbv, bout.weight, bout.bias, dD, dmu);
+  const detail::statistics_backward how{cfg.eps, false, cfg.isqrt, false};
+  const detail::patch_gradient grad = detail::covariance_vjp<simd_policy, float>(pol, sampler, plan, how, std::vector(dD), std::vector(dmu), bout.reports);
+  const detail::patch_row_adder<float> add{detail::make_patch_map("bench", xv.shape, cfg.geometry, cfg.sampling_stride, true), bout.x};
+  std::vector<square_matrix<float>> cov(static_cast<std::size_t>(S)), gD(cov), dcov;
+  const auto m = block_moments(pol, sampler, plan);
+  for (index_t i = 0; i < S; ++i) {
+    cov[std::size_t(i)] = m[std::size_t(i)].covariance<float>(cfg.eps);
+    gD[std::size_t(i)] = dD[std::size_t(i)].cast<float>();
+  }
+  bench::set_blas_threads(o.threads);
+  const std::vector<std::function<void()>> fs = {
+      forward,
+      backward,
+      [&] { block_moments(pol, sampler, plan); },
+      [&] { detail::inverse_sqrt_vjp_batched_impl<float>(pol, cov, gD, dcov, cfg.isqrt); },
+      [&] { detail::weight_vjp(o.threads, plan, wv, folded, gwv, gbv, bout.weight, bout.bias, dD, dmu); },
+      [&] { detail::scatter_patch_gradient(pol, sampler, plan, grad, add); },
+  };
+  const auto t = bench::interleaved_medians(fs, o.reps, [&](int round) {
+    if (round == o.reps / 2) res.torch = run_torch(s, o, torch_blas);
+  });
+  res.forward = t[0];
+  res.backward = t[1];
+  res.moments = t[2];
+  res.isqrt = t[3];
+  res.weight = t[4];
+  res.scatter = t[5];
+  res.peak_forward = bench::peak_extra_bytes(forward);
+  res.peak_backward = bench::peak_extra_bytes(backward);
+  res.peak_moments = bench::peak_extra_bytes(fs[2]);
+  res.peak_isqrt = bench::peak_extra_bytes(fs[3]);
+  res.peak_weight = bench::peak_extra_bytes(fs[4]);
+  res.peak_scatter = bench::peak_extra_bytes(fs[5]);
+  return res;
+}
+
+std::string shape_text(const bench::layer_shape& s) {
+  std::ostringstream o;
+  o << '(' << s.H << ',' << s.W << ',' << s.C << ',' << s.Cout << ',' << s.blocks << ',' << s.k << ',' << s.S << ')';
+  return o.str();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const auto o = bench::options::parse(argc, argv);
+#ifdef _OPENMP
+  omp_set_num_threads(o.threads);
+#endif
+  std::printf("# netdeconv statistics path forward + backward, %s, %d threads, batch %d, medians of %d interleaved rounds\n",
+              bench::cpu_model().c_str(), o.threads, o.batch, o.reps);
+  std::vector<row_result> rows;
+  std::string torch_blas = "?";
+  for (std::size_t i = 0; i < bench::spec_shapes.size(); ++i) {
+    if (!o.only.empty() && std::to_string(i) != o.only) continue;
+    rows.push_back(run_row(bench::spec_shapes[i], o, torch_blas));
+    const auto& r = rows.back();
+    std::fprintf(stderr, "row %zu %s done: ours %.4f s, torch %.4f s\n", i, shape_text(r.shape).c_str(), r.forward + r.backward,
+                 r.torch);
+  }
+  std::printf("# PyTorch reference BLAS: %s\n", torch_blas.c_str());
+  std::printf("%-26s %5s %3s | %8s %8s | %8s %8s %8s %8s | %8s %7s | %7s %7s %5s\n", "shape (H,W,C,Co,blk,k,S)", "F", "G",
+              "fwd s", "bwd s", "moments", "isqrt", "weight", "scatter", "torch s", "xtorch", "fwd MiB", "bwd MiB", "ratio");
+  double log_sum = 0;
+  for (const auto& r : rows) {
+    const double ours = r.forward + r.backward, x = r.torch / ours;
+    log_sum += std::log(x);
+    std::printf("%-26s %5ld %3ld | %8.4f %8.4f | %8.4f %8.4f %8.4f %8.4f | %8.4f %7.2f | %7.1f %7.1f %5.2f\n",
+                shape_text(r.shape).c_str(), long(r.F), long(r.G), r.forward, r.backward, r.moments, r.isqrt, r.weight, r.scatter,
+                r.torch, x, double(r.peak_forward) / (1 << 20), double(r.peak_backward) / (1 << 20),
+                double(r.peak_backward) / double(std::max(1LL, r.peak_forward)));
+  }
+  if (!rows.empty()) std::printf("# torch/ours (forward + backward), geometric mean: %.2f\n", std::exp(log_sum / double(rows.size())));
+  for (const auto& r : rows)
+    std::printf(
+        "BENCH_JSON {\"shape\": [%d, %d, %d, %d, %d, %d, %d], \"batch\": %d, \"threads\": %d, \"F\": %ld, \"G\": %ld, "
+        "\"ours_forward_s\": %.6g, \"ours_backward_s\": %.6g, \"ours_bwd_moments_s\": %.6g, \"ours_bwd_isqrt_s\": %.6g, "
+        "\"ours_bwd_weight_s\": %.6g, \"ours_bwd_scatter_s\": %.6g, \"torch_ref_fwd_bwd_s\": %s, \"peak_extra_forward_bytes\": %lld, "
+        "\"peak_extra_backward_bytes\": %lld, \"peak_extra_bwd_parts_bytes\": [%lld, %lld, %lld, %lld]}\n",
+        r.shape.H, r.shape.W, r.shape.C, r.shape.Cout, r.shape.blocks, r.shape.k, r.shape.S, o.batch, o.threads, long(r.F),
+        long(r.G), r.forward, r.backward, r.moments, r.isqrt, r.weight, r.scatter,
+        std::isnan(r.torch) ? "null" : std::to_string(r.torch).c_str(), r.peak_forward, r.peak_backward,
+        r.peak_moments, r.peak_isqrt, r.peak_weight, r.peak_scatter);
+  return 0;
+}
