@@ -102,7 +102,7 @@ row_result run_row(const bench::layer_shape& s, const bench::options& o, std::st
   const block_statistics<float> folded = detail::load_statistics(stats);
   std::vector<square_matrix<double>> dD;
   std::vector<Eigen::VectorXd> dmu;
-  detail::weight_vjp(o.threads, plan, wv, folded, gwv, gbv, bout.weight, bout.bias, dD, dmu);
+  detail::weight_vjp<float>(o.threads, plan, wv, folded, gwv, gbv, bout.weight, bout.bias, dD, dmu);
   const detail::statistics_backward how{cfg.eps, false, cfg.isqrt, false};
   const detail::patch_gradient grad = detail::covariance_vjp<simd_policy, float>(pol, sampler, plan, how, std::vector(dD), std::vector(dmu), bout.reports);
   const detail::patch_row_adder<float> add{detail::make_patch_map("bench", xv.shape, cfg.geometry, cfg.sampling_stride, true), bout.x};
@@ -118,7 +118,7 @@ row_result run_row(const bench::layer_shape& s, const bench::options& o, std::st
       backward,
       [&] { block_moments(pol, sampler, plan); },
       [&] { detail::inverse_sqrt_vjp_batched_impl<float>(pol, cov, gD, dcov, cfg.isqrt); },
-      [&] { detail::weight_vjp(o.threads, plan, wv, folded, gwv, gbv, bout.weight, bout.bias, dD, dmu); },
+      [&] { detail::weight_vjp<float>(o.threads, plan, wv, folded, gwv, gbv, bout.weight, bout.bias, dD, dmu); },
       [&] { detail::scatter_patch_gradient(pol, sampler, plan, grad, add); },
   };
   const auto t = bench::interleaved_medians(fs, o.reps, [&](int round) {

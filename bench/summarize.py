@@ -22,7 +22,7 @@ if rows:
     at = "at batch %d" % rows[0]["memory_batch"] if rows[0]["memory_batch"] > 0 else "at --memory-batch (not run)"
     print("| shape (H,W,C,Co,blk,k,S) | F | G | cov GFLOP/s | %% sgemm peak | syrk/ours | min(gemm,syrk)/ours | x read GB/s | isqrt / 15 sgemm | torch/ours stats | peak extra MiB (batch %d) | %s |"
           % (rows[0]["batch"], at))
-print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 ratios = []
 for r in rows:
     s = ",".join(str(v) for v in r["shape"])
@@ -40,6 +40,31 @@ if rows:
     print()
     print("sgemm peak (same run): %.1f GFLOP/s; memory read bandwidth: %.1f GB/s; geometric mean torch/ours: %.2f"
           % (rows[0]["sgemm_peak_gflops"], rows[0]["mem_read_gbps"], math.exp(sum(map(math.log, ratios)) / len(ratios))))
+bw = lines("statistics_step_vjp.txt")
+if bw:
+    print()
+    print("Forward + backward (batch %d, %d threads): ours = conv_statistics_step + conv_statistics_step_vjp (par); "
+          "the backward's parts; PyTorch autograd through the reference statistics; peak extra heap memory."
+          % (bw[0]["batch"], bw[0]["threads"]))
+    print()
+    print("| shape (H,W,C,Co,blk,k,S) | F | G | fwd s | bwd s | bwd: moments | isqrt vjp | weight | scatter | torch s | torch/ours | fwd MiB | bwd MiB | bwd/fwd memory |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    xs = []
+    for r in bw:
+        ours = r["ours_forward_s"] + r["ours_backward_s"]
+        torch = r["torch_ref_fwd_bwd_s"]
+        x = torch / ours if torch else float("nan")
+        if torch:
+            xs.append(x)
+        print("| (%s) | %d | %d | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.2f | %.1f | %.1f | %.2f |" % (
+            ",".join(str(v) for v in r["shape"]), r["F"], r["G"], r["ours_forward_s"], r["ours_backward_s"],
+            r["ours_bwd_moments_s"], r["ours_bwd_isqrt_s"], r["ours_bwd_weight_s"], r["ours_bwd_scatter_s"],
+            torch or float("nan"), x, r["peak_extra_forward_bytes"] / 2**20, r["peak_extra_backward_bytes"] / 2**20,
+            r["peak_extra_backward_bytes"] / max(1, r["peak_extra_forward_bytes"])))
+    if xs:
+        print()
+        print("geometric mean torch/ours (forward + backward): %.2f; smallest: %.2f" % (
+            math.exp(sum(map(math.log, xs)) / len(xs)), min(xs)))
 iq = lines("inverse_sqrt.txt")
 if iq:
     print()

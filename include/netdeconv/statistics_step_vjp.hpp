@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include <Eigen/Core>
@@ -54,20 +55,24 @@ struct statistics_backward {
   bool constants = false;
 };
 
-/// The weight side of the backward, in double. The pieces of statistic s are the (o, g) whose
-/// columns plan.column(s, g, .) lie in o's input group; they are taken g by g, o by o, in chunks
-/// of up to `chunk` pieces (Wc, Gc: chunk x F the pieces of W and G, gc their g_o):
+/// The weight side of the backward, with products in Acc (double for seq, T for the OpenMP
+/// policies). The pieces of statistic s are the (o, g) whose columns plan.column(s, g, .) lie in
+/// o's input group: P_s = G * Cout/groups of them, taken g by g, o by o. They are split into
+/// `parts` ranges (parts = ceil(threads / S), so that every thread has work) and each range runs in
+/// chunks of up to `chunk` pieces (Wc, Gc: chunk x F the pieces of W and G, gc their g_o):
 ///   Gt = Gc - gc mu_s^T;  dW[pieces] = Gt D_s^T;  dD_s += Wc^T Gt;  u_s += Wc^T gc
-/// and then dmu_s = -D_s^T u_s; dL/db = g. Statistics run in parallel on `threads` threads; the
-/// extra memory is three chunks and the accumulators.
-template <class T>
+/// then the ranges' dD_s and u_s are summed in order (in double) and dmu_s = -D_s^T u_s; dL/db = g.
+/// The extra memory is three chunks per thread and one accumulator per range.
+template <class Acc, class T>
 void weight_vjp(int threads, const block_plan& plan, const image_view<const T>& weight, const block_statistics<T>& stats,
                 const image_view<const T>& grad_weight, const vector_view<const T>& grad_bias, const image_view<T>& out_weight,
                 const vector_view<T>& out_bias, std::vector<square_matrix<double>>& dD, std::vector<Eigen::VectorXd>& dmu) {
-  using mat = Eigen::MatrixXd;
+  using mat = Eigen::Matrix<Acc, Eigen::Dynamic, Eigen::Dynamic>;
+  using vec = Eigen::Matrix<Acc, Eigen::Dynamic, 1>;
   const index_t S = plan.count(), F = plan.features(), G = plan.rows_per_patch(), K = plan.kernel_area;
   const index_t cout = weight.shape[0], kw = weight.shape[3], group_cols = weight.shape[1] * K, per_group = cout / plan.groups;
-  const index_t chunk = std::max<index_t>(1, 32768 / F);
+  const index_t chunk = std::max<index_t>(1, 32768 / F), pieces = G * per_group;
+  const index_t parts = std::min(pieces, std::max<index_t>(1, (threads + S - 1) / S)), units = S * parts;
   // offset of local column c*K + k of an output's weights, in each weight-shaped view
   const auto offsets = [&](const auto& v) {
     std::vector<index_t> t(static_cast<std::size_t>(group_cols));
@@ -76,19 +81,23 @@ void weight_vjp(int threads, const block_plan& plan, const image_view<const T>& 
     return t;
   };
   const std::vector<index_t> w_at = offsets(weight), g_at = offsets(grad_weight), o_at = offsets(out_weight);
-  dD.assign(std::size_t(S), square_matrix<double>());
-  dmu.assign(std::size_t(S), Eigen::VectorXd());
+  std::vector<mat> part_dD(static_cast<std::size_t>(units));
+  std::vector<vec> part_u(static_cast<std::size_t>(units));
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(threads) schedule(dynamic) if (threads > 1 && S > 1)
+#pragma omp parallel for num_threads(threads) schedule(dynamic) if (threads > 1 && units > 1)
 #endif
-  for (index_t s = 0; s < S; ++s) {
+  for (index_t unit = 0; unit < units; ++unit) {
     keep_eigen_in_thread();
-    const square_matrix<double> D = stats.D[std::size_t(s)].template cast<double>();
-    const Eigen::RowVectorXd mu = stats.mean[std::size_t(s)].transpose().template cast<double>();
-    square_matrix<double> dDs = square_matrix<double>::Zero(F, F);
-    Eigen::VectorXd u = Eigen::VectorXd::Zero(F), gc(chunk);
-    mat Wc(chunk, F), Gc(chunk, F), Gt, dW;
-    std::vector<index_t> owner(static_cast<std::size_t>(chunk)), piece(owner), local(static_cast<std::size_t>(G * F));
+    const index_t s = unit / parts, part = unit % parts;
+    const mat D = stats.D[std::size_t(s)].template cast<Acc>();
+    const Eigen::Matrix<Acc, 1, Eigen::Dynamic> mu = stats.mean[std::size_t(s)].transpose().template cast<Acc>();
+    mat dDs = mat::Zero(F, F), Wc(chunk, F), Gc(chunk, F), Gt, dW;
+    vec u = vec::Zero(F), gc(chunk);
+    std::vector<index_t> local(static_cast<std::size_t>(G * F)), owner(static_cast<std::size_t>(chunk)), piece(owner);
+    for (index_t g = 0; g < G; ++g) {
+      const index_t q = plan.column(s, g, 0) / group_cols;  // the input group of piece g
+      for (index_t f = 0; f < F; ++f) local[std::size_t(g * F + f)] = plan.column(s, g, f) - q * group_cols;
+    }
     index_t filled = 0;
     const auto flush = [&] {
       Gt.noalias() = Gc.topRows(filled) - gc.head(filled) * mu;
@@ -102,23 +111,30 @@ void weight_vjp(int threads, const block_plan& plan, const image_view<const T>& 
       u.noalias() += Wc.topRows(filled).transpose() * gc.head(filled);
       filled = 0;
     };
-    for (index_t g = 0; g < G; ++g) {
-      const index_t q = plan.column(s, g, 0) / group_cols;  // the input group of piece g
-      for (index_t f = 0; f < F; ++f) local[std::size_t(g * F + f)] = plan.column(s, g, f) - q * group_cols;
+    for (index_t p = pieces * part / parts; p < pieces * (part + 1) / parts; ++p) {
+      const index_t g = p / per_group, o = plan.column(s, g, 0) / group_cols * per_group + p % per_group;
       const index_t* lc = local.data() + g * F;
-      for (index_t o = q * per_group; o < (q + 1) * per_group; ++o) {
-        const T* w = weight.data + o * weight.stride[0];
-        const T* gw = grad_weight.data + o * grad_weight.stride[0];
-        for (index_t f = 0; f < F; ++f)
-          Wc(filled, f) = double(w[w_at[std::size_t(lc[f])]]), Gc(filled, f) = double(gw[g_at[std::size_t(lc[f])]]);
-        gc[filled] = double(grad_bias(o));
-        owner[std::size_t(filled)] = o, piece[std::size_t(filled)] = g;
-        if (++filled == chunk) flush();
-      }
+      const T* w = weight.data + o * weight.stride[0];
+      const T* gw = grad_weight.data + o * grad_weight.stride[0];
+      for (index_t f = 0; f < F; ++f)
+        Wc(filled, f) = Acc(w[w_at[std::size_t(lc[f])]]), Gc(filled, f) = Acc(gw[g_at[std::size_t(lc[f])]]);
+      gc[filled] = Acc(grad_bias(o));
+      owner[std::size_t(filled)] = o, piece[std::size_t(filled)] = g;
+      if (++filled == chunk) flush();
     }
     if (filled > 0) flush();
-    dD[std::size_t(s)] = std::move(dDs);
-    dmu[std::size_t(s)].noalias() = -(D.transpose() * u);
+    part_dD[std::size_t(unit)] = std::move(dDs);
+    part_u[std::size_t(unit)] = std::move(u);
+  }
+  dD.assign(std::size_t(S), square_matrix<double>::Zero(F, F));
+  dmu.assign(std::size_t(S), Eigen::VectorXd());
+  for (index_t s = 0; s < S; ++s) {
+    Eigen::VectorXd u = Eigen::VectorXd::Zero(F);
+    for (index_t part = 0; part < parts; ++part) {
+      dD[std::size_t(s)] += part_dD[std::size_t(s * parts + part)].template cast<double>();
+      u += part_u[std::size_t(s * parts + part)].template cast<double>();
+    }
+    dmu[std::size_t(s)].noalias() = -(stats.D[std::size_t(s)].template cast<double>().transpose() * u);
   }
   if (!out_bias.empty())
     for (index_t o = 0; o < cout; ++o) out_bias(o) = grad_bias(o);
@@ -244,7 +260,8 @@ void statistics_step_vjp_impl(const Policy& policy, const Source& source, const 
                               const vector_view<T>& out_bias, const vector_view<isqrt_report>& reports, const Adder& add) {
   std::vector<square_matrix<double>> dD;
   std::vector<Eigen::VectorXd> dmu;
-  weight_vjp(policy_threads(policy), plan, weight, stats, grad_weight, grad_bias, out_weight, out_bias, dD, dmu);
+  using acc = std::conditional_t<std::is_base_of_v<omp_policy, Policy>, T, double>;
+  weight_vjp<acc>(policy_threads(policy), plan, weight, stats, grad_weight, grad_bias, out_weight, out_bias, dD, dmu);
   if (how.constants) {
     for (index_t s = 0; s < plan.count(); ++s) reports(s) = {0, std::numeric_limits<double>::quiet_NaN(), isqrt_status::ok};
     return;

@@ -3,7 +3,7 @@
 // OpenMP scatter of the statistics step's backward (../statistics_step_vjp.hpp), in the source's
 // scalar type T. Work units are whole chunks of the adder (an image for a kernel > 1 patch map,
 // so that no two threads add to the same pixel; tiles of rows otherwise), in parallel; each unit
-// walks its rows in tiles of R rows (R * G * F about 64K values):
+// walks its rows in tiles of R rows (R * G * F about 16K values):
 //   Xrow (R x width)  the tile's sampled rows, gathered
 //   X_s  (R G_s x F)  per statistic, its pieces' columns, minus mean_s
 //   V_s = X_s sym_s + 1 dmu_s^T        (one Eigen product, F x F)
@@ -43,7 +43,7 @@ void scatter_patch_gradient(const omp_policy& policy, const Source& source, cons
     for (index_t g = 0; g < G; ++g)
       for (index_t f = 0; f < F; ++f) column[std::size_t(s)].push_back(plan.column(s, g, f));
   const row_reader<Source> reader(source);
-  const index_t tile = std::max<index_t>(1, std::min<index_t>(rows, 65536 / std::max<index_t>(1, G * F)));
+  const index_t tile = std::max<index_t>(1, std::min<index_t>(rows, 16384 / std::max<index_t>(1, G * F)));
   const index_t chunk = add.chunk_rows(), unit = chunk > 1 ? chunk : tile;
   const index_t units = rows == 0 ? 0 : (rows - 1) / unit + 1;
 #ifdef _OPENMP
