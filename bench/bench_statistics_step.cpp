@@ -32,35 +32,6 @@ struct row_result {
   double x_bytes = 0;
 };
 
-std::string torch_command(const bench::layer_shape& s, const bench::options& o) {
-  std::ostringstream cmd;
-  const char* dir = std::getenv("NETDECONV_BENCH_DIR");
-  cmd << "OPENBLAS_NUM_THREADS=" << o.threads << " OMP_NUM_THREADS=" << o.threads << " /usr/bin/python3 "
-      << (dir ? std::string(dir) : std::string("bench")) << "/torch_reference.py --shape " << s.H << ' ' << s.W << ' '
-      << s.C << ' ' << s.Cout << ' ' << s.blocks << ' ' << s.k << ' ' << s.S << " --batch " << o.batch << " --threads "
-      << o.threads << " --reps " << o.reps;
-  return cmd.str();
-}
-
-/// Runs the torch reference; returns its median time, or NaN (with the reason on stderr).
-double run_torch(const bench::layer_shape& s, const bench::options& o, std::string& blas) {
-  FILE* p = popen(torch_command(s, o).c_str(), "r");
-  if (!p) return NAN;
-  char buf[4096];
-  double t = NAN;
-  while (std::fgets(buf, sizeof buf, p)) {
-    const std::string line(buf);
-    const auto at = line.find("\"stats_s\": ");
-    if (line.rfind("TORCH_JSON ", 0) == 0 && at != std::string::npos) {
-      t = std::atof(line.c_str() + at + 11);
-      const auto b = line.find("\"blas\": \"");
-      if (b != std::string::npos) blas = line.substr(b + 9, line.find('"', b + 9) - b - 9);
-    }
-  }
-  if (pclose(p) != 0) std::cerr << "torch reference failed for this row\n";
-  return t;
-}
-
 struct layer_data {
   std::vector<float> x, w, b;
   conv_deconv_config cfg;
@@ -125,7 +96,7 @@ row_result run_row(const bench::layer_shape& s, const bench::options& o, std::st
       },
   };
   const auto t = bench::interleaved_medians(fs, o.reps, [&](int round) {
-    if (round == o.reps / 2) res.torch = run_torch(s, o, torch_blas);
+    if (round == o.reps / 2) res.torch = bench::run_torch_reference(bench::torch_reference_command(s, o), torch_blas);
   });
   res.cov = t[0];
   res.isqrt = t[1];

@@ -32,31 +32,6 @@ struct row_result {
   long long peak_forward = 0, peak_backward = 0, peak_moments = 0, peak_isqrt = 0, peak_weight = 0, peak_scatter = 0;
 };
 
-/// Runs the torch reference (forward + backward); returns its median time, or NaN (reason on stderr).
-double run_torch(const bench::layer_shape& s, const bench::options& o, std::string& blas) {
-  std::ostringstream cmd;
-  const char* dir = std::getenv("NETDECONV_BENCH_DIR");
-  cmd << "OPENBLAS_NUM_THREADS=" << o.threads << " OMP_NUM_THREADS=" << o.threads << " /usr/bin/python3 "
-      << (dir ? std::string(dir) : std::string("bench")) << "/torch_reference.py --backward --shape " << s.H << ' ' << s.W
-      << ' ' << s.C << ' ' << s.Cout << ' ' << s.blocks << ' ' << s.k << ' ' << s.S << " --batch " << o.batch
-      << " --threads " << o.threads << " --reps " << o.reps;
-  FILE* p = popen(cmd.str().c_str(), "r");
-  if (!p) return NAN;
-  char buf[4096];
-  double t = NAN;
-  while (std::fgets(buf, sizeof buf, p)) {
-    const std::string line(buf);
-    const auto at = line.find("\"stats_s\": ");
-    if (line.rfind("TORCH_JSON ", 0) == 0 && at != std::string::npos) {
-      t = std::atof(line.c_str() + at + 11);
-      const auto b = line.find("\"blas\": \"");
-      if (b != std::string::npos) blas = line.substr(b + 9, line.find('"', b + 9) - b - 9);
-    }
-  }
-  if (pclose(p) != 0) std::cerr << "torch reference failed for this row\n";
-  return t;
-}
-
 std::vector<float> normal(std::mt19937& rng, std::size_t n, float scale, float offset = 0) {
   std::normal_distribution<float> d;
   std::vector<float> v(n);
@@ -103,7 +78,7 @@ row_result run_row(const bench::layer_shape& s, const bench::options& o, std::st
   std::vector<square_matrix<double>> dD;
   std::vector<Eigen::VectorXd> dmu;
   detail::weight_vjp<float>(o.threads, plan, wv, folded, gwv, gbv, bout.weight, bout.bias, dD, dmu);
-  const detail::statistics_backward how{cfg.eps, false, cfg.isqrt, false};
+  const detail::statistics_backward how{.eps = cfg.eps, .isqrt = cfg.isqrt};
   const detail::patch_gradient grad = detail::covariance_vjp<simd_policy, float>(pol, sampler, plan, how, std::vector(dD), std::vector(dmu), bout.reports);
   const detail::patch_row_adder<float> add{detail::make_patch_map("bench", xv.shape, cfg.geometry, cfg.sampling_stride, true), bout.x};
   std::vector<square_matrix<float>> cov(static_cast<std::size_t>(S)), gD(cov), dcov;
@@ -122,7 +97,7 @@ row_result run_row(const bench::layer_shape& s, const bench::options& o, std::st
       [&] { detail::scatter_patch_gradient(pol, sampler, plan, grad, add); },
   };
   const auto t = bench::interleaved_medians(fs, o.reps, [&](int round) {
-    if (round == o.reps / 2) res.torch = run_torch(s, o, torch_blas);
+    if (round == o.reps / 2) res.torch = bench::run_torch_reference(bench::torch_reference_command(s, o, " --backward"), torch_blas);
   });
   res.forward = t[0];
   res.backward = t[1];

@@ -8,6 +8,7 @@
 #include <malloc.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -210,5 +211,37 @@ struct options {
     return o;
   }
 };
+
+/// The command line of bench/torch_reference.py for a row (its directory from NETDECONV_BENCH_DIR,
+/// else bench/), same threads, batch and rounds; `flags` are appended (e.g. " --backward").
+inline std::string torch_reference_command(const layer_shape& s, const options& o, const char* flags = "") {
+  const char* dir = std::getenv("NETDECONV_BENCH_DIR");
+  return "OPENBLAS_NUM_THREADS=" + std::to_string(o.threads) + " OMP_NUM_THREADS=" + std::to_string(o.threads) +
+         " /usr/bin/python3 " + (dir ? std::string(dir) : std::string("bench")) + "/torch_reference.py --shape " +
+         std::to_string(s.H) + ' ' + std::to_string(s.W) + ' ' + std::to_string(s.C) + ' ' + std::to_string(s.Cout) + ' ' +
+         std::to_string(s.blocks) + ' ' + std::to_string(s.k) + ' ' + std::to_string(s.S) + " --batch " +
+         std::to_string(o.batch) + " --threads " + std::to_string(o.threads) + " --reps " + std::to_string(o.reps) + flags;
+}
+
+/// Runs a bench/torch_reference.py command line and returns the time of its `TORCH_JSON` line
+/// ("stats_s", a median), or NaN (the reason on stderr); blas is set to the BLAS library it reports.
+inline double run_torch_reference(const std::string& command, std::string& blas) {
+  FILE* p = popen(command.c_str(), "r");
+  if (!p) return NAN;
+  char buf[4096];
+  double t = NAN;
+  while (std::fgets(buf, sizeof buf, p)) {
+    const std::string line(buf);
+    const auto at = line.find("\"stats_s\": ");
+    if (line.rfind("TORCH_JSON ", 0) == 0 && at != std::string::npos) {
+      t = std::atof(line.c_str() + at + 11);
+      const auto b = line.find("\"blas\": \"");
+      if (b != std::string::npos) blas = line.substr(b + 9, line.find('"', b + 9) - b - 9);
+    }
+  }
+  if (pclose(p) != 0) std::fprintf(stderr, "torch reference failed for this row\n");
+  return t;
+}
+
 
 }  // namespace bench

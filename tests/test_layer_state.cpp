@@ -506,8 +506,56 @@ TEST_CASE("layer backward: frozen and kept steps, and statistics as constants, d
   c.backward(kept, kept.diagnostic());
   CHECK(std::all_of(c.dx.begin(), c.dx.end(), [](double v) { return v == 0.0; }));
   CHECK(oracle::rel_err(c.dw, c.constant_statistics_dw()) < 1e-14);
-  // steps that exact_fallback or raise_eps repaired are refused
-  step_diagnostic repaired = kept.diagnostic();
-  repaired.outcome = step_outcome::eps_raised;
-  CHECK_THROWS_WITH_AS(c.backward(kept, repaired), doctest::Contains("is not implemented"), invalid_argument);
+}
+
+TEST_CASE("layer backward of repaired steps: the raised eps, and the true root's gradient after exact_fallback") {
+  // Each must equal linear_statistics_step_vjp (checked against finite differences) with the
+  // configuration the repaired step effectively used.
+  const auto reference = [](backward_case& c, const linear_deconv_config& cfg, const block_plan& plan) {
+    std::vector<double> dw(c.dw.size()), db(c.db.size()), dx(c.dx.size());
+    std::vector<isqrt_report> reports(1);
+    linear_statistics_step_vjp(seq, c.xv(), c.wv(), c.bv(), cfg, c.stats(plan), row_major<const double>(c.gw.data(), 2, 4),
+                               contiguous<const double>(c.gb.data(), 2),
+                               {row_major(dw.data(), 2, 4), contiguous(db.data(), 2), row_major(dx.data(), 40, 4),
+                                contiguous(reports.data(), 1)});
+    REQUIRE(reports[0].status == isqrt_status::ok);
+    CHECK(oracle::rel_err(c.dx, dx) < 1e-14);
+    CHECK(oracle::rel_err(c.dw, dw) < 1e-14);
+  };
+  SUBCASE("raise_eps: eps times 10^eps_raises") {
+    backward_case c;
+    for (index_t r = 0; r < backward_case::rows; ++r) c.x[std::size_t(r * 4 + 3)] = c.x[std::size_t(r * 4)];  // rank 3
+    linear_deconv_config cfg;
+    cfg.block = backward_case::fin;
+    cfg.eps = 1e-12;
+    cfg.isqrt = isqrt_options::converged(1e-4, 15);  // unreachable until eps lifts the null space
+    layer_options options;
+    options.on_failure = failure_policy::raise_eps;
+    options.max_eps_raises = 12;
+    linear_deconv_layer<double> layer(backward_case::fin, cfg, options);
+    c.step(layer);
+    REQUIRE(layer.diagnostic().outcome == step_outcome::eps_raised);
+    c.backward(layer, layer.diagnostic());
+    CHECK(c.reports[0].status == isqrt_status::ok);
+    linear_deconv_config raised = cfg;
+    raised.eps = cfg.eps * std::pow(10.0, layer.diagnostic().eps_raises);
+    reference(c, raised, layer.plan());
+  }
+  SUBCASE("exact_fallback: the repaired statistic's gradient is the true root's") {
+    backward_case c;
+    linear_deconv_config cfg;
+    cfg.block = backward_case::fin;
+    cfg.isqrt = isqrt_options::converged(1e-14, 2);  // unreachable in 2 steps
+    layer_options options;
+    options.on_failure = failure_policy::exact_fallback;
+    linear_deconv_layer<double> layer(backward_case::fin, cfg, options);
+    c.step(layer);
+    REQUIRE(layer.diagnostic().outcome == step_outcome::exact_fallback);
+    CHECK(layer.diagnostic().exact_blocks == std::vector<index_t>{0});
+    c.backward(layer, layer.diagnostic());
+    CHECK(c.reports[0].status == isqrt_status::ok);
+    linear_deconv_config exact = cfg;
+    exact.isqrt = isqrt_options::exact();
+    reference(c, exact, layer.plan());
+  }
 }

@@ -242,3 +242,101 @@ TEST_CASE("statistics step backward on 1 and 2 threads agrees within rounding (f
   CHECK(off < 1e-5);
   CHECK(run(simd_threads(2)) == two);  // the same thread count is deterministic
 }
+
+TEST_CASE("sharded statistics: the per-shard backwards, given the merged statistics' gradients, sum to the whole batch's") {
+  // Data-parallel training: every shard of the batch (uneven, one empty) computes block_moments and
+  // the merged moments give Cov; fold_vjp gives dL/dD and dL/dmu (summed over the processes in
+  // practice; here one set of upstream gradients), inverse_sqrt_vjp at the merged Cov gives
+  // dL/dCov, and conv_covariance_vjp adds each shard's rows. Their union is
+  // conv_statistics_step_vjp on the whole batch. Merging changes the order of the moments' sums,
+  // so they agree to float64 rounding: checked at 1e-11.
+  rng_t rng(1204);
+  const block_layout layouts[] = {block_layout::interleaved_shared, block_layout::grouped, block_layout::independent};
+  for (int trial = 0; trial < 3; ++trial) {
+    conv_deconv_config cfg;
+    cfg.layout = layouts[trial];
+    cfg.geometry = conv_geometry::square(3, 1, 1);
+    cfg.groups = trial == 0 ? 1 : 2;
+    cfg.block = 2;
+    cfg.sampling_stride = 2;
+    cfg.eps = 1e-1;
+    const index_t N = 5, C = 4, H = 6, W = 6, cout = 4, Cg = C / cfg.groups;
+    CAPTURE(cfg.layout);
+    const std::vector<double> x = normal_vector(rng, std::size_t(N * C * H * W), 0.5), w = normal_vector(rng, std::size_t(cout * Cg * 9)),
+                              b = normal_vector(rng, std::size_t(cout)), gw = normal_vector(rng, w.size()),
+                              gb = normal_vector(rng, b.size());
+    const auto xv = nchw<const double>(x.data(), N, C, H, W);
+    const auto wv = nchw<const double>(w.data(), cout, Cg, 3, 3), gwv = nchw<const double>(gw.data(), cout, Cg, 3, 3);
+    const auto bv = contiguous<const double>(b.data(), cout), gbv = contiguous<const double>(gb.data(), cout);
+    const block_plan plan = conv_statistics_plan(C, cfg);
+    const index_t S = plan.count(), F = plan.features();
+    const checks::flat_statistics<double> flat(conv_statistics_step(seq, xv, wv, bv, cfg).statistics);
+    std::vector<double> dw(w.size()), db(b.size()), dx(x.size());
+    std::vector<isqrt_report> reports(static_cast<std::size_t>(S));
+    conv_statistics_step_vjp(seq, xv, wv, bv, cfg, flat.view, gwv, gbv,
+                             {nchw(dw.data(), cout, Cg, 3, 3), contiguous(db.data(), cout), nchw(dx.data(), N, C, H, W),
+                              contiguous(reports.data(), S)});
+    // the shards [0, 2), [2, 2), [2, 5) of the batch, their moments merged
+    const index_t bounds[] = {0, 2, 2, N};
+    const auto shard = [&](int k) { return nchw<const double>(x.data() + bounds[k] * C * H * W, bounds[k + 1] - bounds[k], C, H, W); };
+    struct moments_buffers {
+      std::vector<index_t> count;
+      std::vector<double> mean, scatter;
+      moments_view<double> view;
+      moments_buffers(index_t S, index_t F)
+          : count(static_cast<std::size_t>(S)), mean(static_cast<std::size_t>(S * F)), scatter(static_cast<std::size_t>(S * F * F)),
+            view(contiguous_moments(count.data(), mean.data(), scatter.data(), S, F)) {}
+    };
+    moments_buffers merged(S, F), part(S, F), sum(S, F);
+    block_moments(par, patch_sampler<double>(shard(0), cfg.geometry, cfg.sampling_stride), plan, merged.view);
+    for (int k = 1; k < 3; ++k) {
+      if (bounds[k + 1] == bounds[k])  // an empty shard has no moments (block_moments needs >= 2 samples): count 0
+        std::fill(part.count.begin(), part.count.end(), 0), std::fill(part.mean.begin(), part.mean.end(), 0.0),
+            std::fill(part.scatter.begin(), part.scatter.end(), 0.0);
+      else
+        block_moments(par, patch_sampler<double>(shard(k), cfg.geometry, cfg.sampling_stride), plan, part.view);
+      merge(par, merged.view, part.view, sum.view);
+      std::swap(merged.count, sum.count), std::swap(merged.mean, sum.mean), std::swap(merged.scatter, sum.scatter);
+      std::swap(merged.view, sum.view);
+    }
+    std::vector<double> cov(static_cast<std::size_t>(S * F * F)), gD(cov.size()), dcov(cov.size()), gmean(static_cast<std::size_t>(S * F));
+    std::vector<double> dw2(w.size()), db2(b.size()), dx2(x.size(), 0.0);
+    const tensor_view<double, 3> cov_v{cov.data(), {S, F, F}, {F * F, F, 1}}, gD_v{gD.data(), {S, F, F}, {F * F, F, 1}},
+        dcov_v{dcov.data(), {S, F, F}, {F * F, F, 1}};
+    covariance(par, merged.view, cfg.eps, cov_v);
+    fold_vjp(par, flat.view, wv, bv, gwv, gbv, nchw(dw2.data(), cout, Cg, 3, 3), contiguous(db2.data(), cout), gD_v,
+             row_major(gmean.data(), S, F));
+    inverse_sqrt_vjp(par, tensor_view<const double, 3>(cov_v), tensor_view<const double, 3>(gD_v), dcov_v, cfg.isqrt,
+                     contiguous(reports.data(), S));
+    for (const isqrt_report& r : reports) REQUIRE(r.status == isqrt_status::ok);
+    for (int k = 0; k < 3; ++k)
+      conv_covariance_vjp(par, shard(k), cfg, merged.view, tensor_view<const double, 3>(dcov_v),
+                          row_major<const double>(gmean.data(), S, F),
+                          nchw(dx2.data() + bounds[k] * C * H * W, bounds[k + 1] - bounds[k], C, H, W));
+    CHECK(oracle::rel_err(dx2, dx) < 1e-11);
+    CHECK(oracle::rel_err(dw2, dw) < 1e-12);
+    CHECK(db2 == db);
+  }
+}
+
+TEST_CASE("the backward's pieces refuse bad arguments") {
+  const index_t S = 1, F = 2, rows = 4;
+  std::vector<double> x(rows * F, 1.0), dx(x.size()), dcov(F * F), dmean(F), mean(F), scatter(F * F);
+  std::vector<index_t> count{0};
+  linear_deconv_config cfg;
+  cfg.block = F;
+  const auto m = contiguous_moments<const double>(count.data(), mean.data(), scatter.data(), S, F);
+  const auto call = [&](const moments_view<const double>& mv, const matrix_view<double>& out) {
+    linear_covariance_vjp(seq, row_major<const double>(x.data(), rows, F), cfg, mv, {dcov.data(), {S, F, F}, {F * F, F, 1}},
+                          row_major<const double>(dmean.data(), S, F), out);
+  };
+  CHECK_THROWS_WITH_AS(call(m, row_major(dx.data(), rows, F)), doctest::Contains("statistic 0 has 0 samples"), invalid_argument);
+  count[0] = 4;
+  dcov[1] = std::numeric_limits<double>::infinity();
+  CHECK_THROWS_WITH_AS(call(m, row_major(dx.data(), rows, F)), doctest::Contains("must be finite"), invalid_argument);
+  dcov[1] = 0;
+  CHECK_THROWS_WITH_AS(call(m, row_major(x.data(), rows, F)), doctest::Contains("dx overlaps x"), invalid_argument);
+  CHECK_THROWS_WITH_AS(call(m, row_major(dx.data(), rows - 1, F)), doctest::Contains("dx must have x's shape"), invalid_argument);
+  call(m, row_major(dx.data(), rows, F));  // every row equals the mean: dL/dx = dmean / n = 0 here
+  for (const double v : dx) CHECK(v == 0.0);
+}

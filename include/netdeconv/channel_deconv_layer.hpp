@@ -66,15 +66,66 @@ class channel_deconv_layer {
   /// x and y are (N, C, H, W) views of the same shape; y may be x exactly (in place), no other overlap.
   template <class Policy>
   void train_step(const Policy& policy, image_view<const T> x, image_view<T> y) {
-    constexpr const char* fn = "train_step";
-    check(fn, x, y);
-    const index_t rows = detail::make_channel_samples(spec_, x).rows();
-    NETDECONV_REQUIRE(rows >= 2, fn, "statistics need >= 2 samples, got ", rows, " (x is ", x.shape[0], "x", x.shape[1],
-                      "x", x.shape[2], "x", x.shape[3], ")");
-    const index_t remaining = x.shape[0] * spec_.remaining_per_image(x.shape);
-    NETDECONV_REQUIRE(spec_.whitened == spec_.channels || remaining >= 2, fn,
-                      "the remaining channels' variance needs >= 2 samples, got ", remaining);
+    check_train("train_step", x, y);
     detail::layer_backend<Policy>::channel_train(policy, core_, spec_, x, y);
+  }
+
+  /// The same, writing the statistics the step used into `used` (mean (1, B), D (1, B, B), the
+  /// remaining channels' mean and variance (2, or empty when C is a multiple of B): the batch's,
+  /// or the running ones when the step kept them) and the inverse square root's report (1; a kept
+  /// step writes its failed report). CPU policies. backward() takes them.
+  template <class Policy>
+  void train_step(const Policy& policy, image_view<const T> x, image_view<T> y, const channel_statistics_view<T>& used,
+                  vector_view<isqrt_report> reports) {
+    constexpr const char* fn = "train_step";
+    check_used(fn, used);
+    detail::check_output_view(fn, "used.mean", used.mean);
+    detail::check_output_view(fn, "used.D", used.D);
+    detail::check_output_view(fn, "used.remaining", used.remaining);
+    detail::check_output_view(fn, "reports", reports);
+    NETDECONV_REQUIRE(reports.shape[0] == 1, fn, "reports must have 1 entry, got ", reports.shape[0]);
+    const auto apart = [&](const char* name, const auto& v) {
+      detail::check_disjoint(fn, name, v, "x", x);
+      detail::check_disjoint(fn, name, v, "y", y);
+    };
+    apart("used.mean", used.mean);
+    apart("used.D", used.D);
+    apart("used.remaining", used.remaining);
+    apart("reports", reports);
+    check_train(fn, x, y);
+    detail::layer_backend<Policy>::channel_train(policy, core_, spec_, x, y, used, reports);
+  }
+
+  /// Backward of a training step: x as in the step, `used` what it wrote and step its diagnostic(),
+  /// dy = dL/dy (x's shape). Writes dL/dx into dx (x's shape; overwritten; it may not overlap x or
+  /// dy): the direct part D^T dy and (x - m)/sqrt(v + eps)'s 1/sqrt(v + eps), plus the part through
+  /// mu, D (its covariance, centred or uncentred, with the step's eps) and m, v. A kept step, or mode
+  /// constants, treats the statistics as constants. One inverse-square-root report into reports (1).
+  /// The layer's state does not change. CPU policies.
+  template <class Policy>
+  void backward(const Policy& policy, image_view<const T> x, const channel_statistics_view<const T>& used,
+                const step_diagnostic& step, image_view<const T> dy, image_view<T> dx, vector_view<isqrt_report> reports,
+                statistics_gradient mode = statistics_gradient::full) const {
+    constexpr const char* fn = "backward";
+    detail::check_view(fn, "x", x);
+    NETDECONV_REQUIRE(x.shape[1] == spec_.channels, fn, "x has C=", x.shape[1], ", the layer has ", spec_.channels);
+    check_used(fn, used);
+    detail::check_view(fn, "dy", dy);
+    detail::check_output_view(fn, "dx", dx);
+    detail::check_output_view(fn, "reports", reports);
+    NETDECONV_REQUIRE(dy.shape == x.shape && dx.shape == x.shape, fn, "dy and dx must have x's shape");
+    NETDECONV_REQUIRE(reports.shape[0] == 1, fn, "reports must have 1 entry, got ", reports.shape[0]);
+    const auto apart = [&](const char* name, const auto& v) {
+      detail::check_disjoint(fn, name, v, "x", x);
+      detail::check_disjoint(fn, name, v, "dy", dy);
+      detail::check_disjoint(fn, name, v, "used.mean", used.mean);
+      detail::check_disjoint(fn, name, v, "used.D", used.D);
+      detail::check_disjoint(fn, name, v, "used.remaining", used.remaining);
+    };
+    apart("dx", dx);
+    apart("reports", reports);
+    detail::check_disjoint(fn, "reports", reports, "dx", dx);
+    detail::layer_backend<Policy>::channel_backward(policy, core_, spec_, x, used, step, mode, dy, dx, reports);
   }
 
   /// Evaluation forward with the running statistics.
@@ -145,6 +196,30 @@ class channel_deconv_layer {
     detail::check_disjoint(fn, "y", y, "x", x, true);
     NETDECONV_REQUIRE(x.shape[1] == spec_.channels, fn, "x has C=", x.shape[1], ", the layer has ", spec_.channels);
     NETDECONV_REQUIRE(y.shape == x.shape, fn, "y must have x's shape");
+  }
+
+  void check_train(const char* fn, const image_view<const T>& x, const image_view<T>& y) const {
+    check(fn, x, y);
+    const index_t rows = detail::make_channel_samples(spec_, x).rows();
+    NETDECONV_REQUIRE(rows >= 2, fn, "statistics need >= 2 samples, got ", rows, " (x is ", x.shape[0], "x", x.shape[1],
+                      "x", x.shape[2], "x", x.shape[3], ")");
+    const index_t remaining = x.shape[0] * spec_.remaining_per_image(x.shape);
+    NETDECONV_REQUIRE(spec_.whitened == spec_.channels || remaining >= 2, fn,
+                      "the remaining channels' variance needs >= 2 samples, got ", remaining);
+  }
+
+  /// `used` views of the shapes train_step writes: mean (1, B), D (1, B, B), remaining (2 or empty).
+  template <class U>
+  void check_used(const char* fn, const channel_statistics_view<U>& used) const {
+    const index_t B = spec_.block;
+    detail::check_view(fn, "used.mean", used.mean);
+    detail::check_view(fn, "used.D", used.D);
+    detail::check_view(fn, "used.remaining", used.remaining);
+    NETDECONV_REQUIRE(used.mean.shape == (index_array<2>{1, B}) && used.D.shape == (index_array<3>{1, B, B}), fn,
+                      "used.mean must be (1, ", B, ") and used.D (1, ", B, ", ", B, ")");
+    const index_t remaining = spec_.whitened < spec_.channels ? 2 : 0;
+    NETDECONV_REQUIRE((remaining == 0 ? used.remaining.empty() : used.remaining.shape[0] == 2), fn, "used.remaining must ",
+                      remaining == 0 ? "be empty: every channel is whitened" : "have 2 entries (mean, variance)");
   }
 
   T remaining_scalar(index_t k, T unused) const {

@@ -10,6 +10,8 @@
 // remaining C - c channels' statistics read every step-th value of the flattened (C-c, H, W)
 // block of each image.
 
+#include <type_traits>
+
 #include "config.hpp"
 #include "isqrt_options.hpp"
 #include "tensor_view.hpp"
@@ -22,6 +24,21 @@ struct channel_deconv_config {
   double eps = 1e-2;
   isqrt_options isqrt = isqrt_options::fixed(5);
   bool uncentred_covariance = true;  ///< the reference's quirk; false: centred covariance
+};
+
+/// The statistics a channel layer's training step used, in caller views: the whitened channels'
+/// mean (1, B) and D (1, B, B), and the remaining channels' mean and variance (2; empty when C is a
+/// multiple of B).
+template <class T>
+struct channel_statistics_view {
+  matrix_view<T> mean;
+  tensor_view<T, 3> D;
+  vector_view<T> remaining;
+
+  template <class U = T, class = std::enable_if_t<!std::is_const_v<U>>>
+  operator channel_statistics_view<const U>() const {
+    return {mean, D, remaining};
+  }
 };
 
 namespace detail {
@@ -74,6 +91,22 @@ struct channel_samples {
   template <class Out>
   void gather(index_t r, Out* out) const {
     for (index_t f = 0; f < block; ++f) out[f] = value<Out>(r, f);
+  }
+};
+
+/// add(r, v) adds v[f] (f < B) to the pixel of feature f of sample r of a channel_samples over an
+/// image of dx's shape (host code); every sample is its own chunk (no two touch the same pixel).
+template <class T>
+struct channel_row_adder {
+  channel_samples<T> layout;  // any T: only its shape and sampling are used
+  image_view<T> dx;
+
+  index_t chunk_rows() const { return 1; }
+  template <class V>
+  void operator()(index_t r, const V* v) const {
+    const index_t j = r * layout.step, plane = dx.shape[0] * dx.shape[2] * dx.shape[3], p = j % plane, cc = j / plane;
+    const index_t n = p / (dx.shape[2] * dx.shape[3]), yy = (p / dx.shape[3]) % dx.shape[2], xx = p % dx.shape[3];
+    for (index_t f = 0; f < layout.block; ++f) dx(n, f * layout.per_row + cc, yy, xx) += T(v[f]);
   }
 };
 

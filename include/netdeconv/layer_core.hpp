@@ -97,6 +97,7 @@ struct step_diagnostic {
   step_outcome outcome = step_outcome::computed;
   std::vector<isqrt_report> reports;  ///< one per statistic, as finally used (empty when frozen)
   int eps_raises = 0;                 ///< tenfold eps increases this step (raise_eps)
+  std::vector<index_t> exact_blocks;  ///< statistics that exact_fallback recomputed with the exact root
   index_t failures = 0;               ///< steps so far whose statistics failed (saved in checkpoints)
 };
 

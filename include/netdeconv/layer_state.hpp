@@ -83,7 +83,10 @@ struct layer_backend {
         case failure_policy::exact_fallback:
           diag.outcome = step_outcome::exact_fallback;
           for (std::size_t s = 0; s < cov.size(); ++s)
-            if (diag.reports[s].status != isqrt_status::ok) diag.reports[s] = inverse_sqrt_exact(cov[s], batch.D[s]);
+            if (diag.reports[s].status != isqrt_status::ok) {
+              diag.reports[s] = inverse_sqrt_exact(cov[s], batch.D[s]);
+              diag.exact_blocks.push_back(index_t(s));
+            }
           break;
         case failure_policy::raise_eps:
           diag.outcome = step_outcome::eps_raised;
@@ -198,27 +201,57 @@ struct layer_backend {
   template <class T>
   static void channel_train(const Policy& policy, deconv_core<T>& core, const channel_spec& spec,
                             const image_view<const T>& x, const image_view<T>& y) {
-    const running_state_view<T>& st = core.host_state("train_step");
-    const scalar_stats<T> running = remaining_running(st);
-    scalar_stats<T> batch = remaining_stats(spec, x, running);
-    if (!std::isfinite(batch.mean) || !std::isfinite(batch.var) || !(double(batch.var) + spec.eps > 0)) {
-      if (core.options().on_failure == failure_policy::throw_error)
-        throw numerical_error("netdeconv: channel layer statistics failed: the remaining channels' mean "
-                              "or variance is not finite, or variance + eps is 0");
-      core.keep_previous_step();
-      channel_apply(spec, x, y, evaluation(policy, core), running);
+    channel_step(policy, core, spec, x, y);
+  }
+
+  /// The same, writing the statistics the step used and its report (outputs checked).
+  template <class T>
+  static void channel_train(const Policy& policy, deconv_core<T>& core, const channel_spec& spec,
+                            const image_view<const T>& x, const image_view<T>& y, const channel_statistics_view<T>& used,
+                            const vector_view<isqrt_report>& reports) {
+    const channel_used<T> u = channel_step(policy, core, spec, x, y);
+    store_statistics(u.stats, used.mean, used.D);
+    if (!used.remaining.empty()) used.remaining(0) = u.remaining.mean, used.remaining(1) = u.remaining.var;
+    const std::vector<isqrt_report>& r = core.diagnostic().reports;
+    reports(0) = r.empty() ? isqrt_report{0, std::numeric_limits<double>::quiet_NaN(), isqrt_status::ok} : r[0];
+  }
+
+  /// The channel layer's backward (arguments checked; channel_deconv_layer.hpp):
+  ///   direct:     dx = D^T dy over the whitened rows, dy / sqrt(v + eps) over the others
+  ///   whitened:   dL/dD = sum dy (x - mu)^T, dL/dmu = -D^T sum dy (every position), then the
+  ///               covariance's gradient scattered to the sampled rows (statistics_step_vjp.hpp;
+  ///               the uncentred second moment differentiates as x_s x_s^T / n)
+  ///   remaining:  dL/dm = -sum dy / sd, dL/dv = -sum dy (x - m) / (2 sd^3), sd = sqrt(v + eps);
+  ///               every sampled value x_k gets dL/dm / K + dL/dv 2 (x_k - m) / (K - 1)
+  template <class T>
+  static void channel_backward(const Policy& policy, const deconv_core<T>& core, const channel_spec& spec,
+                               const image_view<const T>& x, const channel_statistics_view<const T>& used,
+                               const step_diagnostic& step, statistics_gradient mode, const image_view<const T>& dy,
+                               const image_view<T>& dx, const vector_view<isqrt_report>& reports) {
+    const statistics_backward how = backward_rule(core, step, mode);
+    const block_statistics<T> stats = load_statistics(block_statistics_view<const T>{core.plan(), used.mean, used.D});
+    const scalar_stats<T> scalars =
+        used.remaining.empty() ? scalar_stats<T>{} : scalar_stats<T>{used.remaining(0), used.remaining(1)};
+    const channel_sums sums = channel_direct_vjp(policy_threads(policy), spec, x, dy, stats, scalars, dx);
+    if (how.constants) {
+      reports(0) = {0, std::numeric_limits<double>::quiet_NaN(), isqrt_status::ok};
       return;
     }
-    const auto stats = train(policy, core, make_channel_samples(spec, x));
-    if (core.diagnostic().outcome == step_outcome::kept_previous) {
-      batch = running;
-    } else if (!st.remaining.empty()) {
-      const T m = T(core.options().momentum);
-      const bool copy = core.options().first_step_copy && st.counters(0) == 1;
-      st.remaining(0) = copy ? batch.mean : (T(1) - m) * running.mean + m * batch.mean;
-      st.remaining(1) = copy ? batch.var : (T(1) - m) * running.var + m * batch.var;
-    }
-    channel_apply(spec, x, y, stats, batch);
+    const square_matrix<double> D = stats.D[0].template cast<double>();
+    const auto samples = make_channel_samples(spec, x);
+    patch_gradient grad = covariance_vjp<Policy, T>(policy, samples, core.plan(), how, {sums.dD},
+                                                    {Eigen::VectorXd(-(D.transpose() * sums.dy))}, reports);
+    scatter_patch_gradient(policy, samples, core.plan(), grad, channel_row_adder<T>{samples, dx});
+    if (spec.whitened == spec.channels) return;
+    const index_t per_image = spec.remaining_per_image(x.shape), K = x.shape[0] * per_image;
+    const double m = double(scalars.mean), sd = std::sqrt(double(scalars.var) + spec.eps);
+    const double dm = -sums.remaining_dy / sd, dv = -sums.remaining_dyx / (2 * sd * sd * sd);
+    const index_t H = x.shape[2], W = x.shape[3], stride = spec.step(x.shape);
+    for (index_t n = 0; n < x.shape[0]; ++n)
+      for (index_t k = 0; k < per_image; ++k) {
+        const index_t e = k * stride, c = spec.whitened + e / (H * W), yy = (e / W) % H, xx = e % W;
+        dx(n, c, yy, xx) += T(dm / double(K) + dv * 2 * (double(x(n, c, yy, xx)) - m) / double(K - 1));
+      }
   }
 
   template <class T>
@@ -230,23 +263,114 @@ struct layer_backend {
 
  private:
   /// The rule of a step's backward: constants for a frozen or kept step (or when asked); else the
-  /// layer's eps (trace-relative with relative_eps) and inverse square root. The steps that
-  /// exact_fallback or raise_eps repaired are refused (invalid_argument): their backward is not
-  /// written yet.
+  /// layer's eps (trace-relative with relative_eps) and inverse square root, with eps times
+  /// 10^eps_raises for a step that raise_eps repaired, and the true root's gradient for the
+  /// statistics that exact_fallback recomputed.
   template <class T>
   static statistics_backward backward_rule(const deconv_core<T>& core, const step_diagnostic& step, statistics_gradient mode) {
-    NETDECONV_REQUIRE(step.outcome != step_outcome::exact_fallback && step.outcome != step_outcome::eps_raised, "backward",
-                      "the backward of a step that ", step.outcome,
-                      " repaired is not implemented; use keep_previous or throw_error, or statistics_gradient::constants");
     const bool constants = mode == statistics_gradient::constants || step.outcome == step_outcome::frozen ||
                            step.outcome == step_outcome::kept_previous;
-    return {core.eps(), core.options().relative_eps, core.isqrt(), constants};
+    const double eps = step.outcome == step_outcome::eps_raised ? core.eps() * std::pow(10.0, step.eps_raises) : core.eps();
+    statistics_backward how{.eps = eps, .relative_eps = core.options().relative_eps, .isqrt = core.isqrt(),
+                            .constants = constants, .uncentred = core.uncentred()};
+    if (step.outcome == step_outcome::exact_fallback) how.exact_blocks = step.exact_blocks;
+    return how;
   }
 
   template <class T>
   struct scalar_stats {
     T mean = T(0), var = T(1);
   };
+
+  /// What a channel step used: the whitened channels' statistics and the remaining ones'.
+  template <class T>
+  struct channel_used {
+    block_statistics<T> stats;
+    scalar_stats<T> remaining;
+  };
+
+  template <class T>
+  static channel_used<T> channel_step(const Policy& policy, deconv_core<T>& core, const channel_spec& spec,
+                                      const image_view<const T>& x, const image_view<T>& y) {
+    const running_state_view<T>& st = core.host_state("train_step");
+    const scalar_stats<T> running = remaining_running(st);
+    scalar_stats<T> batch = remaining_stats(spec, x, running);
+    if (!std::isfinite(batch.mean) || !std::isfinite(batch.var) || !(double(batch.var) + spec.eps > 0)) {
+      if (core.options().on_failure == failure_policy::throw_error)
+        throw numerical_error("netdeconv: channel layer statistics failed: the remaining channels' mean "
+                              "or variance is not finite, or variance + eps is 0");
+      core.keep_previous_step();
+      channel_used<T> kept{evaluation(policy, core), running};
+      channel_apply(spec, x, y, kept.stats, running);
+      return kept;
+    }
+    channel_used<T> u{train(policy, core, make_channel_samples(spec, x)), batch};
+    if (core.diagnostic().outcome == step_outcome::kept_previous) {
+      u.remaining = running;
+    } else if (!st.remaining.empty()) {
+      const T m = T(core.options().momentum);
+      const bool copy = core.options().first_step_copy && st.counters(0) == 1;
+      st.remaining(0) = copy ? batch.mean : (T(1) - m) * running.mean + m * batch.mean;
+      st.remaining(1) = copy ? batch.var : (T(1) - m) * running.var + m * batch.var;
+    }
+    channel_apply(spec, x, y, u.stats, u.remaining);
+    return u;
+  }
+
+  /// The backward's sums over every position: dL/dD = sum dy (x - mu)^T and sum dy over the
+  /// whitened rows, sum dy and sum dy (x - m) over the remaining channels; dx gets the direct part.
+  /// Images run in parallel on `threads` threads, their sums added in thread order.
+  struct channel_sums {
+    square_matrix<double> dD;
+    Eigen::VectorXd dy;
+    double remaining_dy = 0, remaining_dyx = 0;
+  };
+  template <class T>
+  static channel_sums channel_direct_vjp(int threads, const channel_spec& spec, const image_view<const T>& x,
+                                         const image_view<const T>& dy, const block_statistics<T>& stats,
+                                         const scalar_stats<T>& scalars, const image_view<T>& dx) {
+    const index_t B = spec.block, per_row = spec.per_row();
+    const square_matrix<double> D = stats.D[0].template cast<double>();
+    const Eigen::VectorXd mu = stats.mean[0].template cast<double>();
+    const double m = double(scalars.mean), inv_sd = 1.0 / std::sqrt(double(scalars.var) + spec.eps);
+    std::vector<channel_sums> part(static_cast<std::size_t>(threads),
+                                   channel_sums{square_matrix<double>::Zero(B, B), Eigen::VectorXd::Zero(B)});
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads) if (threads > 1)
+#endif
+    {
+      keep_eigen_in_thread();
+      channel_sums& acc = part[std::size_t(this_team_position().thread)];
+      Eigen::VectorXd xc(B), g(B), d(B);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+      for (index_t n = 0; n < x.shape[0]; ++n)
+        for (index_t yy = 0; yy < x.shape[2]; ++yy)
+          for (index_t xx = 0; xx < x.shape[3]; ++xx) {
+            for (index_t cc = 0; cc < per_row; ++cc) {
+              for (index_t f = 0; f < B; ++f)
+                xc[f] = double(x(n, f * per_row + cc, yy, xx)) - mu[f], g[f] = double(dy(n, f * per_row + cc, yy, xx));
+              d.noalias() = D.transpose() * g;
+              for (index_t f = 0; f < B; ++f) dx(n, f * per_row + cc, yy, xx) = T(d[f]);
+              acc.dD.noalias() += g * xc.transpose();
+              acc.dy += g;
+            }
+            for (index_t c = spec.whitened; c < spec.channels; ++c) {
+              const double v = double(dy(n, c, yy, xx));
+              dx(n, c, yy, xx) = T(v * inv_sd);
+              acc.remaining_dy += v;
+              acc.remaining_dyx += v * (double(x(n, c, yy, xx)) - m);
+            }
+          }
+    }
+    channel_sums total = part[0];
+    for (std::size_t t = 1; t < part.size(); ++t) {
+      total.dD += part[t].dD, total.dy += part[t].dy;
+      total.remaining_dy += part[t].remaining_dy, total.remaining_dyx += part[t].remaining_dyx;
+    }
+    return total;
+  }
 
   template <class T>
   static scalar_stats<T> remaining_running(const running_state_view<T>& st) {

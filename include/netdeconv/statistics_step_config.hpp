@@ -151,8 +151,47 @@ statistics_step_outputs<T, 4> as_conv_outputs(const statistics_step_outputs<T, 2
   return {out.mean, out.D, as_conv_weight(out.weight), out.bias, out.reports};
 }
 
-/// The checks every backward shares: the folded statistics fit the plan, the upstream gradients
-/// have W' and b''s shapes, the outputs have W, b and x's shapes and overlap no input.
+/// Throws unless output o overlaps none of a weight-side backward's inputs.
+template <class O, class T>
+void inputs_apart_of_fold_vjp(const char* fn, const char* name, const O& o, const block_statistics_view<const T>& stats,
+                              const image_view<const T>& weight, const vector_view<const T>& bias,
+                              const image_view<const T>& grad_weight, const vector_view<const T>& grad_bias) {
+  check_disjoint(fn, name, o, "weight", weight);
+  check_disjoint(fn, name, o, "bias", bias);
+  check_disjoint(fn, name, o, "grad_weight", grad_weight);
+  check_disjoint(fn, name, o, "grad_bias", grad_bias);
+  check_disjoint(fn, name, o, "mean", stats.mean);
+  check_disjoint(fn, name, o, "D", stats.D);
+}
+
+/// fold_vjp's arguments: valid statistics for the weight and bias, upstream gradients of W' and
+/// b''s shapes, outputs of W's and b's shapes (out_bias empty when there is no bias) that overlap
+/// no input.
+template <class T>
+void check_fold_vjp(const char* fn, const block_statistics_view<const T>& stats, const image_view<const T>& weight,
+                    const vector_view<const T>& bias, const image_view<const T>& grad_weight,
+                    const vector_view<const T>& grad_bias, const image_view<T>& out_weight, const vector_view<T>& out_bias) {
+  check_statistics_view(fn, stats);
+  check_weight(fn, stats.plan, weight, bias);
+  check_view(fn, "grad_weight", grad_weight);
+  check_view(fn, "grad_bias", grad_bias);
+  NETDECONV_REQUIRE(grad_weight.shape == weight.shape, fn, "grad_weight must have the weight's shape");
+  NETDECONV_REQUIRE(grad_bias.shape[0] == weight.shape[0] && !grad_bias.empty(), fn, "grad_bias must have Cout = ",
+                    weight.shape[0], " entries, got ", grad_bias.empty() ? 0 : grad_bias.shape[0]);
+  check_output_view(fn, "out.weight", out_weight);
+  NETDECONV_REQUIRE(out_weight.shape == weight.shape, fn, "out.weight must have the weight's shape");
+  if (bias.empty()) {
+    NETDECONV_REQUIRE(out_bias.empty(), fn, "out.bias must be empty: the step has no bias");
+  } else {
+    check_output_view(fn, "out.bias", out_bias);
+    NETDECONV_REQUIRE(out_bias.shape[0] == weight.shape[0], fn, "out.bias must have Cout = ", weight.shape[0], " entries");
+  }
+  inputs_apart_of_fold_vjp(fn, "out.weight", out_weight, stats, weight, bias, grad_weight, grad_bias);
+  inputs_apart_of_fold_vjp(fn, "out.bias", out_bias, stats, weight, bias, grad_weight, grad_bias);
+}
+
+/// The checks every statistics-step backward shares: check_fold_vjp with statistics of the step's
+/// plan, and dL/dx_stats of x's shape and the reports, overlapping no input or other output.
 template <class T, int R>
 void check_step_vjp(const char* fn, const block_plan& plan, const tensor_view<const T, R>& x, const image_view<const T>& weight,
                     const vector_view<const T>& bias, const block_statistics_view<const T>& stats,
@@ -164,37 +203,18 @@ void check_step_vjp(const char* fn, const block_plan& plan, const tensor_view<co
                         q.groups == plan.groups && q.block == plan.block,
                     fn, "the statistics' plan differs from the step's (", q.count(), " statistics of ", q.features(),
                     " features; the step has ", plan.count(), " of ", plan.features(), ")");
-  check_view(fn, "grad_weight", grad_weight);
-  check_view(fn, "grad_bias", grad_bias);
-  NETDECONV_REQUIRE(grad_weight.shape == weight.shape, fn, "grad_weight must have the weight's shape");
-  NETDECONV_REQUIRE(grad_bias.shape[0] == weight.shape[0] && !grad_bias.empty(), fn, "grad_bias must have Cout = ",
-                    weight.shape[0], " entries, got ", grad_bias.empty() ? 0 : grad_bias.shape[0]);
-  check_output_view(fn, "out.weight", out_weight);
+  check_fold_vjp(fn, stats, weight, bias, grad_weight, grad_bias, out_weight, out.bias);
   check_output_view(fn, "out.x", out.x);
   check_output_view(fn, "out.reports", out.reports);
-  NETDECONV_REQUIRE(out_weight.shape == weight.shape, fn, "out.weight must have the weight's shape");
   NETDECONV_REQUIRE(out.x.shape == x.shape, fn, "out.x must have x's shape");
   NETDECONV_REQUIRE(out.reports.shape[0] == plan.count(), fn, "out.reports has ", out.reports.shape[0], " entries for ",
                     plan.count(), " statistics");
-  if (bias.empty()) {
-    NETDECONV_REQUIRE(out.bias.empty(), fn, "out.bias must be empty: the step has no bias");
-  } else {
-    check_output_view(fn, "out.bias", out.bias);
-    NETDECONV_REQUIRE(out.bias.shape[0] == weight.shape[0], fn, "out.bias must have Cout = ", weight.shape[0], " entries");
-  }
-  const auto apart = [&](const char* name, const auto& o) {
-    check_disjoint(fn, name, o, "x", x);
-    check_disjoint(fn, name, o, "weight", weight);
-    check_disjoint(fn, name, o, "bias", bias);
-    check_disjoint(fn, name, o, "grad_weight", grad_weight);
-    check_disjoint(fn, name, o, "grad_bias", grad_bias);
-    check_disjoint(fn, name, o, "mean", stats.mean);
-    check_disjoint(fn, name, o, "D", stats.D);
-  };
-  apart("out.weight", out_weight);
-  apart("out.bias", out.bias);
-  apart("out.x", out.x);
-  apart("out.reports", out.reports);
+  check_disjoint(fn, "out.weight", out_weight, "x", x);
+  check_disjoint(fn, "out.bias", out.bias, "x", x);
+  inputs_apart_of_fold_vjp(fn, "out.x", out.x, stats, weight, bias, grad_weight, grad_bias);
+  inputs_apart_of_fold_vjp(fn, "out.reports", out.reports, stats, weight, bias, grad_weight, grad_bias);
+  check_disjoint(fn, "out.x", out.x, "x", x);
+  check_disjoint(fn, "out.reports", out.reports, "x", x);
   check_disjoint(fn, "out.x", out.x, "out.weight", out_weight);
   check_disjoint(fn, "out.x", out.x, "out.bias", out.bias);
 }

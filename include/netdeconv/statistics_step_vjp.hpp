@@ -17,8 +17,15 @@
 // options (inverse_sqrt_vjp.hpp: the truncated iteration in fixed mode, the true root otherwise),
 // with one report per statistic in out.reports.
 //
+//
+// The pieces, for data-parallel training (statistics merged over the processes' shards):
+//   fold_vjp             dL/dW, dL/db, dL/dD_s, dL/dmu_s (all-reduce the last two over the processes)
+//   inverse_sqrt_vjp     dL/dCov_s at the merged Cov_s (inverse_sqrt_vjp.hpp)
+//   conv_covariance_vjp  each process adds its shard's rows' dL/dx_stats (linear_covariance_vjp)
+// which sum to the whole batch's backward.
+//
 //   netdeconv::statistics_step_gradients<float, 4> grads{dW, db, dx_stats, reports};   // caller views
-//   netdeconv::conv_statistics_step_vjp(netdeconv::seq, x, W, b, cfg, stats, dL_dWfolded, dL_dbfolded, grads);
+//   netdeconv::conv_statistics_step_vjp(netdeconv::par, x, W, b, cfg, stats, dL_dWfolded, dL_dbfolded, grads);
 
 #include <algorithm>
 #include <limits>
@@ -47,12 +54,16 @@ namespace detail {
 /// How a backward treats the statistics: eps_s as the forward used it (eps, times
 /// tr(Cov0_s)/F when relative: dL/dCov0 = dL/dCov + (eps/F) tr(dL/dCov) I), the inverse square
 /// root's options, or no gradient through mu and D at all (constants: dL/dx_stats = 0 and
-/// reports of 0 iterations, residual NaN, ok).
+/// reports of 0 iterations, residual NaN, ok); uncentred: Cov0_s is the second moment
+/// x x^T / n (the channel layer's reference quirk), not the covariance; exact_blocks: statistics
+/// whose D is the true root (a layer step that exact_fallback repaired), whatever the options.
 struct statistics_backward {
   double eps = 0;
   bool relative_eps = false;
   isqrt_options isqrt;
   bool constants = false;
+  bool uncentred = false;
+  std::vector<index_t> exact_blocks{};
 };
 
 /// The weight side of the backward, with products in Acc (double for seq, T for the OpenMP
@@ -141,8 +152,9 @@ void weight_vjp(int threads, const block_plan& plan, const image_view<const T>& 
 }
 
 /// dL/dCov_s through the inverse square root at the covariance the forward inverted (recomputed
-/// from the source: Cov_s = M_s/n_s + eps_s I), with the trace-relative eps term, one report per
-/// statistic; dmu is taken over (divided by n_s). Each intermediate is freed once used.
+/// from the source: Cov_s = M_s/n_s + eps_s I, or the second moment with `uncentred`, whose
+/// scatter then takes mean_s = 0), with the trace-relative eps term, one report per statistic;
+/// dmu is taken over (divided by n_s). Each intermediate is freed once used.
 template <class Policy, class T, class Source>
 patch_gradient covariance_vjp(const Policy& policy, const Source& source, const block_plan& plan,
                               const statistics_backward& how, std::vector<square_matrix<double>>&& dD,
@@ -156,15 +168,19 @@ patch_gradient covariance_vjp(const Policy& policy, const Source& source, const 
     const std::vector<moments<double>> m = block_moments(policy, source, plan);
     for (std::size_t s = 0; s < S; ++s) {
       square_matrix<double> cov0 = m[s].template covariance<double>(0.0);
+      if (how.uncentred) cov0 += m[s].mean() * m[s].mean().transpose();
       cov0.diagonal().array() += how.relative_eps ? how.eps * cov0.trace() / F : how.eps;
       cov[s] = cov0.template cast<T>();
       grad[s] = dD[s].template cast<T>();
       dD[s] = {};
       n[s] = double(m[s].count());
-      out.mean[s] = m[s].mean();
+      out.mean[s] = how.uncentred ? Eigen::VectorXd::Zero(m[s].mean().size()) : Eigen::VectorXd(m[s].mean());
     }
   }
-  const std::vector<isqrt_report> r = inverse_sqrt_vjp_batched_impl<T>(policy, cov, grad, dcov, how.isqrt);
+  std::vector<isqrt_report> r = inverse_sqrt_vjp_batched_impl<T>(policy, cov, grad, dcov, how.isqrt);
+  for (const index_t s : how.exact_blocks)
+    r[std::size_t(s)] = inverse_sqrt_vjp_impl<T>(seq, cov[std::size_t(s)], grad[std::size_t(s)], dcov[std::size_t(s)],
+                                                 isqrt_options::exact());
   cov = {}, grad = {};
   for (std::size_t s = 0; s < S; ++s) {
     reports(index_t(s)) = r[s];
@@ -318,7 +334,7 @@ void conv_statistics_step_vjp(const Policy& policy, image_view<const T> x, image
   constexpr const char* fn = "conv_statistics_step_vjp";
   const block_plan plan = detail::check_conv_step(fn, x, weight, bias, config);
   detail::check_step_vjp(fn, plan, x, weight, bias, stats, grad_weight, grad_bias, out, out.weight);
-  const detail::statistics_backward how{config.eps, false, config.isqrt, false};
+  const detail::statistics_backward how{.eps = config.eps, .isqrt = config.isqrt};
   detail::conv_step_vjp(policy, x, weight, config.geometry, config.sampling_stride, plan, stats, how, grad_weight, grad_bias,
                         out);
 }
@@ -335,8 +351,124 @@ void linear_statistics_step_vjp(const Policy& policy, matrix_view<const T> x, ma
   const block_plan plan = detail::check_linear_step(fn, x, weight, bias, config);
   detail::check_step_vjp(fn, plan, x, as_conv_weight(weight), bias, stats, as_conv_weight(grad_weight), grad_bias, out,
                          as_conv_weight(out.weight));
-  const detail::statistics_backward how{config.eps, false, config.isqrt, false};
+  const detail::statistics_backward how{.eps = config.eps, .isqrt = config.isqrt};
   detail::linear_step_vjp(policy, x, weight, plan, stats, how, grad_weight, grad_bias, out);
+}
+
+/// The weight side of the backward on its own (fold's backward; see file comment): dL/dW and
+/// dL/db into out_weight, out_bias (empty when there is no bias), and the gradients of the folded
+/// statistics, grad_D (S, F, F) = dL/dD_s and grad_mean (S, F) = dL/dmu_s. With data-parallel
+/// training, sum grad_D and grad_mean over the processes; then inverse_sqrt_vjp at the merged
+/// covariance, and conv_covariance_vjp / linear_covariance_vjp on every process's shard.
+template <class Policy, class T>
+void fold_vjp(const Policy& policy, const block_statistics_view<const T>& stats, image_view<const T> weight,
+              vector_view<const T> bias, image_view<const T> grad_weight, vector_view<const T> grad_bias,
+              image_view<T> out_weight, vector_view<T> out_bias, tensor_view<T, 3> grad_D, matrix_view<T> grad_mean) {
+  static_assert(is_execution_policy_v<Policy>, "first argument must be an execution policy");
+  constexpr const char* fn = "fold_vjp";
+  detail::check_fold_vjp(fn, stats, weight, bias, grad_weight, grad_bias, out_weight, out_bias);
+  const index_t S = stats.plan.count(), F = stats.plan.features();
+  detail::check_output_view(fn, "grad_D", grad_D);
+  detail::check_output_view(fn, "grad_mean", grad_mean);
+  NETDECONV_REQUIRE(grad_D.shape == (index_array<3>{S, F, F}) && grad_mean.shape == (index_array<2>{S, F}), fn,
+                    "grad_D must be (", S, ", ", F, ", ", F, ") and grad_mean (", S, ", ", F, ")");
+  detail::inputs_apart_of_fold_vjp(fn, "grad_D", grad_D, stats, weight, bias, grad_weight, grad_bias);
+  detail::inputs_apart_of_fold_vjp(fn, "grad_mean", grad_mean, stats, weight, bias, grad_weight, grad_bias);
+  detail::check_disjoint(fn, "grad_D", grad_D, "grad_mean", grad_mean);
+  detail::check_disjoint(fn, "grad_D", grad_D, "out.weight", out_weight);
+  detail::check_disjoint(fn, "grad_D", grad_D, "out.bias", out_bias);
+  detail::check_disjoint(fn, "grad_mean", grad_mean, "out.weight", out_weight);
+  detail::check_disjoint(fn, "grad_mean", grad_mean, "out.bias", out_bias);
+  std::vector<square_matrix<double>> dD;
+  std::vector<Eigen::VectorXd> dmu;
+  using acc = std::conditional_t<std::is_base_of_v<omp_policy, Policy>, T, double>;
+  detail::weight_vjp<acc>(detail::policy_threads(policy), stats.plan, weight, detail::load_statistics(stats), grad_weight,
+                          grad_bias, out_weight, out_bias, dD, dmu);
+  for (index_t s = 0; s < S; ++s)
+    for (index_t i = 0; i < F; ++i) {
+      grad_mean(s, i) = T(dmu[std::size_t(s)][i]);
+      for (index_t j = 0; j < F; ++j) grad_D(s, i, j) = T(dD[std::size_t(s)](i, j));
+    }
+}
+
+namespace detail {
+
+/// The covariance backward's checks and inputs: moments of the plan's shape with every count >= 1
+/// (the statistics of every shard, merged), finite dcov (S, F, F) and dmean (S, F), dx an output of
+/// x's shape that overlaps none of them; returns what the scatter adds.
+template <class T, class X, int R>
+patch_gradient covariance_gradient(const char* fn, const block_plan& plan, const tensor_view<const X, R>& x,
+                                   const moments_view<const double>& moments, const tensor_view<const T, 3>& dcov,
+                                   const matrix_view<const T>& dmean, const tensor_view<T, R>& dx) {
+  check_moments_view(fn, "moments", moments, plan);
+  const index_t S = plan.count(), F = plan.features();
+  check_view(fn, "dcov", dcov);
+  check_view(fn, "dmean", dmean);
+  NETDECONV_REQUIRE(dcov.shape == (index_array<3>{S, F, F}) && dmean.shape == (index_array<2>{S, F}), fn,
+                    "dcov must be (", S, ", ", F, ", ", F, ") and dmean (", S, ", ", F, ")");
+  check_output_view(fn, "dx", dx);
+  NETDECONV_REQUIRE(dx.shape == x.shape, fn, "dx must have x's shape");
+  check_disjoint(fn, "dx", dx, "x", x);
+  check_disjoint(fn, "dx", dx, "dcov", dcov);
+  check_disjoint(fn, "dx", dx, "dmean", dmean);
+  check_disjoint(fn, "dx", dx, "the moments' mean", moments.mean);
+  check_disjoint(fn, "dx", dx, "the moments' scatter", moments.scatter);
+  check_disjoint(fn, "dx", dx, "the moments' count", moments.count);
+  patch_gradient out{std::vector<square_matrix<double>>(std::size_t(S)), std::vector<Eigen::VectorXd>(std::size_t(S)),
+                     std::vector<Eigen::VectorXd>(std::size_t(S))};
+  for (index_t s = 0; s < S; ++s) {
+    const index_t n = moments.count(s);
+    NETDECONV_REQUIRE(n >= 1, fn, "statistic ", s, " has ", n, " samples: the merged moments need >= 1");
+    square_matrix<double> d(F, F);
+    Eigen::VectorXd mean(F), dmu(F);
+    for (index_t i = 0; i < F; ++i) {
+      mean[i] = moments.mean(s, i), dmu[i] = double(dmean(s, i)) / double(n);
+      for (index_t j = 0; j < F; ++j) d(i, j) = double(dcov(s, i, j));
+    }
+    NETDECONV_REQUIRE(d.allFinite() && dmu.allFinite() && mean.allFinite(), fn, "statistic ", s,
+                      ": dcov, dmean and the moments' mean must be finite");
+    out.sym[std::size_t(s)] = (d + d.transpose()) / double(n);
+    out.mean[std::size_t(s)] = std::move(mean);
+    out.dmu[std::size_t(s)] = std::move(dmu);
+  }
+  return out;
+}
+
+}  // namespace detail
+
+/// The backward of a shard's statistics (block_moments, then covariance): given the moments of
+/// every shard merged (count n_s and mean mu_s; the scatter is not read), dcov = dL/dCov_s
+/// (S, F, F) and dmean = dL/dmu_s (S, F), adds to dx (x's shape) the gradient through this
+/// shard's sampled patch rows, for every row and piece of statistic s:
+///   dL/dX_r += (1/n_s)(dCov_s + dCov_s^T)(X_r - mu_s) + dL/dmu_s / n_s
+/// (Cov_s = M_s/n_s + eps I; the eps term has no gradient in x). Summed over the shards, this is the
+/// whole batch's dL/dx_stats.
+template <class Policy, class T>
+void conv_covariance_vjp(const Policy& policy, image_view<const T> x, const conv_deconv_config& config,
+                         const moments_view<const double>& moments, tensor_view<const T, 3> dcov, matrix_view<const T> dmean,
+                         image_view<T> dx) {
+  static_assert(is_execution_policy_v<Policy>, "first argument must be an execution policy");
+  constexpr const char* fn = "conv_covariance_vjp";
+  detail::check_view(fn, "x", x);
+  const block_plan plan = conv_statistics_plan(x.shape[1], config);
+  const patch_sampler<T> source(x, config.geometry, config.sampling_stride);
+  const detail::patch_gradient grad = detail::covariance_gradient(fn, plan, x, moments, dcov, dmean, dx);
+  detail::scatter_patch_gradient(
+      policy, source, plan, grad,
+      detail::patch_row_adder<T>(detail::make_patch_map(fn, x.shape, config.geometry, config.sampling_stride, true), dx));
+}
+
+/// The same for a linear layer's rows: x (rows, Fin), dx (rows, Fin).
+template <class Policy, class T>
+void linear_covariance_vjp(const Policy& policy, matrix_view<const T> x, const linear_deconv_config& config,
+                           const moments_view<const double>& moments, tensor_view<const T, 3> dcov,
+                           matrix_view<const T> dmean, matrix_view<T> dx) {
+  static_assert(is_execution_policy_v<Policy>, "first argument must be an execution policy");
+  constexpr const char* fn = "linear_covariance_vjp";
+  detail::check_view(fn, "x", x);
+  const block_plan plan = linear_statistics_plan(x.shape[1], config);
+  const detail::patch_gradient grad = detail::covariance_gradient(fn, plan, x, moments, dcov, dmean, dx);
+  detail::scatter_patch_gradient(policy, matrix_rows<T>(x), plan, grad, detail::matrix_row_adder<T>{dx});
 }
 
 }  // namespace netdeconv
