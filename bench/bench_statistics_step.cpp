@@ -16,7 +16,6 @@
 
 #include <cmath>
 #include <iostream>
-#include <sstream>
 
 #include <netdeconv/netdeconv.hpp>
 
@@ -116,12 +115,6 @@ long long peak_at_batch(const bench::layer_shape& s, int batch, int threads) {
   return bench::peak_extra_bytes([&] { conv_statistics_step(simd_threads(threads), d.xv(s, batch), d.wv(s), d.bv(), d.cfg); });
 }
 
-std::string shape_text(const bench::layer_shape& s) {
-  std::ostringstream o;
-  o << '(' << s.H << ',' << s.W << ',' << s.C << ',' << s.Cout << ',' << s.blocks << ',' << s.k << ',' << s.S << ')';
-  return o.str();
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -141,7 +134,7 @@ int main(int argc, char** argv) {
     rows.push_back(run_row(bench::spec_shapes[i], o, torch_blas));
     if (o.memory_batch > 0) rows.back().peak_extra_memory_batch = peak_at_batch(bench::spec_shapes[i], o.memory_batch, o.threads);
     const auto& r = rows.back();
-    std::fprintf(stderr, "row %zu %s done: stats %.4f s, torch %.4f s\n", i, shape_text(r.shape).c_str(), r.stats, r.torch);
+    std::fprintf(stderr, "row %zu %s done: stats %.4f s, torch %.4f s\n", i, bench::shape_text(r.shape).c_str(), r.stats, r.torch);
   }
   const double peak_after = bench::sgemm_peak_gflops(o.threads);
   const double peak = 0.5 * (peak_before + peak_after);
@@ -153,7 +146,7 @@ int main(int argc, char** argv) {
   for (const auto& r : rows) {
     const double gf = double(r.samples) * r.F * (r.F + 1) / r.cov / 1e9;
     std::printf("%-26s %5ld %3ld %9ld | %8.4f %8.4f %8.5f %8.4f | %8.4f %8.4f %8.4f %8.4f | %7.1f %6.1f %6.2f %6.2f %7.2f %7.1f\n",
-                shape_text(r.shape).c_str(), long(r.F), long(r.G), long(r.samples), r.cov, r.isqrt, r.fold, r.stats, r.syrk,
+                bench::shape_text(r.shape).c_str(), long(r.F), long(r.G), long(r.samples), r.cov, r.isqrt, r.fold, r.stats, r.syrk,
                 r.gemm, r.isqrt15, r.torch, gf, 100 * gf / peak, std::min(r.syrk, r.gemm) / r.cov, r.isqrt / r.isqrt15,
                 r.torch / r.stats, double(r.peak_extra) / (1 << 20));
   }

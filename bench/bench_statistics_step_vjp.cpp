@@ -17,7 +17,6 @@
 
 #include <cmath>
 #include <iostream>
-#include <sstream>
 
 #include <netdeconv/netdeconv.hpp>
 
@@ -114,12 +113,6 @@ row_result run_row(const bench::layer_shape& s, const bench::options& o, std::st
   return res;
 }
 
-std::string shape_text(const bench::layer_shape& s) {
-  std::ostringstream o;
-  o << '(' << s.H << ',' << s.W << ',' << s.C << ',' << s.Cout << ',' << s.blocks << ',' << s.k << ',' << s.S << ')';
-  return o.str();
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -135,7 +128,7 @@ int main(int argc, char** argv) {
     if (!o.only.empty() && std::to_string(i) != o.only) continue;
     rows.push_back(run_row(bench::spec_shapes[i], o, torch_blas));
     const auto& r = rows.back();
-    std::fprintf(stderr, "row %zu %s done: ours %.4f s, torch %.4f s\n", i, shape_text(r.shape).c_str(), r.forward + r.backward,
+    std::fprintf(stderr, "row %zu %s done: ours %.4f s, torch %.4f s\n", i, bench::shape_text(r.shape).c_str(), r.forward + r.backward,
                  r.torch);
   }
   std::printf("# PyTorch reference BLAS: %s\n", torch_blas.c_str());
@@ -146,7 +139,7 @@ int main(int argc, char** argv) {
     const double ours = r.forward + r.backward, x = r.torch / ours;
     log_sum += std::log(x);
     std::printf("%-26s %5ld %3ld | %8.4f %8.4f | %8.4f %8.4f %8.4f %8.4f | %8.4f %7.2f | %7.1f %7.1f %5.2f\n",
-                shape_text(r.shape).c_str(), long(r.F), long(r.G), r.forward, r.backward, r.moments, r.isqrt, r.weight, r.scatter,
+                bench::shape_text(r.shape).c_str(), long(r.F), long(r.G), r.forward, r.backward, r.moments, r.isqrt, r.weight, r.scatter,
                 r.torch, x, double(r.peak_forward) / (1 << 20), double(r.peak_backward) / (1 << 20),
                 double(r.peak_backward) / double(std::max(1LL, r.peak_forward)));
   }

@@ -135,6 +135,14 @@ inline const std::vector<layer_shape> spec_shapes = {
     {256, 256, 3, 64, 1, 7, 3},    {256, 256, 3, 64, 1, 7, 5},    {256, 256, 3, 64, 1, 11, 3},
 };
 
+/// "(H,W,C,Co,blk,k,S)" of a row.
+inline std::string shape_text(const layer_shape& s) {
+  std::string t = "(";
+  for (const int v : {s.H, s.W, s.C, s.Cout, s.blocks, s.k, s.S}) t += std::to_string(v) + ",";
+  t.back() = ')';
+  return t;
+}
+
 inline void set_blas_threads(int threads) { openblas_set_num_threads(threads); }
 
 /// C (F x F) = X^T X of a row-major n x F matrix by ssyrk (upper triangle).

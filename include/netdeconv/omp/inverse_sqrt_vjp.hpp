@@ -33,11 +33,8 @@ isqrt_report newton_schulz_fixed_vjp(const Eigen::Ref<const square_matrix<T>>& A
   using M = square_matrix<T>;
   const index_t F = A.rows();
   const int n = options.iterations;
-  M unused;
-  const auto [checked, s] = screen<T>(A, unused, options.scaling);
-  isqrt_report report = checked;
-  if (report.status != isqrt_status::ok) return failed_vjp(report, report.status, F, dA);
-  if (!G.allFinite()) return failed_vjp(report, isqrt_status::non_finite, F, dA);
+  auto [report, s] = screen_vjp<T>(A, G, dA, options.scaling);
+  if (report.status != isqrt_status::ok) return report;
   const bool sym = n <= max_symmetric_steps;
   const auto mul = [&](const M& L, const M& R, M& C, bool symmetric) { product(L, R, C, symmetric, threads); };
   const auto half_step = [](M& P) {  // P <- T = (3I - P)/2
@@ -99,16 +96,7 @@ isqrt_report newton_schulz_fixed_vjp(const Eigen::Ref<const square_matrix<T>>& A
     }
     Yb.swap(t1);
   }
-  // Y_0 = A / s, and s = ||A||_F (ds/dA = A/s) or tr A (ds/dA = I), in double.
-  sb -= Yb.template cast<double>().cwiseProduct(A.template cast<double>()).sum() / (s * s);
-  if (options.scaling == isqrt_scaling::frobenius) {
-    dA = (Yb.template cast<double>() / s + (sb / s) * A.template cast<double>()).template cast<T>();
-  } else {
-    dA = (Yb.template cast<double>() / s).template cast<T>();
-    for (index_t i = 0; i < F; ++i) dA(i, i) = T(double(Yb(i, i)) / s + sb);
-  }
-  if (!dA.allFinite() || !std::isfinite(report.residual)) return failed_vjp(report, isqrt_status::non_finite, F, dA);
-  return report;
+  return finish_vjp<T>(A, Yb, sb, s, options.scaling, report, dA);
 }
 
 }  // namespace netdeconv::detail::symmetric_ns

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include <Eigen/Eigenvalues>
@@ -26,6 +27,35 @@ isqrt_report failed_vjp(isqrt_report report, isqrt_status status, index_t F, squ
   return report;
 }
 
+/// The fixed-mode gradient's screen: the forward's (its report and scale s), and NaN/Inf in G
+/// (non_finite). A report that is not ok comes with dA filled with NaN.
+template <class T>
+std::pair<isqrt_report, double> screen_vjp(const Eigen::Ref<const square_matrix<T>>& A,
+                                           const Eigen::Ref<const square_matrix<T>>& G, square_matrix<T>& dA,
+                                           isqrt_scaling scaling) {
+  square_matrix<T> unused;
+  const auto [report, s] = screen<T>(A, unused, scaling);
+  if (report.status != isqrt_status::ok) return {failed_vjp(report, report.status, A.rows(), dA), s};
+  if (!G.allFinite()) return {failed_vjp(report, isqrt_status::non_finite, A.rows(), dA), s};
+  return {report, s};
+}
+
+/// The fixed-mode gradient's last step, in double: sb -= <Yb_0, A>/s^2, dA = Yb_0/s + sb ds/dA
+/// (ds/dA = A/s for Frobenius scaling, I for trace); non_finite if dA or the residual is not finite.
+template <class T>
+isqrt_report finish_vjp(const Eigen::Ref<const square_matrix<T>>& A, const square_matrix<T>& Yb, double sb, double s,
+                        isqrt_scaling scaling, isqrt_report report, square_matrix<T>& dA) {
+  sb -= Yb.template cast<double>().cwiseProduct(A.template cast<double>()).sum() / (s * s);
+  if (scaling == isqrt_scaling::frobenius) {
+    dA = (Yb.template cast<double>() / s + (sb / s) * A.template cast<double>()).template cast<T>();
+  } else {
+    dA = (Yb.template cast<double>() / s).template cast<T>();
+    for (index_t i = 0; i < A.rows(); ++i) dA(i, i) = T(double(Yb(i, i)) / s + sb);
+  }
+  if (!dA.allFinite() || !std::isfinite(report.residual)) return failed_vjp(report, isqrt_status::non_finite, A.rows(), dA);
+  return report;
+}
+
 /// The gradient of the truncated iteration that ran (fixed mode). The forward states are kept at
 /// every c-th step (c = ceil(sqrt(n))) and each segment is recomputed once on the way back:
 /// about 4 sqrt(n) F x F matrices of T, and 2n more products than keeping them all.
@@ -35,11 +65,8 @@ isqrt_report newton_schulz_vjp(const Eigen::Ref<const square_matrix<T>>& A, cons
   using M = square_matrix<T>;
   const index_t F = A.rows();
   const int n = options.iterations;
-  M unused;
-  const auto [checked, s] = screen<T>(A, unused, options.scaling);
-  isqrt_report report = checked;
-  if (report.status != isqrt_status::ok) return failed_vjp(report, report.status, F, dA);
-  if (!G.allFinite()) return failed_vjp(report, isqrt_status::non_finite, F, dA);
+  auto [report, s] = screen_vjp<T>(A, G, dA, options.scaling);
+  if (report.status != isqrt_status::ok) return report;
   const M I = M::Identity(F, F);
   const auto step = [&](const M& Y, const M& Z, M& Tk, M& Yn, M& Zn) {
     Tk = T(0.5) * (T(3) * I - Z * Y);
@@ -83,17 +110,7 @@ isqrt_report newton_schulz_vjp(const Eigen::Ref<const square_matrix<T>>& A, cons
       Yb = std::move(Yb_prev), Zb = std::move(Zb_prev);
     }
   }
-  // Y_0 = A / s, and s = ||A||_F (ds/dA = A/s) or tr A (ds/dA = I).
-  const square_matrix<double> a = A.template cast<double>(), yb = Yb.template cast<double>();
-  sb -= yb.cwiseProduct(a).sum() / (s * s);
-  square_matrix<double> da = yb / s;
-  if (options.scaling == isqrt_scaling::frobenius)
-    da += (sb / s) * a;
-  else
-    da.diagonal().array() += sb;
-  dA = da.template cast<T>();
-  if (!dA.allFinite() || !std::isfinite(report.residual)) return failed_vjp(report, isqrt_status::non_finite, F, dA);
-  return report;
+  return finish_vjp<T>(A, Yb, sb, s, options.scaling, report, dA);
 }
 
 /// The gradient of the true A^(-1/2) (converged and exact modes), in double:
