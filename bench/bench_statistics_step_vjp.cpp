@@ -9,6 +9,9 @@
 //   PyTorch  bench/torch_reference.py --backward: unfold, covariance, 5 coupled steps, fold, then
 //            autograd from the same kind of upstream dL/dW', dL/db' (same thread count, OpenBLAS
 //            checked), run as a subprocess in the middle of the row's rounds.
+// The same step from the public pieces, the forward keeping Cov for the backward (block_moments,
+// covariance, inverse_sqrt, fold; then fold_vjp, inverse_sqrt_vjp, conv_covariance_vjp: no
+// recomputed moments), as a framework's autograd function can: columns marked '.
 // Also the peak extra heap memory of our forward and of our backward (outputs in caller memory).
 // Prints a table, then one `BENCH_JSON {...}` line per row.
 //   bench_statistics_step_vjp [--threads 2] [--batch 16] [--reps 5] [--only ROW]
@@ -27,8 +30,10 @@ namespace {
 struct row_result {
   bench::layer_shape shape;
   index_t F = 0, G = 0;
-  double forward = 0, backward = 0, moments = 0, isqrt = 0, weight = 0, scatter = 0, torch = NAN;
-  long long peak_forward = 0, peak_backward = 0, peak_moments = 0, peak_isqrt = 0, peak_weight = 0, peak_scatter = 0;
+  double forward = 0, backward = 0, moments = 0, isqrt = 0, weight = 0, scatter = 0, forward_saved = 0, backward_saved = 0,
+         torch = NAN;
+  long long peak_forward = 0, peak_backward = 0, peak_moments = 0, peak_isqrt = 0, peak_weight = 0, peak_scatter = 0,
+            peak_backward_saved = 0;
 };
 
 std::vector<float> normal(std::mt19937& rng, std::size_t n, float scale, float offset = 0) {
@@ -86,6 +91,28 @@ row_result run_row(const bench::layer_shape& s, const bench::options& o, std::st
     cov[std::size_t(i)] = m[std::size_t(i)].covariance<float>(cfg.eps);
     gD[std::size_t(i)] = dD[std::size_t(i)].cast<float>();
   }
+  // The same step from the public pieces, the forward keeping Cov for the backward (no recomputed
+  // moments): block_moments, covariance, inverse_sqrt, fold; fold_vjp, inverse_sqrt_vjp, conv_covariance_vjp.
+  std::vector<index_t> m_count(static_cast<std::size_t>(S));
+  std::vector<double> m_mean(std::size_t(S * F)), m_scatter(std::size_t(S * F * F));
+  const moments_view<double> moments = contiguous_moments(m_count.data(), m_mean.data(), m_scatter.data(), S, F);
+  std::vector<float> saved_cov(std::size_t(S * F * F)), grad_D(saved_cov.size()), grad_cov(saved_cov.size()),
+      grad_mean(std::size_t(S * F));
+  const auto cube = [&](std::vector<float>& v) { return tensor_view<float, 3>{v.data(), {S, F, F}, {F * F, F, 1}}; };
+  const auto forward_saved = [&] {
+    block_moments(pol, sampler, plan, moments);
+    covariance(pol, moments, cfg.eps, cube(saved_cov), fout.mean);
+    inverse_sqrt(pol, tensor_view<const float, 3>(cube(saved_cov)), fout.D, cfg.isqrt, fout.reports);
+    fold(pol, stats, wv, bv, fout.weight, fout.bias);
+  };
+  const auto backward_saved = [&] {
+    fold_vjp(pol, stats, wv, bv, gwv, gbv, bout.weight, bout.bias, cube(grad_D), row_major(grad_mean.data(), S, F));
+    inverse_sqrt_vjp(pol, tensor_view<const float, 3>(cube(saved_cov)), tensor_view<const float, 3>(cube(grad_D)),
+                     cube(grad_cov), cfg.isqrt, bout.reports);
+    std::fill(dx.begin(), dx.end(), 0.0f);
+    conv_covariance_vjp(pol, xv, cfg, moments, tensor_view<const float, 3>(cube(grad_cov)),
+                        row_major<const float>(grad_mean.data(), S, F), bout.x);
+  };
   bench::set_blas_threads(o.threads);
   const std::vector<std::function<void()>> fs = {
       forward,
@@ -94,6 +121,8 @@ row_result run_row(const bench::layer_shape& s, const bench::options& o, std::st
       [&] { detail::inverse_sqrt_vjp_batched_impl<float>(pol, cov, gD, dcov, cfg.isqrt); },
       [&] { detail::weight_vjp<float>(o.threads, plan, wv, folded, gwv, gbv, bout.weight, bout.bias, dD, dmu); },
       [&] { detail::scatter_patch_gradient(pol, sampler, plan, grad, add); },
+      forward_saved,
+      backward_saved,
   };
   const auto t = bench::interleaved_medians(fs, o.reps, [&](int round) {
     if (round == o.reps / 2) res.torch = bench::run_torch_reference(bench::torch_reference_command(s, o, " --backward"), torch_blas);
@@ -104,12 +133,15 @@ row_result run_row(const bench::layer_shape& s, const bench::options& o, std::st
   res.isqrt = t[3];
   res.weight = t[4];
   res.scatter = t[5];
+  res.forward_saved = t[6];
+  res.backward_saved = t[7];
   res.peak_forward = bench::peak_extra_bytes(forward);
   res.peak_backward = bench::peak_extra_bytes(backward);
   res.peak_moments = bench::peak_extra_bytes(fs[2]);
   res.peak_isqrt = bench::peak_extra_bytes(fs[3]);
   res.peak_weight = bench::peak_extra_bytes(fs[4]);
   res.peak_scatter = bench::peak_extra_bytes(fs[5]);
+  res.peak_backward_saved = bench::peak_extra_bytes(backward_saved);
   return res;
 }
 
@@ -132,27 +164,34 @@ int main(int argc, char** argv) {
                  r.torch);
   }
   std::printf("# PyTorch reference BLAS: %s\n", torch_blas.c_str());
-  std::printf("%-26s %5s %3s | %8s %8s | %8s %8s %8s %8s | %8s %7s | %7s %7s %5s\n", "shape (H,W,C,Co,blk,k,S)", "F", "G",
-              "fwd s", "bwd s", "moments", "isqrt", "weight", "scatter", "torch s", "xtorch", "fwd MiB", "bwd MiB", "ratio");
-  double log_sum = 0;
+  std::printf("%-26s %5s %3s | %8s %8s | %8s %8s %8s %8s | %8s %8s | %8s %7s %7s | %7s %7s %5s %7s\n", "shape (H,W,C,Co,blk,k,S)", "F",
+              "G", "fwd s", "bwd s", "moments", "isqrt", "weight", "scatter", "fwd' s", "bwd' s", "torch s", "xtorch", "xtorch'",
+              "fwd MiB", "bwd MiB", "ratio", "bwd' MiB");
+  double log_sum = 0, log_sum_saved = 0;
   for (const auto& r : rows) {
-    const double ours = r.forward + r.backward, x = r.torch / ours;
+    const double x = r.torch / (r.forward + r.backward), xs = r.torch / (r.forward_saved + r.backward_saved);
     log_sum += std::log(x);
-    std::printf("%-26s %5ld %3ld | %8.4f %8.4f | %8.4f %8.4f %8.4f %8.4f | %8.4f %7.2f | %7.1f %7.1f %5.2f\n",
-                bench::shape_text(r.shape).c_str(), long(r.F), long(r.G), r.forward, r.backward, r.moments, r.isqrt, r.weight, r.scatter,
-                r.torch, x, double(r.peak_forward) / (1 << 20), double(r.peak_backward) / (1 << 20),
-                double(r.peak_backward) / double(std::max(1LL, r.peak_forward)));
+    log_sum_saved += std::log(xs);
+    std::printf("%-26s %5ld %3ld | %8.4f %8.4f | %8.4f %8.4f %8.4f %8.4f | %8.4f %8.4f | %8.4f %7.2f %7.2f | %7.1f %7.1f %5.2f %7.1f\n",
+                bench::shape_text(r.shape).c_str(), long(r.F), long(r.G), r.forward, r.backward, r.moments, r.isqrt, r.weight,
+                r.scatter, r.forward_saved, r.backward_saved, r.torch, x, xs, double(r.peak_forward) / (1 << 20),
+                double(r.peak_backward) / (1 << 20), double(r.peak_backward) / double(std::max(1LL, r.peak_forward)),
+                double(r.peak_backward_saved) / (1 << 20));
   }
-  if (!rows.empty()) std::printf("# torch/ours (forward + backward), geometric mean: %.2f\n", std::exp(log_sum / double(rows.size())));
+  if (!rows.empty())
+    std::printf("# torch/ours (forward + backward), geometric mean: %.2f; with the forward's Cov kept (the pieces, '): %.2f\n",
+                std::exp(log_sum / double(rows.size())), std::exp(log_sum_saved / double(rows.size())));
   for (const auto& r : rows)
     std::printf(
         "BENCH_JSON {\"shape\": [%d, %d, %d, %d, %d, %d, %d], \"batch\": %d, \"threads\": %d, \"F\": %ld, \"G\": %ld, "
         "\"ours_forward_s\": %.6g, \"ours_backward_s\": %.6g, \"ours_bwd_moments_s\": %.6g, \"ours_bwd_isqrt_s\": %.6g, "
-        "\"ours_bwd_weight_s\": %.6g, \"ours_bwd_scatter_s\": %.6g, \"torch_ref_fwd_bwd_s\": %s, \"peak_extra_forward_bytes\": %lld, "
-        "\"peak_extra_backward_bytes\": %lld, \"peak_extra_bwd_parts_bytes\": [%lld, %lld, %lld, %lld]}\n",
+        "\"ours_bwd_weight_s\": %.6g, \"ours_bwd_scatter_s\": %.6g, \"ours_saved_forward_s\": %.6g, "
+        "\"ours_saved_backward_s\": %.6g, \"torch_ref_fwd_bwd_s\": %s, \"peak_extra_forward_bytes\": %lld, "
+        "\"peak_extra_backward_bytes\": %lld, \"peak_extra_saved_backward_bytes\": %lld, "
+        "\"peak_extra_bwd_parts_bytes\": [%lld, %lld, %lld, %lld]}\n",
         r.shape.H, r.shape.W, r.shape.C, r.shape.Cout, r.shape.blocks, r.shape.k, r.shape.S, o.batch, o.threads, long(r.F),
-        long(r.G), r.forward, r.backward, r.moments, r.isqrt, r.weight, r.scatter,
-        std::isnan(r.torch) ? "null" : std::to_string(r.torch).c_str(), r.peak_forward, r.peak_backward,
+        long(r.G), r.forward, r.backward, r.moments, r.isqrt, r.weight, r.scatter, r.forward_saved, r.backward_saved,
+        std::isnan(r.torch) ? "null" : std::to_string(r.torch).c_str(), r.peak_forward, r.peak_backward, r.peak_backward_saved,
         r.peak_moments, r.peak_isqrt, r.peak_weight, r.peak_scatter);
   return 0;
 }

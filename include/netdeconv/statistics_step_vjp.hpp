@@ -11,12 +11,12 @@
 //   dL/dW[o, piece] = Gt_o D_s^T;   dL/dD_s += w^T Gt_o;   dL/dmu_s -= g_o W'_o^T;   dL/db = g
 //   dL/dCov_s = inverse_sqrt_vjp(Cov_s, dL/dD_s)   (Cov_s = M_s/n + eps I, recomputed from x)
 //   dL/dX_r = (2/n)(X_r - mu_s) sym(dL/dCov_s) + dL/dmu_s / n   for every sampled row r and piece,
-// scattered back to x through the sampled patch map (padding taps are dropped). The scatter runs
-// row by row over the sampled patches: there is no n x F buffer, and its cost is that of the
-// forward covariance (C K F per sampled row). The inverse square root's gradient follows the
-// options (inverse_sqrt_vjp.hpp: the truncated iteration in fixed mode, the true root otherwise),
-// with one report per statistic in out.reports.
-//
+// scattered back to x through the sampled patch map (padding taps are dropped). No n x F patch
+// matrix is formed: seq scatters row by row in double (sequential/statistics_step_vjp.hpp), the
+// OpenMP policies tile by tile in T, an image per thread (omp/statistics_step_vjp.hpp); the cost
+// is 2 F multiply-adds per sampled entry. The inverse square root's gradient follows the options
+// (inverse_sqrt_vjp.hpp: the truncated iteration in fixed mode, the true root otherwise), with one
+// report per statistic in out.reports.
 //
 // The pieces, for data-parallel training (statistics merged over the processes' shards):
 //   fold_vjp             dL/dW, dL/db, dL/dD_s, dL/dmu_s (all-reduce the last two over the processes)
