@@ -98,7 +98,7 @@ struct channel_samples {
 /// image of dx's shape (host code); every sample is its own chunk (no two touch the same pixel).
 template <class T>
 struct channel_row_adder {
-  channel_samples<T> layout;  // any T: only its shape and sampling are used
+  channel_samples<T> layout;  // the sampling; its x is not read
   image_view<T> dx;
 
   index_t chunk_rows() const { return 1; }
