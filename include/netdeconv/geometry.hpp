@@ -97,10 +97,17 @@ struct patch_map {
       return {p / (H * W), j, (p / W) % H, p % W, true};
     }
     const index_t K = g.kernel_h * g.kernel_w, c = j / K, k = j % K, ky = k / g.kernel_w, kx = k % g.kernel_w;
-    const index_t n = r / (out_h * out_w), oy = (r / out_w) % out_h, ox = r % out_w;
-    const index_t y = oy * g.stride_h - g.pad_h + ky * g.dilation_h;
-    const index_t x = ox * g.stride_w - g.pad_w + kx * g.dilation_w;
-    return {n, c, y, x, y >= 0 && y < H && x >= 0 && x < W};
+    const patch_coord o = origin(r);
+    const index_t y = o.y + ky * g.dilation_h, x = o.x + kx * g.dilation_w;
+    return {o.n, c, y, x, y >= 0 && y < H && x >= 0 && x < W};
+  }
+
+  /// Kernel > 1 rows: the pixel (n, y, x) of tap (0, 0) of row r's patch (c = 0), and whether the
+  /// whole patch lies inside the image (then entry j is at a fixed offset from it).
+  NETDECONV_HOST_DEVICE patch_coord origin(index_t r) const {
+    const index_t n = r / (out_h * out_w), y = (r / out_w) % out_h * g.stride_h - g.pad_h, x = r % out_w * g.stride_w - g.pad_w;
+    return {n, 0, y, x,
+            y >= 0 && x >= 0 && y + g.dilation_h * (g.kernel_h - 1) < H && x + g.dilation_w * (g.kernel_w - 1) < W};
   }
 };
 
@@ -154,6 +161,7 @@ class patch_sampler {
   /// The input image and the sampling geometry (stride S*s), for backends with their own gather.
   const image_view<const T>& image() const { return x_; }
   const conv_geometry& sampling_geometry() const { return map_.g; }
+  const patch_map& map() const { return map_; }
 
   /// Entry (r, j), converted to Out (0 for padding).
   template <class Out>

@@ -43,52 +43,53 @@ class row_reader<matrix_rows<T>> {
   matrix_view<const T> x_;
 };
 
+/// Offsets of the C*kh*kw entries of a kernel > 1 patch of `map` from its origin (patch_map::origin),
+/// in a (N, C, H, W) view with strides `stride`.
+inline std::vector<index_t> patch_offsets(const patch_map& map, const index_array<4>& stride) {
+  std::vector<index_t> offset;
+  for (index_t c = 0; c < map.C; ++c)
+    for (index_t ky = 0; ky < map.g.kernel_h; ++ky)
+      for (index_t kx = 0; kx < map.g.kernel_w; ++kx)
+        offset.push_back(c * stride[1] + ky * map.g.dilation_h * stride[2] + kx * map.g.dilation_w * stride[3]);
+  return offset;
+}
+
 template <class T>
 class row_reader<patch_sampler<T>> {
  public:
-  explicit row_reader(const patch_sampler<T>& source) : source_(source), x_(source.image()), g_(source.sampling_geometry()) {
-    fast_ = !g_.is_pointwise();
-    out_h_ = g_.out_h(x_.shape[2]);
-    out_w_ = g_.out_w(x_.shape[3]);
-    if (!fast_) return;
-    for (index_t c = 0; c < x_.shape[1]; ++c)
-      for (index_t ky = 0; ky < g_.kernel_h; ++ky)
-        for (index_t kx = 0; kx < g_.kernel_w; ++kx) {
-          offset_.push_back(c * x_.stride[1] + ky * g_.dilation_h * x_.stride[2] + kx * g_.dilation_w * x_.stride[3]);
+  explicit row_reader(const patch_sampler<T>& source) : source_(source), x_(source.image()), map_(source.map()) {
+    if (map_.pointwise) return;
+    offset_ = patch_offsets(map_, x_.stride);
+    for (index_t c = 0; c < map_.C; ++c)
+      for (index_t ky = 0; ky < map_.g.kernel_h; ++ky)
+        for (index_t kx = 0; kx < map_.g.kernel_w; ++kx) {
           channel_.push_back(c);
-          dy_.push_back(ky * g_.dilation_h);
-          dx_.push_back(kx * g_.dilation_w);
+          dy_.push_back(ky * map_.g.dilation_h);
+          dx_.push_back(kx * map_.g.dilation_w);
         }
   }
 
   const T* base(index_t r) const {
-    if (!fast_) return nullptr;
-    const index_t n = r / (out_h_ * out_w_), oy = (r / out_w_) % out_h_, ox = r % out_w_;
-    const index_t y0 = oy * g_.stride_h - g_.pad_h, x0 = ox * g_.stride_w - g_.pad_w;
-    const bool inside = y0 >= 0 && x0 >= 0 && y0 + g_.dilation_h * (g_.kernel_h - 1) < x_.shape[2] &&
-                        x0 + g_.dilation_w * (g_.kernel_w - 1) < x_.shape[3];
-    return inside ? x_.data + n * x_.stride[0] + y0 * x_.stride[2] + x0 * x_.stride[3] : nullptr;
+    if (map_.pointwise) return nullptr;
+    const patch_coord o = map_.origin(r);
+    return o.inside ? x_.data + o.n * x_.stride[0] + o.y * x_.stride[2] + o.x * x_.stride[3] : nullptr;
   }
-  index_t offset(index_t j) const { return fast_ ? offset_[j] : j; }
-  /// A patch row that crosses the border (zero padding outside the image).
+  index_t offset(index_t j) const { return map_.pointwise ? j : offset_[j]; }
+  /// A patch row that crosses the border (zero padding outside the image), or a 1x1-rule pixel.
   void gather(index_t r, T* out) const {
-    if (!fast_) return source_.gather(r, out);
-    const index_t H = x_.shape[2], W = x_.shape[3];
-    const index_t n = r / (out_h_ * out_w_), oy = (r / out_w_) % out_h_, ox = r % out_w_;
-    const index_t y0 = oy * g_.stride_h - g_.pad_h, x0 = ox * g_.stride_w - g_.pad_w;
-    for (index_t j = 0; j < index_t(offset_.size()); ++j) {
-      const index_t y = y0 + dy_[j], xx = x0 + dx_[j];
-      out[j] = (y >= 0 && y < H && xx >= 0 && xx < W) ? x_(n, channel_[j], y, xx) : T(0);
+    if (map_.pointwise) return source_.gather(r, out);
+    const patch_coord o = map_.origin(r);
+    for (std::size_t j = 0; j < offset_.size(); ++j) {
+      const index_t y = o.y + dy_[j], xx = o.x + dx_[j];
+      out[j] = (y >= 0 && y < map_.H && xx >= 0 && xx < map_.W) ? x_(o.n, channel_[j], y, xx) : T(0);
     }
   }
 
  private:
   const patch_sampler<T>& source_;
   image_view<const T> x_;
-  conv_geometry g_;
-  bool fast_ = false;
-  index_t out_h_ = 0, out_w_ = 0;
-  std::vector<index_t> offset_, channel_, dy_, dx_;  // per patch column
+  patch_map map_;
+  std::vector<index_t> offset_, channel_, dy_, dx_;  // per patch column, from the patch's origin
 };
 
 }  // namespace netdeconv::detail

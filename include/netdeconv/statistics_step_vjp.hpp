@@ -42,6 +42,7 @@
 #include "inverse_sqrt_vjp.hpp"
 #include "matrix_rows.hpp"
 #include "omp/statistics_step_vjp.hpp"
+#include "row_reader.hpp"
 #include "sequential/statistics_step_vjp.hpp"
 #include "statistics_step_config.hpp"
 #include "statistics_view.hpp"
@@ -66,8 +67,11 @@ struct statistics_backward {
   std::vector<index_t> exact_blocks{};
 };
 
-/// The weight side of the backward, with products in Acc (double for seq, T for the OpenMP
-/// policies). The pieces of statistic s are the (o, g) whose columns plan.column(s, g, .) lie in
+/// The scalar type of the weight side's products: double for seq (the oracle), T for the OpenMP policies.
+template <class Policy, class T>
+using vjp_accumulator = std::conditional_t<std::is_base_of_v<omp_policy, Policy>, T, double>;
+
+/// The weight side of the backward, with products in Acc (vjp_accumulator). The pieces of statistic s are the (o, g) whose columns plan.column(s, g, .) lie in
 /// o's input group: P_s = G * Cout/groups of them, taken g by g, o by o. They are split into
 /// `parts` ranges (parts = ceil(threads / S), so that every thread has work) and each range runs in
 /// chunks of up to `chunk` pieces (Wc, Gc: chunk x F the pieces of W and G, gc their g_o):
@@ -201,39 +205,33 @@ template <class T>
 class patch_row_adder {
  public:
   patch_row_adder(const patch_map& map, const image_view<T>& dx) : map_(map), dx_(dx) {
-    if (map.pointwise) return;
-    for (index_t c = 0; c < map.C; ++c)
-      for (index_t ky = 0; ky < map.g.kernel_h; ++ky)
-        for (index_t kx = 0; kx < map.g.kernel_w; ++kx)
-          offset_.push_back(c * dx.stride[1] + ky * map.g.dilation_h * dx.stride[2] + kx * map.g.dilation_w * dx.stride[3]);
+    if (!map.pointwise) offset_ = patch_offsets(map, dx.stride);
   }
 
   index_t chunk_rows() const { return map_.pointwise ? 1 : map_.out_h * map_.out_w; }
 
   template <class V>
   void operator()(index_t r, const V* v) const {
-    const conv_geometry& g = map_.g;
     if (map_.pointwise) {
       const index_t p = r * map_.step, n = p / (map_.H * map_.W), y = (p / map_.W) % map_.H, xx = p % map_.W;
       for (index_t c = 0; c < map_.C; ++c) dx_(n, c, y, xx) += T(v[c]);
       return;
     }
-    const index_t n = r / (map_.out_h * map_.out_w), oy = (r / map_.out_w) % map_.out_h, ox = r % map_.out_w;
-    const index_t y0 = oy * g.stride_h - g.pad_h, x0 = ox * g.stride_w - g.pad_w;
-    if (y0 >= 0 && x0 >= 0 && y0 + g.dilation_h * (g.kernel_h - 1) < map_.H && x0 + g.dilation_w * (g.kernel_w - 1) < map_.W) {
-      T* base = dx_.data + n * dx_.stride[0] + y0 * dx_.stride[2] + x0 * dx_.stride[3];
+    const patch_coord o = map_.origin(r);
+    if (o.inside) {
+      T* base = dx_.data + o.n * dx_.stride[0] + o.y * dx_.stride[2] + o.x * dx_.stride[3];
       for (std::size_t j = 0; j < offset_.size(); ++j) base[offset_[j]] += T(v[j]);
       return;
     }
-    visit_patch_row(dx_, g, map_.out_h, map_.out_w, r, [&](index_t j, index_t nn, index_t c, index_t y, index_t xx, bool inside) {
-      if (inside) dx_(nn, c, y, xx) += T(v[j]);
+    visit_patch_row(dx_, map_.g, map_.out_h, map_.out_w, r, [&](index_t j, index_t n, index_t c, index_t y, index_t xx, bool inside) {
+      if (inside) dx_(n, c, y, xx) += T(v[j]);
     });
   }
 
  private:
   patch_map map_;
   image_view<T> dx_;
-  std::vector<index_t> offset_;  // per patch column, from the patch's first pixel
+  std::vector<index_t> offset_;  // per patch column, from the patch's origin
 };
 
 /// add(r, v) adds v to row r of dL/dx (rows, Fin); every row is its own chunk.
@@ -276,8 +274,8 @@ void statistics_step_vjp_impl(const Policy& policy, const Source& source, const 
                               const vector_view<T>& out_bias, const vector_view<isqrt_report>& reports, const Adder& add) {
   std::vector<square_matrix<double>> dD;
   std::vector<Eigen::VectorXd> dmu;
-  using acc = std::conditional_t<std::is_base_of_v<omp_policy, Policy>, T, double>;
-  weight_vjp<acc>(policy_threads(policy), plan, weight, stats, grad_weight, grad_bias, out_weight, out_bias, dD, dmu);
+  weight_vjp<vjp_accumulator<Policy, T>>(policy_threads(policy), plan, weight, stats, grad_weight, grad_bias, out_weight,
+                                         out_bias, dD, dmu);
   if (how.constants) {
     for (index_t s = 0; s < plan.count(); ++s) reports(s) = {0, std::numeric_limits<double>::quiet_NaN(), isqrt_status::ok};
     return;
@@ -381,9 +379,9 @@ void fold_vjp(const Policy& policy, const block_statistics_view<const T>& stats,
   detail::check_disjoint(fn, "grad_mean", grad_mean, "out.bias", out_bias);
   std::vector<square_matrix<double>> dD;
   std::vector<Eigen::VectorXd> dmu;
-  using acc = std::conditional_t<std::is_base_of_v<omp_policy, Policy>, T, double>;
-  detail::weight_vjp<acc>(detail::policy_threads(policy), stats.plan, weight, detail::load_statistics(stats), grad_weight,
-                          grad_bias, out_weight, out_bias, dD, dmu);
+  detail::weight_vjp<detail::vjp_accumulator<Policy, T>>(detail::policy_threads(policy), stats.plan, weight,
+                                                         detail::load_statistics(stats), grad_weight, grad_bias, out_weight,
+                                                         out_bias, dD, dmu);
   for (index_t s = 0; s < S; ++s)
     for (index_t i = 0; i < F; ++i) {
       grad_mean(s, i) = T(dmu[std::size_t(s)][i]);
