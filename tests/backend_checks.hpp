@@ -15,6 +15,9 @@
 //   block_moments_image<T>(x, span, g, S, plan, ws)       block_moments_matrix<T>(X, span, plan)  -> host_moments
 //   merge(a, b) -> host_moments                           covariance<T>(m, eps) -> cov (S*F*F) then means (S*F)
 //   inverse_sqrt<T>(A, batch, F, options) -> host_isqrt   fold<T>(plan, mean, D, w, span, bias) -> W' then b'
+//   inverse_sqrt_vjp<T>(A, G, batch, F, options) -> host_isqrt (dA in D)
+//   conv_step_vjp<T>(x, span, w, bias, cfg, forward, gw, gb) / linear_step_vjp<T>(...) -> host_step_vjp
+//     (the backward of the step whose statistics are `forward`'s; gw = dL/dW', w's shape, contiguous; gb = dL/db')
 //   apply_whitening<T>(plan, mean, D, X, span, columns)   conv_step<T>(x, span, w, bias, cfg) / linear_step<T>(...)
 //   conv_layer<T>(xs, span, w, bias, cfg, options) / linear_layer<T>(...) / channel_layer<T>(xs, span, cfg, options)
 //     -> host_layer_trace (a layer's steps over the batches xs, its final state and evaluation)
@@ -93,6 +96,16 @@ struct cpu_backend {
     return out;
   }
   template <class T>
+  static host_isqrt<T> inverse_sqrt_vjp(const std::vector<T>& A, const std::vector<T>& G, index_t batch, index_t F,
+                                        const isqrt_options& o) {
+    host_isqrt<T> out{std::vector<T>(A.size()), std::vector<isqrt_report>(std::size_t(batch))};
+    netdeconv::inverse_sqrt_vjp(policy, tensor_view<const T, 3>{A.data(), {batch, F, F}, {F * F, F, 1}},
+                                tensor_view<const T, 3>{G.data(), {batch, F, F}, {F * F, F, 1}},
+                                tensor_view<T, 3>{out.D.data(), {batch, F, F}, {F * F, F, 1}}, o,
+                                contiguous(out.reports.data(), batch));
+    return out;
+  }
+  template <class T>
   static block_statistics_view<const T> statistics(const block_plan& plan, const std::vector<T>& mean, const std::vector<T>& D) {
     const index_t S = plan.count(), F = plan.features();
     return {plan, row_major(mean.data(), S, F), {D.data(), {S, F, F}, {F * F, F, 1}}};
@@ -130,6 +143,38 @@ struct cpu_backend {
     else
       linear_statistics_step(policy, x, w, b, config, out);
     return h;
+  }
+  /// The backward of a step whose statistics are `forward`'s; gw, gb: dL/dW' (w's shape, contiguous), dL/db'.
+  template <class T, int R, int RX, class Config>
+  static host_step_vjp<T> step_vjp(tensor_view<const T, RX> x, tensor_view<const T, R> w, const std::vector<T>& bias,
+                                   const Config& config, const block_plan& plan, const host_step<T>& forward,
+                                   const std::vector<T>& gw, const std::vector<T>& gb) {
+    const index_t S = plan.count(), cout = w.shape[0];
+    host_step_vjp<T> h{std::vector<T>(std::size_t(w.size())), std::vector<T>(bias.empty() ? 0 : std::size_t(cout)),
+                       std::vector<T>(std::size_t(x.size())), std::vector<isqrt_report>(std::size_t(S))};
+    const statistics_step_gradients<T, RX> out{contiguous_like(h.weight.data(), w),
+                                               bias.empty() ? vector_view<T>{} : contiguous(h.bias.data(), cout),
+                                               contiguous_like(h.x.data(), x), contiguous(h.reports.data(), S)};
+    const vector_view<const T> b = bias.empty() ? vector_view<const T>{} : contiguous(bias.data(), cout);
+    const auto stats = statistics(plan, forward.mean, forward.D);
+    const tensor_view<const T, R> gwv = contiguous_like(gw.data(), w);
+    if constexpr (RX == 4)
+      conv_statistics_step_vjp(policy, x, w, b, config, stats, gwv, contiguous(gb.data(), cout), out);
+    else
+      linear_statistics_step_vjp(policy, x, w, b, config, stats, gwv, contiguous(gb.data(), cout), out);
+    return h;
+  }
+  template <class T>
+  static host_step_vjp<T> conv_step_vjp(image_view<const T> x, std::size_t, image_view<const T> w, const std::vector<T>& bias,
+                                        const conv_deconv_config& cfg, const host_step<T>& forward, const std::vector<T>& gw,
+                                        const std::vector<T>& gb) {
+    return step_vjp<T>(x, w, bias, cfg, conv_statistics_plan(x.shape[1], cfg), forward, gw, gb);
+  }
+  template <class T>
+  static host_step_vjp<T> linear_step_vjp(matrix_view<const T> x, std::size_t, matrix_view<const T> w, const std::vector<T>& bias,
+                                          const linear_deconv_config& cfg, const host_step<T>& forward, const std::vector<T>& gw,
+                                          const std::vector<T>& gb) {
+    return step_vjp<T>(x, w, bias, cfg, linear_statistics_plan(x.shape[1], cfg), forward, gw, gb);
   }
   template <class T>
   static host_step<T> conv_step(image_view<const T> x, std::size_t, image_view<const T> w, const std::vector<T>& bias,
@@ -484,6 +529,83 @@ void check_inverse_sqrt(rng_t& rng) {
   }
 }
 
+/// The batched inverse square root's VJP (dA in host_isqrt::D) against seq's, with a random
+/// non-symmetric G: fixed modes (the truncated iteration's gradient; Frobenius and trace scaling;
+/// 0, 1, 5 and 15 steps) within 100 tol of the largest entry, with seq's report; tolerance mode
+/// against the true root's gradient (seq: the float64 eigendecomposition) within 1e-3 (float)
+/// and 1e-8 (double), the iteration stopped at 1e-4 and 1e-10 (the gradient's error follows the
+/// tangent's residual); the screen: NaN in A or G and an indefinite A fail as seq's, with NaN dA.
+template <class B, class T>
+void check_inverse_sqrt_vjp(rng_t& rng) {
+  struct mode {
+    int iterations;
+    double tolerance;
+    bool trace;
+  };
+  const bool single = std::is_same_v<T, float>;
+  const mode modes[] = {{5, 0, false}, {15, 0, false}, {5, 0, true}, {0, 0, false}, {1, 0, false},
+                        {100, single ? 1e-4 : 1e-10, false}, {100, single ? 1e-4 : 1e-10, true}};
+  for (const mode& m : modes) {
+    const index_t batch = uniform(rng, 1, 4), F = uniform(rng, 1, 24);
+    isqrt_options o = m.tolerance > 0 ? isqrt_options::converged(m.tolerance, m.iterations) : isqrt_options::fixed(m.iterations);
+    o.scaling = m.trace ? isqrt_scaling::trace : isqrt_scaling::frobenius;
+    std::vector<T> packed_a, packed_g;
+    std::vector<Eigen::Matrix<T, -1, -1>> expected;
+    std::vector<isqrt_report> reports;
+    for (index_t b = 0; b < batch; ++b) {
+      const Eigen::Matrix<T, -1, -1, Eigen::RowMajor> A = random_spd<T>(rng, F);
+      const std::vector<T> g = random_vector<T>(rng, std::size_t(F * F));
+      const Eigen::Map<const Eigen::Matrix<T, -1, -1, Eigen::RowMajor>> G(g.data(), F, F);
+      packed_a.insert(packed_a.end(), A.data(), A.data() + F * F);
+      packed_g.insert(packed_g.end(), g.begin(), g.end());
+      square_matrix<T> dA;
+      reports.push_back(inverse_sqrt_vjp(seq, A, G, dA, o));
+      expected.push_back(dA);
+    }
+    const auto got = B::template inverse_sqrt_vjp<T>(packed_a, packed_g, batch, F, o);
+    CAPTURE(m.iterations);
+    CAPTURE(m.tolerance);
+    CAPTURE(m.trace);
+    CAPTURE(F);
+    for (index_t b = 0; b < batch; ++b) {
+      const Eigen::Map<const Eigen::Matrix<T, -1, -1, Eigen::RowMajor>> d(got.D.data() + b * F * F, F, F);
+      const isqrt_report& r = got.reports[std::size_t(b)];
+      const Eigen::Matrix<T, -1, -1>& want = expected[std::size_t(b)];
+      CHECK(r.status == reports[std::size_t(b)].status);
+      const double err = double((d - want).cwiseAbs().maxCoeff()) / double(want.cwiseAbs().maxCoeff());
+      CHECK(err <= (m.tolerance > 0 ? (single ? 1e-3 : 1e-8) : 100 * tol<T>()));
+      if (m.tolerance == 0) {
+        CHECK(r.iterations == m.iterations);
+        CHECK(std::abs(r.residual - reports[std::size_t(b)].residual) <= 50 * tol<T>() * (1 + reports[std::size_t(b)].residual));
+      } else {
+        CHECK(r.residual <= m.tolerance);
+      }
+    }
+  }
+  // The screen: NaN in A, NaN in G (non_finite), indefinite A (not_positive_definite), healthy.
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  const std::vector<T> a_cases[] = {{1, nan, 0, nan, 1, 0, 0, 0, 1}, {2, 0, 0, 0, 1, 0, 0, 0, 1}, {1, 2, 0, 2, 1, 0, 0, 0, 1},
+                                    {2, 1, 0, 1, 2, 0, 0, 0, 1}};
+  const std::vector<T> g_cases[] = {std::vector<T>(9, T(1)), {1, 0, 0, 0, nan, 0, 0, 0, 1}, std::vector<T>(9, T(1)),
+                                    {1, 2, 3, 4, 5, 6, 7, 8, 9}};
+  std::vector<T> packed_a, packed_g;
+  for (int b = 0; b < 4; ++b) {
+    packed_a.insert(packed_a.end(), a_cases[b].begin(), a_cases[b].end());
+    packed_g.insert(packed_g.end(), g_cases[b].begin(), g_cases[b].end());
+  }
+  const auto got = B::template inverse_sqrt_vjp<T>(packed_a, packed_g, 4, 3, isqrt_options::fixed(5));
+  for (int b = 0; b < 4; ++b) {
+    CAPTURE(b);
+    square_matrix<T> dA;
+    const isqrt_status want = inverse_sqrt_vjp(seq, Eigen::Map<const Eigen::Matrix<T, 3, 3, Eigen::RowMajor>>(a_cases[b].data()),
+                                               Eigen::Map<const Eigen::Matrix<T, 3, 3, Eigen::RowMajor>>(g_cases[b].data()),
+                                               dA, isqrt_options::fixed(5)).status;
+    CHECK(want == (b == 3 ? isqrt_status::ok : b == 2 ? isqrt_status::not_positive_definite : isqrt_status::non_finite));
+    CHECK(got.reports[std::size_t(b)].status == want);
+    for (int e = 0; e < 9; ++e) CHECK(std::isnan(got.D[std::size_t(9 * b + e)]) == (b < 3));
+  }
+}
+
 template <class B, class T>
 void check_fold(rng_t& rng) {
   const block_layout layouts[] = {block_layout::interleaved_shared, block_layout::grouped, block_layout::independent};
@@ -607,6 +729,85 @@ void check_statistics_steps(rng_t& rng) {
     CAPTURE(trial);
     compare(B::template linear_step<T>(xv, X.size(), row_major(w.data(), cout, Fin), bias, cfg),
             linear_statistics_step(seq, xv, row_major(w.data(), cout, Fin), contiguous(bias.data(), cout), cfg), plan);
+  }
+}
+
+/// The statistics steps' backward against seq's on random configurations: every conv layout,
+/// groups, geometry, sampling stride, 1x1, no bias, NCHW/NHWC/padded x; linear shared and
+/// independent layouts over padded rows; Frobenius and trace scaling. dL/dW, dL/db and dL/dx_stats
+/// within 1e-4 (float) and 1e-10 (double) of the largest entry of each in fixed mode (the issue's
+/// parity tolerances; seq sums in double); in tolerance mode, where a GPU's root gradient is its
+/// converged iteration's (stopped at 1e-4 / 1e-10), within 1e-3 / 1e-8. The same reports.
+template <class B, class T>
+void check_statistics_step_vjps(rng_t& rng) {
+  using oracle_backend = cpu_backend<sequential_policy>;
+  const bool single = std::is_same_v<T, float>;
+  const auto relative = [](const std::vector<T>& a, const std::vector<T>& b) {
+    REQUIRE(a.size() == b.size());
+    double diff = 0, scale = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      diff = std::max(diff, std::abs(double(a[i]) - double(b[i])));
+      scale = std::max(scale, std::abs(double(b[i])));
+    }
+    return scale > 0 ? diff / scale : diff;
+  };
+  const auto compare = [&](const host_step_vjp<T>& got, const host_step_vjp<T>& want, bool converged) {
+    const double bound = converged ? (single ? 1e-3 : 1e-8) : (single ? 1e-4 : 1e-10);
+    CHECK(relative(got.weight, want.weight) < bound);
+    CHECK(relative(got.bias, want.bias) < bound);
+    CHECK(relative(got.x, want.x) < bound);
+    REQUIRE(got.reports.size() == want.reports.size());
+    for (std::size_t s = 0; s < got.reports.size(); ++s) CHECK(got.reports[s].status == want.reports[s].status);
+  };
+  const auto isqrt = [&](int trial) {
+    isqrt_options o = trial % 3 == 2 ? isqrt_options::converged(single ? 1e-4 : 1e-10, 100) : isqrt_options::fixed(5);
+    if (trial % 2) o.scaling = isqrt_scaling::trace;
+    return o;
+  };
+  const block_layout conv_layouts[] = {block_layout::interleaved_shared, block_layout::grouped, block_layout::independent};
+  for (int trial = 0; trial < 9; ++trial) {
+    conv_deconv_config cfg;
+    cfg.layout = conv_layouts[trial % 3];
+    cfg.geometry = random_geometry(rng);
+    if (trial % 4 == 0) cfg.geometry.kernel_h = cfg.geometry.kernel_w = 1;
+    const index_t C = cfg.layout == block_layout::grouped ? 2 * uniform(rng, 1, 3) : uniform(rng, 1, 6);
+    const block_plan plan = random_plan(rng, cfg.layout, C, cfg.geometry.kernel_area());
+    cfg.groups = plan.groups;
+    cfg.block = plan.block;
+    cfg.sampling_stride = uniform(rng, 1, 2);
+    cfg.eps = 1e-2;
+    cfg.isqrt = isqrt(trial);
+    const auto x = random_image<T>(rng, uniform(rng, 1, 3), C, uniform(rng, 6, 14), uniform(rng, 6, 12), 1.0);
+    if (patch_sampler<T>(x.cpu(), cfg.geometry, cfg.sampling_stride).rows() * plan.rows_per_patch() < 2) continue;
+    const index_t cout = plan.groups * uniform(rng, 1, 3), kh = cfg.geometry.kernel_h, kw = cfg.geometry.kernel_w;
+    const std::size_t wsize = std::size_t(cout * (C / plan.groups) * kh * kw);
+    const std::vector<T> w = random_vector<T>(rng, wsize), gw = random_vector<T>(rng, wsize),
+                         gb = random_vector<T>(rng, std::size_t(cout));
+    const std::vector<T> bias = trial % 4 == 1 ? std::vector<T>{} : random_vector<T>(rng, std::size_t(cout));
+    const auto wv = nchw(w.data(), cout, C / plan.groups, kh, kw);
+    const host_step<T> forward = oracle_backend::template conv_step<T>(x.cpu(), x.data.size(), wv, bias, cfg);
+    CAPTURE(trial);
+    CAPTURE(cfg.layout);
+    compare(B::template conv_step_vjp<T>(x.cpu(), x.data.size(), wv, bias, cfg, forward, gw, gb),
+            oracle_backend::template conv_step_vjp<T>(x.cpu(), x.data.size(), wv, bias, cfg, forward, gw, gb), trial % 3 == 2);
+  }
+  for (int trial = 0; trial < 4; ++trial) {
+    linear_deconv_config cfg;
+    cfg.layout = trial % 2 ? block_layout::contiguous_shared : block_layout::independent;
+    const index_t Fin = uniform(rng, 1, 40), n = uniform(rng, 2, 400), cout = uniform(rng, 1, 5);
+    const block_plan plan = random_plan(rng, cfg.layout, Fin, 1);
+    cfg.block = plan.block;
+    cfg.eps = 1e-2;
+    cfg.isqrt = isqrt(trial + 1);
+    const std::vector<T> X = random_vector<T>(rng, std::size_t(n * (Fin + 2)), 0.5);
+    const std::vector<T> w = random_vector<T>(rng, std::size_t(cout * Fin)), bias = random_vector<T>(rng, std::size_t(cout)),
+                         gw = random_vector<T>(rng, std::size_t(cout * Fin)), gb = random_vector<T>(rng, std::size_t(cout));
+    const matrix_view<const T> xv{X.data(), {n, Fin}, {Fin + 2, 1}};
+    const auto wv = row_major(w.data(), cout, Fin);
+    const host_step<T> forward = oracle_backend::template linear_step<T>(xv, X.size(), wv, bias, cfg);
+    CAPTURE(trial);
+    compare(B::template linear_step_vjp<T>(xv, X.size(), wv, bias, cfg, forward, gw, gb),
+            oracle_backend::template linear_step_vjp<T>(xv, X.size(), wv, bias, cfg, forward, gw, gb), (trial + 1) % 3 == 2);
   }
 }
 

@@ -41,6 +41,14 @@ struct host_step {
   std::vector<isqrt_report> reports;
 };
 
+/// A statistics step's backward on the host: dL/dW (the weight's logical shape, contiguous),
+/// dL/db (empty without a bias), dL/dx_stats (x's logical shape, contiguous), reports.
+template <class T>
+struct host_step_vjp {
+  std::vector<T> weight, bias, x;
+  std::vector<isqrt_report> reports;
+};
+
 /// A row-major view at p with v's shape.
 template <class T, class U, int R>
 tensor_view<T, R> contiguous_like(T* p, const tensor_view<U, R>& v) {

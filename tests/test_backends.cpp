@@ -50,6 +50,11 @@ TEST_CASE_TEMPLATE("batched Newton-Schulz on views matches the CPU oracle", P, N
   checks::check_inverse_sqrt<typename P::backend, typename P::type>(rng);
 }
 
+TEST_CASE_TEMPLATE("the batched inverse square root's VJP matches the CPU oracle", P, NETDECONV_BACKENDS) {
+  checks::rng_t rng(12);
+  checks::check_inverse_sqrt_vjp<typename P::backend, typename P::type>(rng);
+}
+
 TEST_CASE_TEMPLATE("fold on statistics views matches the CPU oracle", P, NETDECONV_BACKENDS) {
   checks::rng_t rng(6);
   checks::check_fold<typename P::backend, typename P::type>(rng);
@@ -63,6 +68,11 @@ TEST_CASE_TEMPLATE("whitening with statistics views matches the CPU oracle", P, 
 TEST_CASE_TEMPLATE("the statistics steps into caller views match the CPU oracle", P, NETDECONV_BACKENDS) {
   checks::rng_t rng(8);
   checks::check_statistics_steps<typename P::backend, typename P::type>(rng);
+}
+
+TEST_CASE_TEMPLATE("the statistics steps' backward matches the CPU oracle", P, NETDECONV_BACKENDS) {
+  checks::rng_t rng(13);
+  checks::check_statistics_step_vjps<typename P::backend, typename P::type>(rng);
 }
 
 TEST_CASE_TEMPLATE("the layers' trajectories match the CPU layer on seq", P, NETDECONV_BACKENDS) {

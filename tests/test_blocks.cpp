@@ -58,7 +58,13 @@ TEST_CASE("every patch column feeds exactly one (statistic, row, feature) slot")
     for (index_t s = 0; s < p.count(); ++s) {
       REQUIRE(pieces[s].rows() == p.rows_per_patch());
       for (index_t g = 0; g < p.rows_per_patch(); ++g)
-        for (index_t f = 0; f < p.features(); ++f) CHECK(p.column(s, g, f) == index_t(pieces[s](g, f)));
+        for (index_t f = 0; f < p.features(); ++f) {
+          CHECK(p.column(s, g, f) == index_t(pieces[s](g, f)));
+          const column_coord c = p.locate(p.column(s, g, f));  // and locate inverts column
+          CHECK(c.s == s);
+          CHECK(c.g == g);
+          CHECK(c.f == f);
+        }
     }
   }
 }

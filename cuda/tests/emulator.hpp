@@ -21,8 +21,10 @@
 #include <netdeconv/cuda/bodies/fold.hpp>
 #include <netdeconv/cuda/bodies/im2col.hpp>
 #include <netdeconv/cuda/bodies/inverse_sqrt.hpp>
+#include <netdeconv/cuda/bodies/inverse_sqrt_vjp.hpp>
 #include <netdeconv/cuda/bodies/layer_state.hpp>
 #include <netdeconv/cuda/bodies/moments.hpp>
+#include <netdeconv/cuda/bodies/statistics_step_vjp.hpp>
 #include <netdeconv/cuda/bodies/whiten.hpp>
 
 #include "../../tests/backend_checks.hpp"
@@ -33,6 +35,7 @@ namespace netdeconv::cuda::emulate {
 using checks::host_isqrt;
 using checks::host_moments;
 using checks::host_step;
+using checks::host_step_vjp;
 using checks::host_layer_trace;
 
 struct backend {
@@ -271,6 +274,126 @@ struct backend {
     return out;
   }
 
+  /// run_newton_schulz over the VJP's operations (inverse_sqrt_vjp.cuh): ns_ops with the tangent.
+  template <class T>
+  struct ns_vjp_ops {
+    ns_ops<T> primal;
+    tensor_view<const T, 3> G;
+    tensor_view<T, 3> dA;
+    std::vector<T> Yd{}, Zd{}, Pd{}, Td{}, Wd{};
+    std::vector<double> norm{};
+    index_t batch() const { return primal.batch(); }
+    index_t F() const { return primal.F(); }
+    void gemm2(std::vector<T>& a, std::vector<T>& b, std::vector<T>& c, std::vector<T>& d, std::vector<T>& out) {
+      for (index_t i = 0; i < batch(); ++i) {
+        primal.mat(out, i).noalias() = primal.mat(a, i) * primal.mat(b, i);
+        primal.mat(out, i).noalias() += primal.mat(c, i) * primal.mat(d, i);
+      }
+    }
+    void init() {  // ns_scale_kernel, nsv_gradient_kernel, nsv_init_kernel
+      primal.init();
+      const index_t n = batch() * F() * F();
+      for (auto* v : {&Yd, &Zd, &Pd, &Td, &Wd}) v->assign(std::size_t(n), T(0));
+      norm.assign(std::size_t(batch()), 0.0);
+      for (index_t b = 0; b < batch(); ++b) {
+        double acc = 0;
+        bool finite = true;
+        for (index_t e = 0; e < F() * F(); ++e) {
+          const double g = double(G(b, e / F(), e % F()));
+          finite &= std::isfinite(g);
+          acc += g * g;
+        }
+        norm[std::size_t(b)] = std::sqrt(acc) / std::sqrt(primal.scale[std::size_t(b)]);
+        detail::nsv_screen_gradient(primal.st, finite, b);
+      }
+      for (index_t e = 0; e < n; ++e)
+        detail::nsv_init_element(primal.A, G, primal.scale.data(), primal.Y.data(), primal.Z.data(), Yd.data(), Zd.data(),
+                                 F(), e / (F() * F()), e % (F() * F()));
+    }
+    void copy_P_from_Y() {
+      primal.copy_P_from_Y();
+      Pd = Yd;
+    }
+    void gemm_P() {
+      gemm2(Zd, primal.Y, primal.Z, Yd, Pd);
+      primal.gemm_P();
+    }
+    void residual(int k, bool last, double tolerance) {  // nsv_residual_kernel
+      for (index_t b = 0; b < batch(); ++b) {
+        double acc = 0, tangent = 0;
+        for (index_t e = 0; e < F() * F(); ++e) {
+          const std::size_t o = std::size_t(b * F() * F() + e);
+          const double r = (e / F() == e % F() ? 1.0 : 0.0) - double(primal.P[o]), d = double(Pd[o]);
+          acc += r * r;
+          tangent += d * d;
+        }
+        const double nb = norm[std::size_t(b)];
+        detail::nsv_record(primal.st, std::sqrt(acc) / std::sqrt(double(F())), nb > 0 ? std::sqrt(tangent) / nb : 0.0, k,
+                           last, tolerance, b);
+      }
+    }
+    bool all_done() { return primal.all_done(); }
+    void update_T() {
+      for (index_t e = 0; e < batch() * F() * F(); ++e)
+        detail::nsv_T_element(primal.P.data(), Pd.data(), primal.done.data(), primal.Tk.data(), Td.data(), F(),
+                              e / (F() * F()), e % (F() * F()));
+    }
+    void gemm_Y() {
+      gemm2(Yd, primal.Tk, primal.Y, Td, Wd);
+      std::swap(Yd, Wd);
+      primal.gemm_Y();
+    }
+    void copy_Z_from_T() {
+      primal.copy_Z_from_T();
+      Zd = Td;
+    }
+    void gemm_Z() {
+      gemm2(Td, primal.Z, primal.Tk, Zd, Wd);
+      std::swap(Zd, Wd);
+      primal.gemm_Z();
+    }
+    void finalize(double tolerance, bool) {  // nsv_finalize_kernel
+      const double nan = std::numeric_limits<double>::quiet_NaN();
+      const bool trace = primal.options.scaling == isqrt_scaling::trace;
+      for (index_t b = 0; b < batch(); ++b) {
+        double gz = 0, za = 0;
+        for (index_t e = 0; e < F() * F(); ++e) {
+          const std::size_t o = std::size_t(b * F() * F() + e);
+          gz += double(G(b, e / F(), e % F())) * double(primal.Z[o]);
+          za += double(Zd[o]) * double(primal.A(b, e / F(), e % F()));
+        }
+        const double sb = detail::nsv_scale_adjoint(primal.scale[std::size_t(b)], gz, za);
+        bool finite = true;
+        for (index_t e = 0; e < F() * F(); ++e) {
+          const T d = detail::nsv_result_element(primal.A, Zd.data(), primal.scale.data(), sb, trace, F(), b, e);
+          dA(b, e / F(), e % F()) = d;
+          finite &= std::isfinite(double(d));
+        }
+        if (detail::ns_finish(primal.st, primal.options.iterations, tolerance, true, finite, nan, b))
+          for (index_t e = 0; e < F() * F(); ++e) dA(b, e / F(), e % F()) = std::numeric_limits<T>::quiet_NaN();
+      }
+    }
+  };
+
+  /// The launcher's composition (check_interval 5).
+  template <class T>
+  static void inverse_sqrt_vjp(tensor_view<const T, 3> A, tensor_view<const T, 3> G, tensor_view<T, 3> dA,
+                               const isqrt_options& o, vector_view<isqrt_report> reports) {
+    const std::size_t batch = std::size_t(A.shape[0]);
+    ns_vjp_ops<T> ops{{A, {}, o, {}, {}, {}, {}, {}, {}, std::vector<int>(batch), std::vector<int>(batch), {}}, G, dA};
+    ops.primal.st = {reports, ops.primal.done.data(), ops.primal.converged.data()};
+    detail::run_newton_schulz(ops, o.iterations, o.tolerance, true, 5);
+  }
+
+  template <class T>
+  static host_isqrt<T> inverse_sqrt_vjp(const std::vector<T>& A, const std::vector<T>& G, index_t batch, index_t F,
+                                        const isqrt_options& o) {
+    host_isqrt<T> out{std::vector<T>(A.size()), std::vector<isqrt_report>(std::size_t(batch))};
+    inverse_sqrt_vjp<T>({A.data(), {batch, F, F}, {F * F, F, 1}}, {G.data(), {batch, F, F}, {F * F, F, 1}},
+                        {out.D.data(), {batch, F, F}, {F * F, F, 1}}, o, contiguous(out.reports.data(), batch));
+    return out;
+  }
+
   /// fold_kernel: one block of 128 threads per output, then the bias reduction.
   template <class T>
   static void fold(const block_statistics_view<const T>& st, image_view<const T> w, vector_view<const T> bias,
@@ -342,6 +465,103 @@ struct backend {
                                   const linear_deconv_config& cfg) {
     return step<T>(matrix_rows<T>(x), linear_statistics_plan(x.shape[1], cfg), ::netdeconv::detail::as_conv_weight(w), bias,
                    cfg.eps, cfg.isqrt);
+  }
+
+  // The backward: statistics_step_vjp.cuh's composition.
+
+  template <class T>
+  static void fold_vjp(const detail::weight_vjp_inputs<T>& in, const image_view<T>& out_weight, const vector_view<T>& out_bias,
+                       const tensor_view<T, 3>& dD, const matrix_view<T>& dmu) {
+    const index_t S = in.plan.count(), F = in.plan.features();
+    std::vector<T> u(std::size_t(S * F));
+    const matrix_view<T> uv = row_major(u.data(), S, F);
+    for (index_t e = 0; e < out_weight.size(); ++e) detail::weight_vjp_element(in, out_weight, e);
+    for (index_t e = 0; e < S * F * F; ++e)
+      dD(e / (F * F), (e / F) % F, e % F) = detail::weight_vjp_D_element(in, e / (F * F), (e / F) % F, e % F);
+    for (index_t e = 0; e < S * F; ++e) uv(e / F, e % F) = detail::weight_vjp_u_element(in, e / F, e % F);
+    for (index_t e = 0; e < S * F; ++e) dmu(e / F, e % F) = detail::weight_vjp_mean_element(in.D, matrix_view<const T>(uv), e / F, e % F);
+    if (!out_bias.empty())
+      for (index_t o = 0; o < out_bias.shape[0]; ++o) out_bias(o) = in.grad_bias(o);
+  }
+
+  /// covariance_vjp: trace, sym, shift, then every entry of the sampled rows added in (r, j) order.
+  template <class T, class Source, class Target>
+  static void covariance_vjp(const Source& src, const block_plan& p, const moments_view<const double>& m,
+                             const tensor_view<const T, 3>& dcov, const matrix_view<const T>& dmean, double eps_F, bool uncentred,
+                             const Target& target) {
+    const index_t S = p.count(), F = p.features();
+    std::vector<T> sym(static_cast<std::size_t>(S * F * F)), mean(static_cast<std::size_t>(S * F)), dmu(mean),
+        trace(static_cast<std::size_t>(S));
+    const tensor_view<T, 3> sv{sym.data(), {S, F, F}, {F * F, F, 1}};
+    const matrix_view<T> mv = row_major(mean.data(), S, F), dv = row_major(dmu.data(), S, F);
+    for (index_t s = 0; s < S; ++s) trace[std::size_t(s)] = detail::covariance_vjp_trace(dcov, s);
+    for (index_t e = 0; e < S * F * F; ++e)
+      detail::covariance_vjp_sym_element(m, dcov, trace.data(), eps_F, sv, e / (F * F), (e / F) % F, e % F);
+    for (index_t e = 0; e < S * F; ++e) detail::covariance_vjp_shift_element(m, dmean, uncentred, mv, dv, e / F, e % F);
+    for (index_t r = 0; r < src.rows(); ++r)
+      for (index_t j = 0; j < src.width(); ++j)
+        if (T* at = target.at(r, j))
+          *at += detail::covariance_vjp_entry(src, p, tensor_view<const T, 3>(sv), matrix_view<const T>(mv),
+                                              matrix_view<const T>(dv), r, j);
+  }
+
+  template <class T, class Source, class Target, int R>
+  static void statistics_step_vjp(const Source& source, const detail::weight_vjp_inputs<T>& in, const detail::backward_rule& how,
+                                  const statistics_step_gradients<T, R>& out, const image_view<T>& out_weight,
+                                  const Target& target) {
+    const block_plan& p = in.plan;
+    const index_t S = p.count(), F = p.features();
+    std::vector<T> cov(std::size_t(S * F * F)), dD(cov), dcov(cov), mu(std::size_t(S * F)), dmu(mu);
+    const auto matrices = [&](std::vector<T>& v) { return tensor_view<T, 3>{v.data(), {S, F, F}, {F * F, F, 1}}; };
+    fold_vjp(in, out_weight, out.bias, matrices(dD), row_major(dmu.data(), S, F));
+    const host_moments m = moments<T>(source, p);
+    for (index_t e = 0; e < S * F * F; ++e)
+      detail::layer_covariance_element(m.view(), how.eps, how.relative_eps, how.uncentred, matrices(cov),
+                                       row_major(mu.data(), S, F), e / (F * F), (e / F) % F, e % F);
+    inverse_sqrt_vjp<T>(tensor_view<const T, 3>(matrices(cov)), tensor_view<const T, 3>(matrices(dD)), matrices(dcov), how.isqrt,
+                        out.reports);
+    for (index_t e = 0; e < out.x.size(); ++e) detail::zero_element(out.x, e);
+    covariance_vjp(source, p, m.view(), tensor_view<const T, 3>(matrices(dcov)), matrix_view<const T>(row_major(dmu.data(), S, F)),
+                   how.relative_eps ? how.eps / double(F) : 0.0, how.uncentred, target);
+  }
+
+  template <class T, int R, int RX, class Config>
+  static host_step_vjp<T> step_vjp(tensor_view<const T, RX> x, tensor_view<const T, R> w, const std::vector<T>& bias,
+                                   const Config& config, const block_plan& plan, const host_step<T>& forward,
+                                   const std::vector<T>& gw, const std::vector<T>& gb) {
+    using ::netdeconv::detail::as_conv_weight;
+    const index_t S = plan.count(), cout = w.shape[0];
+    host_step_vjp<T> h{std::vector<T>(std::size_t(w.size())), std::vector<T>(bias.empty() ? 0 : std::size_t(cout)),
+                       std::vector<T>(std::size_t(x.size())), std::vector<isqrt_report>(std::size_t(S))};
+    const statistics_step_gradients<T, RX> out{checks::contiguous_like(h.weight.data(), w),
+                                               bias.empty() ? vector_view<T>{} : contiguous(h.bias.data(), cout),
+                                               checks::contiguous_like(h.x.data(), x), contiguous(h.reports.data(), S)};
+    const auto stats = checks::cpu_backend<sequential_policy>::statistics(plan, forward.mean, forward.D);
+    const tensor_view<const T, R> gwv = checks::contiguous_like(gw.data(), w);
+    const detail::backward_rule how{config.eps, false, false, config.isqrt};
+    if constexpr (RX == 4) {
+      const patch_map map = ::netdeconv::detail::make_patch_map("conv_statistics_step_vjp", x.shape, config.geometry,
+                                                                config.sampling_stride, true);
+      statistics_step_vjp(patch_sampler<T>(x, config.geometry, config.sampling_stride),
+                          detail::weight_inputs(stats, w, gwv, contiguous(gb.data(), cout)), how, out, out.weight,
+                          detail::patch_target<T>{map, out.x});
+    } else {
+      statistics_step_vjp(matrix_rows<T>(x), detail::weight_inputs(stats, as_conv_weight(w), as_conv_weight(gwv), contiguous(gb.data(), cout)),
+                          how, out, as_conv_weight(out.weight), detail::row_target<T>{out.x});
+    }
+    return h;
+  }
+  template <class T>
+  static host_step_vjp<T> conv_step_vjp(image_view<const T> x, std::size_t, image_view<const T> w, const std::vector<T>& bias,
+                                        const conv_deconv_config& cfg, const host_step<T>& forward, const std::vector<T>& gw,
+                                        const std::vector<T>& gb) {
+    return step_vjp<T>(x, w, bias, cfg, conv_statistics_plan(x.shape[1], cfg), forward, gw, gb);
+  }
+  template <class T>
+  static host_step_vjp<T> linear_step_vjp(matrix_view<const T> x, std::size_t, matrix_view<const T> w, const std::vector<T>& bias,
+                                          const linear_deconv_config& cfg, const host_step<T>& forward, const std::vector<T>& gw,
+                                          const std::vector<T>& gb) {
+    return step_vjp<T>(x, w, bias, cfg, linear_statistics_plan(x.shape[1], cfg), forward, gw, gb);
   }
 
   // The layers: layer_state.cuh's composition over a host state (initialised as attach_state

@@ -38,6 +38,11 @@ inline std::ostream& operator<<(std::ostream& os, block_layout layout) {
   return os << names[i];
 }
 
+/// A patch column's place in a plan: statistic s, row g of the patch's rows (rows_per_patch), feature f.
+struct column_coord {
+  index_t s, g, f;
+};
+
 struct block_plan {
   block_layout layout = block_layout::independent;
   index_t channels = 0;     ///< C (input features for a linear layer)
@@ -67,6 +72,16 @@ struct block_plan {
       case block_layout::independent: return s * features() + f;
     }
     return 0;
+  }
+  /// The inverse of column(): the (s, g, f) of patch column j < C*K.
+  NETDECONV_HOST_DEVICE column_coord locate(index_t j) const {
+    switch (layout) {
+      case block_layout::interleaved_shared: return {0, j % (channels / block), j / (channels / block)};
+      case block_layout::contiguous_shared: return {0, j / block, j % block};
+      case block_layout::grouped:
+      case block_layout::independent: break;
+    }
+    return {j / features(), 0, j % features()};
   }
 };
 

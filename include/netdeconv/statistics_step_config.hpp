@@ -219,5 +219,50 @@ void check_step_vjp(const char* fn, const block_plan& plan, const tensor_view<co
   check_disjoint(fn, "out.x", out.x, "out.bias", out.bias);
 }
 
+/// fold_vjp's views: check_fold_vjp's, and grad_D (S, F, F), grad_mean (S, F) outputs apart from
+/// every input and output.
+template <class T>
+void check_fold_vjp_outputs(const char* fn, const block_statistics_view<const T>& stats, const image_view<const T>& weight,
+                            const vector_view<const T>& bias, const image_view<const T>& grad_weight,
+                            const vector_view<const T>& grad_bias, const image_view<T>& out_weight,
+                            const vector_view<T>& out_bias, const tensor_view<T, 3>& grad_D, const matrix_view<T>& grad_mean) {
+  check_fold_vjp(fn, stats, weight, bias, grad_weight, grad_bias, out_weight, out_bias);
+  const index_t S = stats.plan.count(), F = stats.plan.features();
+  check_output_view(fn, "grad_D", grad_D);
+  check_output_view(fn, "grad_mean", grad_mean);
+  NETDECONV_REQUIRE(grad_D.shape == (index_array<3>{S, F, F}) && grad_mean.shape == (index_array<2>{S, F}), fn,
+                    "grad_D must be (", S, ", ", F, ", ", F, ") and grad_mean (", S, ", ", F, ")");
+  inputs_apart_of_fold_vjp(fn, "grad_D", grad_D, stats, weight, bias, grad_weight, grad_bias);
+  inputs_apart_of_fold_vjp(fn, "grad_mean", grad_mean, stats, weight, bias, grad_weight, grad_bias);
+  check_disjoint(fn, "grad_D", grad_D, "grad_mean", grad_mean);
+  check_disjoint(fn, "grad_D", grad_D, "out.weight", out_weight);
+  check_disjoint(fn, "grad_D", grad_D, "out.bias", out_bias);
+  check_disjoint(fn, "grad_mean", grad_mean, "out.weight", out_weight);
+  check_disjoint(fn, "grad_mean", grad_mean, "out.bias", out_bias);
+}
+
+/// The covariance backward's views: moments of the plan's shape, dcov (S, F, F) and dmean (S, F),
+/// dx an output of x's shape that overlaps none of them. (The CPU also reads the moments: counts
+/// >= 1 and finite values.)
+template <class T, class X, int R>
+void check_covariance_vjp(const char* fn, const block_plan& plan, const tensor_view<const X, R>& x,
+                          const moments_view<const double>& moments, const tensor_view<const T, 3>& dcov,
+                          const matrix_view<const T>& dmean, const tensor_view<T, R>& dx) {
+  check_moments_view(fn, "moments", moments, plan);
+  const index_t S = plan.count(), F = plan.features();
+  check_view(fn, "dcov", dcov);
+  check_view(fn, "dmean", dmean);
+  NETDECONV_REQUIRE(dcov.shape == (index_array<3>{S, F, F}) && dmean.shape == (index_array<2>{S, F}), fn,
+                    "dcov must be (", S, ", ", F, ", ", F, ") and dmean (", S, ", ", F, ")");
+  check_output_view(fn, "dx", dx);
+  NETDECONV_REQUIRE(dx.shape == x.shape, fn, "dx must have x's shape");
+  check_disjoint(fn, "dx", dx, "x", x);
+  check_disjoint(fn, "dx", dx, "dcov", dcov);
+  check_disjoint(fn, "dx", dx, "dmean", dmean);
+  check_disjoint(fn, "dx", dx, "the moments' mean", moments.mean);
+  check_disjoint(fn, "dx", dx, "the moments' scatter", moments.scatter);
+  check_disjoint(fn, "dx", dx, "the moments' count", moments.count);
+}
+
 }  // namespace detail
 }  // namespace netdeconv

@@ -364,19 +364,8 @@ void fold_vjp(const Policy& policy, const block_statistics_view<const T>& stats,
               image_view<T> out_weight, vector_view<T> out_bias, tensor_view<T, 3> grad_D, matrix_view<T> grad_mean) {
   static_assert(is_execution_policy_v<Policy>, "first argument must be an execution policy");
   constexpr const char* fn = "fold_vjp";
-  detail::check_fold_vjp(fn, stats, weight, bias, grad_weight, grad_bias, out_weight, out_bias);
+  detail::check_fold_vjp_outputs(fn, stats, weight, bias, grad_weight, grad_bias, out_weight, out_bias, grad_D, grad_mean);
   const index_t S = stats.plan.count(), F = stats.plan.features();
-  detail::check_output_view(fn, "grad_D", grad_D);
-  detail::check_output_view(fn, "grad_mean", grad_mean);
-  NETDECONV_REQUIRE(grad_D.shape == (index_array<3>{S, F, F}) && grad_mean.shape == (index_array<2>{S, F}), fn,
-                    "grad_D must be (", S, ", ", F, ", ", F, ") and grad_mean (", S, ", ", F, ")");
-  detail::inputs_apart_of_fold_vjp(fn, "grad_D", grad_D, stats, weight, bias, grad_weight, grad_bias);
-  detail::inputs_apart_of_fold_vjp(fn, "grad_mean", grad_mean, stats, weight, bias, grad_weight, grad_bias);
-  detail::check_disjoint(fn, "grad_D", grad_D, "grad_mean", grad_mean);
-  detail::check_disjoint(fn, "grad_D", grad_D, "out.weight", out_weight);
-  detail::check_disjoint(fn, "grad_D", grad_D, "out.bias", out_bias);
-  detail::check_disjoint(fn, "grad_mean", grad_mean, "out.weight", out_weight);
-  detail::check_disjoint(fn, "grad_mean", grad_mean, "out.bias", out_bias);
   std::vector<square_matrix<double>> dD;
   std::vector<Eigen::VectorXd> dmu;
   detail::weight_vjp<detail::vjp_accumulator<Policy, T>>(detail::policy_threads(policy), stats.plan, weight,
@@ -398,20 +387,8 @@ template <class T, class X, int R>
 patch_gradient covariance_gradient(const char* fn, const block_plan& plan, const tensor_view<const X, R>& x,
                                    const moments_view<const double>& moments, const tensor_view<const T, 3>& dcov,
                                    const matrix_view<const T>& dmean, const tensor_view<T, R>& dx) {
-  check_moments_view(fn, "moments", moments, plan);
+  check_covariance_vjp(fn, plan, x, moments, dcov, dmean, dx);
   const index_t S = plan.count(), F = plan.features();
-  check_view(fn, "dcov", dcov);
-  check_view(fn, "dmean", dmean);
-  NETDECONV_REQUIRE(dcov.shape == (index_array<3>{S, F, F}) && dmean.shape == (index_array<2>{S, F}), fn,
-                    "dcov must be (", S, ", ", F, ", ", F, ") and dmean (", S, ", ", F, ")");
-  check_output_view(fn, "dx", dx);
-  NETDECONV_REQUIRE(dx.shape == x.shape, fn, "dx must have x's shape");
-  check_disjoint(fn, "dx", dx, "x", x);
-  check_disjoint(fn, "dx", dx, "dcov", dcov);
-  check_disjoint(fn, "dx", dx, "dmean", dmean);
-  check_disjoint(fn, "dx", dx, "the moments' mean", moments.mean);
-  check_disjoint(fn, "dx", dx, "the moments' scatter", moments.scatter);
-  check_disjoint(fn, "dx", dx, "the moments' count", moments.count);
   patch_gradient out{std::vector<square_matrix<double>>(std::size_t(S)), std::vector<Eigen::VectorXd>(std::size_t(S)),
                      std::vector<Eigen::VectorXd>(std::size_t(S))};
   for (index_t s = 0; s < S; ++s) {

@@ -163,16 +163,18 @@ __global__ void __launch_bounds__(ns_threads) ns_finalize_kernel(const T* Z, con
     for (index_t e = threadIdx.x; e < FF; e += ns_threads) D(b, e / F, e % F) = quiet_nan<T>();
 }
 
-/// Row-major C = A B for every matrix of the batch (column-major cuBLAS computes C^T = B^T A^T).
-inline void gemm_batched(cublasHandle_t h, const float* A, const float* B, float* C, int F, long long batch) {
-  const float one = 1, zero = 0;
+/// Row-major C = A B + beta C for every matrix of the batch (column-major cuBLAS computes C^T = B^T A^T).
+inline void gemm_batched(cublasHandle_t h, const float* A, const float* B, float* C, int F, long long batch,
+                         float beta = 0) {
+  const float one = 1;
   NETDECONV_CUBLAS_CHECK(cublasSgemmStridedBatched(h, CUBLAS_OP_N, CUBLAS_OP_N, F, F, F, &one, B, F, (long long)F * F, A,
-                                                   F, (long long)F * F, &zero, C, F, (long long)F * F, int(batch)));
+                                                   F, (long long)F * F, &beta, C, F, (long long)F * F, int(batch)));
 }
-inline void gemm_batched(cublasHandle_t h, const double* A, const double* B, double* C, int F, long long batch) {
-  const double one = 1, zero = 0;
+inline void gemm_batched(cublasHandle_t h, const double* A, const double* B, double* C, int F, long long batch,
+                         double beta = 0) {
+  const double one = 1;
   NETDECONV_CUBLAS_CHECK(cublasDgemmStridedBatched(h, CUBLAS_OP_N, CUBLAS_OP_N, F, F, F, &one, B, F, (long long)F * F, A,
-                                                   F, (long long)F * F, &zero, C, F, (long long)F * F, int(batch)));
+                                                   F, (long long)F * F, &beta, C, F, (long long)F * F, int(batch)));
 }
 
 /// The policy's cuBLAS handle bound to its stream for one call (restored after), or a handle
