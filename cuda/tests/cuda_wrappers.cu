@@ -261,6 +261,19 @@ host_isqrt<T> inverse_sqrt(const std::vector<T>& A, index_t batch, index_t F, co
 }
 
 template <class T>
+host_isqrt<T> inverse_sqrt_vjp(const std::vector<T>& A, const std::vector<T>& G, index_t batch, index_t F,
+                               const isqrt_options& options) {
+  buffer<T> dA(A.data(), A.size()), dG(G.data(), G.size()), out(A.size());
+  buffer<isqrt_report> reports{std::size_t(batch)};
+  stream st;
+  netdeconv::inverse_sqrt_vjp(cuda_policy{st.get()}, tensor_view<const T, 3>(cube(dA.get(), batch, F)),
+                              tensor_view<const T, 3>(cube(dG.get(), batch, F)), cube(out.get(), batch, F), options,
+                              contiguous(reports.get(), batch));
+  st.sync();
+  return {out.download(), reports.download()};
+}
+
+template <class T>
 std::vector<T> fold(const block_plan& p, const std::vector<T>& mean, const std::vector<T>& D, image_view<const T> weight,
                     std::size_t span, const std::vector<T>& bias) {
   const device_statistics<T> stats(p, mean, D);
@@ -324,6 +337,48 @@ host_step<T> linear_step(matrix_view<const T> x, std::size_t span, matrix_view<c
                          bias.empty() ? vector_view<const T>{} : contiguous<const T>(db.get(), cout), config, views);
   st.sync();
   return out.download();
+}
+
+/// The backward of a step (conv: R = 4, linear: R = 2) on device copies of its arguments.
+template <class T, int R, class Config>
+host_step_vjp<T> step_vjp(tensor_view<const T, R> x, std::size_t span, tensor_view<const T, R> w, const std::vector<T>& bias,
+                          const Config& config, const block_plan& p, const host_step<T>& forward, const std::vector<T>& gw,
+                          const std::vector<T>& gb) {
+  const index_t S = p.count(), cout = w.shape[0];
+  const device_statistics<T> stats(p, forward.mean, forward.D);
+  buffer<T> dx(x.data, span), dw(w.data, std::size_t(w.size())), db(bias.data(), bias.size()), dgw(gw.data(), gw.size()),
+      dgb(gb.data(), gb.size());
+  buffer<T> out_w{std::size_t(w.size())}, out_b{bias.size()}, out_x{std::size_t(x.size())};
+  buffer<isqrt_report> reports{std::size_t(S)};
+  stream st;
+  const statistics_step_gradients<T, R> out{::netdeconv::checks::contiguous_like(out_w.get(), w),
+                                            bias.empty() ? vector_view<T>{} : contiguous(out_b.get(), cout),
+                                            ::netdeconv::checks::contiguous_like(out_x.get(), x), contiguous(reports.get(), S)};
+  const tensor_view<const T, R> wv = ::netdeconv::checks::contiguous_like<const T>(dw.get(), w),
+                                gwv = ::netdeconv::checks::contiguous_like<const T>(dgw.get(), w);
+  const vector_view<const T> bv = bias.empty() ? vector_view<const T>{} : contiguous<const T>(db.get(), cout);
+  if constexpr (R == 4)
+    conv_statistics_step_vjp(cuda_policy{st.get()}, rebind(x, dx.get()), wv, bv, config, stats.view(), gwv,
+                             contiguous<const T>(dgb.get(), cout), out);
+  else
+    linear_statistics_step_vjp(cuda_policy{st.get()}, rebind(x, dx.get()), wv, bv, config, stats.view(), gwv,
+                               contiguous<const T>(dgb.get(), cout), out);
+  st.sync();
+  return {out_w.download(), out_b.download(), out_x.download(), reports.download()};
+}
+
+template <class T>
+host_step_vjp<T> conv_step_vjp(image_view<const T> x, std::size_t span, image_view<const T> w, const std::vector<T>& bias,
+                               const conv_deconv_config& config, const host_step<T>& forward, const std::vector<T>& gw,
+                               const std::vector<T>& gb) {
+  return step_vjp<T, 4>(x, span, w, bias, config, conv_statistics_plan(x.shape[1], config), forward, gw, gb);
+}
+
+template <class T>
+host_step_vjp<T> linear_step_vjp(matrix_view<const T> x, std::size_t span, matrix_view<const T> w, const std::vector<T>& bias,
+                                 const linear_deconv_config& config, const host_step<T>& forward, const std::vector<T>& gw,
+                                 const std::vector<T>& gb) {
+  return step_vjp<T, 2>(x, span, w, bias, config, linear_statistics_plan(x.shape[1], config), forward, gw, gb);
 }
 
 namespace {
@@ -576,6 +631,14 @@ std::vector<std::string> layer_refusal_messages() {
   template host_moments block_moments_matrix<T>(matrix_view<const T>, std::size_t, const block_plan&);                 \
   template std::vector<T> covariance<T>(const host_moments&, double);                                                  \
   template host_isqrt<T> inverse_sqrt<T>(const std::vector<T>&, index_t, index_t, const isqrt_options&);               \
+  template host_isqrt<T> inverse_sqrt_vjp<T>(const std::vector<T>&, const std::vector<T>&, index_t, index_t,          \
+                                             const isqrt_options&);                                                    \
+  template host_step_vjp<T> conv_step_vjp<T>(image_view<const T>, std::size_t, image_view<const T>, const std::vector<T>&, \
+                                             const conv_deconv_config&, const host_step<T>&, const std::vector<T>&,    \
+                                             const std::vector<T>&);                                                   \
+  template host_step_vjp<T> linear_step_vjp<T>(matrix_view<const T>, std::size_t, matrix_view<const T>,                \
+                                               const std::vector<T>&, const linear_deconv_config&, const host_step<T>&, \
+                                               const std::vector<T>&, const std::vector<T>&);                          \
   template std::vector<T> fold<T>(const block_plan&, const std::vector<T>&, const std::vector<T>&, image_view<const T>, \
                                   std::size_t, const std::vector<T>&);                                                 \
   template std::vector<T> apply_whitening<T>(const block_plan&, const std::vector<T>&, const std::vector<T>&,          \

@@ -26,6 +26,7 @@ using checks::host_isqrt;
 using checks::host_layer_trace;
 using checks::host_moments;
 using checks::host_step;
+using checks::host_step_vjp;
 
 /// GPUs visible to the CUDA runtime (0 when there is no device or no driver).
 int device_count();
@@ -53,6 +54,10 @@ template <class T>
 std::vector<T> covariance(const host_moments& m, double eps);
 template <class T>
 host_isqrt<T> inverse_sqrt(const std::vector<T>& A, index_t batch, index_t F, const isqrt_options& options);
+/// dA (in host_isqrt::D) of D = inverse_sqrt(A) given G = dL/dD.
+template <class T>
+host_isqrt<T> inverse_sqrt_vjp(const std::vector<T>& A, const std::vector<T>& G, index_t batch, index_t F,
+                               const isqrt_options& options);
 /// weight: (Cout, C/groups, kh, kw) host view; bias empty for none. Returns W' (contiguous OIHW) then b'.
 template <class T>
 std::vector<T> fold(const block_plan& p, const std::vector<T>& mean, const std::vector<T>& D, image_view<const T> weight,
@@ -68,6 +73,16 @@ host_step<T> conv_step(image_view<const T> x, std::size_t span, image_view<const
 template <class T>
 host_step<T> linear_step(matrix_view<const T> x, std::size_t span, matrix_view<const T> w, const std::vector<T>& bias,
                          const linear_deconv_config& config);
+
+/// The steps' backward given the forward's statistics; gw (w's shape, contiguous) = dL/dW', gb = dL/db'.
+template <class T>
+host_step_vjp<T> conv_step_vjp(image_view<const T> x, std::size_t span, image_view<const T> w, const std::vector<T>& bias,
+                               const conv_deconv_config& config, const host_step<T>& forward, const std::vector<T>& gw,
+                               const std::vector<T>& gb);
+template <class T>
+host_step_vjp<T> linear_step_vjp(matrix_view<const T> x, std::size_t span, matrix_view<const T> w, const std::vector<T>& bias,
+                                 const linear_deconv_config& config, const host_step<T>& forward, const std::vector<T>& gw,
+                                 const std::vector<T>& gb);
 
 /// The layers' trajectories over the batches xs (each of `span` elements), their state attached
 /// in device memory (backend_checks.hpp's conv_layer, linear_layer, channel_layer).

@@ -29,10 +29,13 @@ struct gpu {
   template <class... A> static auto merge(A&&... a) { return gpu_api::merge(a...); }
   template <class T, class... A> static auto covariance(A&&... a) { return gpu_api::covariance<T>(a...); }
   template <class T, class... A> static auto inverse_sqrt(A&&... a) { return gpu_api::inverse_sqrt<T>(a...); }
+  template <class T, class... A> static auto inverse_sqrt_vjp(A&&... a) { return gpu_api::inverse_sqrt_vjp<T>(a...); }
   template <class T, class... A> static auto fold(A&&... a) { return gpu_api::fold<T>(a...); }
   template <class T, class... A> static auto apply_whitening(A&&... a) { return gpu_api::apply_whitening<T>(a...); }
   template <class T, class... A> static auto conv_step(A&&... a) { return gpu_api::conv_step<T>(a...); }
   template <class T, class... A> static auto linear_step(A&&... a) { return gpu_api::linear_step<T>(a...); }
+  template <class T, class... A> static auto conv_step_vjp(A&&... a) { return gpu_api::conv_step_vjp<T>(a...); }
+  template <class T, class... A> static auto linear_step_vjp(A&&... a) { return gpu_api::linear_step_vjp<T>(a...); }
   template <class T, class... A> static auto conv_layer(A&&... a) { return gpu_api::conv_layer<T>(a...); }
   template <class T, class... A> static auto linear_layer(A&&... a) { return gpu_api::linear_layer<T>(a...); }
   template <class T, class... A> static auto channel_layer(A&&... a) { return gpu_api::channel_layer<T>(a...); }
@@ -113,6 +116,11 @@ TEST_CASE_TEMPLATE("CUDA batched Newton-Schulz matches the CPU", T, float, doubl
   checks::check_inverse_sqrt<gpu, T>(rng);
 }
 
+TEST_CASE_TEMPLATE("CUDA inverse square root VJP matches the CPU", T, float, double) {
+  checks::rng_t rng(12);
+  checks::check_inverse_sqrt_vjp<gpu, T>(rng);
+}
+
 TEST_CASE_TEMPLATE("CUDA fold matches the CPU", T, float, double) {
   checks::rng_t rng(6);
   checks::check_fold<gpu, T>(rng);
@@ -126,6 +134,11 @@ TEST_CASE_TEMPLATE("CUDA whitening matches the CPU", T, float, double) {
 TEST_CASE_TEMPLATE("CUDA statistics steps into device views match the CPU", T, float, double) {
   checks::rng_t rng(8);
   checks::check_statistics_steps<gpu, T>(rng);
+}
+
+TEST_CASE_TEMPLATE("CUDA statistics steps' backward matches the CPU", T, float, double) {
+  checks::rng_t rng(13);
+  checks::check_statistics_step_vjps<gpu, T>(rng);
 }
 
 TEST_CASE_TEMPLATE("CUDA layers with their state in device memory match the CPU layers", T, float, double) {

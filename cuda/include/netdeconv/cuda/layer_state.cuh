@@ -51,6 +51,7 @@
 #include "execution.cuh"
 #include "fold.cuh"
 #include "inverse_sqrt.cuh"
+#include "statistics_step_vjp.cuh"
 
 namespace netdeconv {
 namespace cuda::detail {
@@ -58,13 +59,6 @@ namespace cuda::detail {
 /// Grid-stride loop over `count` elements (s, i, j) of (S, F, F).
 #define NETDECONV_FOR_ELEMENTS(count) \
   for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < (count); e += (long long)gridDim.x * blockDim.x)
-
-template <class T>
-__global__ void layer_covariance_kernel(moments_view<const double> m, double eps, bool relative, bool uncentred,
-                                        tensor_view<T, 3> cov, matrix_view<T> mean, long long count) {
-  const long long F = cov.shape[1];
-  NETDECONV_FOR_ELEMENTS(count) layer_covariance_element(m, eps, relative, uncentred, cov, mean, e / (F * F), (e / F) % F, e % F);
-}
 
 /// One thread: layer_decide, and for the channel layer (batch_scalars not null) remaining_update.
 template <class T>

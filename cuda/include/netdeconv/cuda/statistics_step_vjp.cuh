@@ -116,7 +116,8 @@ template <class Kernel, class... Args>
 void launch(const char* name, Kernel kernel, long long count, cudaStream_t stream, Args... args) {
   if (count == 0) return;
   kernel<<<grid_for(count, 256), 256, 0, stream>>>(args..., count);
-  NETDECONV_CUDA_CHECK_LAUNCH(name);
+  const cudaError_t err = cudaGetLastError();  // NETDECONV_CUDA_CHECK_LAUNCH with the name at run time
+  if (err != cudaSuccess) throw_cuda(err, name, __FILE__, __LINE__);
 }
 
 /// fold_vjp on checked arguments, u_s in `u` (S, F scratch).
