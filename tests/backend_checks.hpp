@@ -670,6 +670,29 @@ void check_apply_whitening(rng_t& rng) {
 /// The statistics steps (writing form) against the CPU oracle's returning form: conv with every
 /// layout, groups, geometry and sampling stride on NCHW/NHWC/padded inputs; linear with both
 /// layouts; fixed and converged Newton-Schulz, Frobenius and trace scaling.
+/// Trial `trial` of the steps' checks: a conv configuration with layout trial % 3 (interleaved
+/// shared, grouped, independent), a random geometry (1x1 every 4th trial), C, block and sampling
+/// stride 1-2, eps 1e-2; the caller sets the inverse square root.
+struct conv_case {
+  conv_deconv_config cfg;
+  block_plan plan;
+  index_t C;
+};
+inline conv_case random_conv_case(rng_t& rng, int trial) {
+  const block_layout layouts[] = {block_layout::interleaved_shared, block_layout::grouped, block_layout::independent};
+  conv_deconv_config cfg;
+  cfg.layout = layouts[trial % 3];
+  cfg.geometry = random_geometry(rng);
+  if (trial % 4 == 0) cfg.geometry.kernel_h = cfg.geometry.kernel_w = 1;
+  const index_t C = cfg.layout == block_layout::grouped ? 2 * uniform(rng, 1, 3) : uniform(rng, 1, 6);
+  const block_plan plan = random_plan(rng, cfg.layout, C, cfg.geometry.kernel_area());
+  cfg.groups = plan.groups;
+  cfg.block = plan.block;
+  cfg.sampling_stride = uniform(rng, 1, 2);
+  cfg.eps = 1e-2;
+  return {cfg, plan, C};
+}
+
 template <class B, class T>
 void check_statistics_steps(rng_t& rng) {
   const auto compare = [](const host_step<T>& got, const auto& expected, const block_plan& plan) {
@@ -690,18 +713,8 @@ void check_statistics_steps(rng_t& rng) {
       CHECK(std::abs(got.reports[s].iterations - expected.reports[s].iterations) <= 1);
     }
   };
-  const block_layout conv_layouts[] = {block_layout::interleaved_shared, block_layout::grouped, block_layout::independent};
   for (int trial = 0; trial < 9; ++trial) {
-    conv_deconv_config cfg;
-    cfg.layout = conv_layouts[trial % 3];
-    cfg.geometry = random_geometry(rng);
-    if (trial % 4 == 0) cfg.geometry.kernel_h = cfg.geometry.kernel_w = 1;
-    const index_t C = cfg.layout == block_layout::grouped ? 2 * uniform(rng, 1, 3) : uniform(rng, 1, 6);
-    const block_plan plan = random_plan(rng, cfg.layout, C, cfg.geometry.kernel_area());
-    cfg.groups = plan.groups;
-    cfg.block = plan.block;
-    cfg.sampling_stride = uniform(rng, 1, 2);
-    cfg.eps = 1e-2;
+    auto [cfg, plan, C] = random_conv_case(rng, trial);
     cfg.isqrt = trial % 3 == 2 ? isqrt_options::converged(std::is_same_v<T, float> ? 1e-3 : 1e-9, 60) : isqrt_options::fixed(5);
     if (trial % 2) cfg.isqrt.scaling = isqrt_scaling::trace;
     const auto x = random_image<T>(rng, uniform(rng, 1, 3), C, uniform(rng, 6, 14), uniform(rng, 6, 12), 1.0);
@@ -764,18 +777,8 @@ void check_statistics_step_vjps(rng_t& rng) {
     if (trial % 2) o.scaling = isqrt_scaling::trace;
     return o;
   };
-  const block_layout conv_layouts[] = {block_layout::interleaved_shared, block_layout::grouped, block_layout::independent};
   for (int trial = 0; trial < 9; ++trial) {
-    conv_deconv_config cfg;
-    cfg.layout = conv_layouts[trial % 3];
-    cfg.geometry = random_geometry(rng);
-    if (trial % 4 == 0) cfg.geometry.kernel_h = cfg.geometry.kernel_w = 1;
-    const index_t C = cfg.layout == block_layout::grouped ? 2 * uniform(rng, 1, 3) : uniform(rng, 1, 6);
-    const block_plan plan = random_plan(rng, cfg.layout, C, cfg.geometry.kernel_area());
-    cfg.groups = plan.groups;
-    cfg.block = plan.block;
-    cfg.sampling_stride = uniform(rng, 1, 2);
-    cfg.eps = 1e-2;
+    auto [cfg, plan, C] = random_conv_case(rng, trial);
     cfg.isqrt = isqrt(trial);
     const auto x = random_image<T>(rng, uniform(rng, 1, 3), C, uniform(rng, 6, 14), uniform(rng, 6, 12), 1.0);
     if (patch_sampler<T>(x.cpu(), cfg.geometry, cfg.sampling_stride).rows() * plan.rows_per_patch() < 2) continue;
