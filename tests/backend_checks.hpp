@@ -18,6 +18,8 @@
 //   inverse_sqrt_vjp<T>(A, G, batch, F, options) -> host_isqrt (dA in D)
 //   conv_step_vjp<T>(x, span, w, bias, cfg, forward, gw, gb) / linear_step_vjp<T>(...) -> host_step_vjp
 //     (the backward of the step whose statistics are `forward`'s; gw = dL/dW', w's shape, contiguous; gb = dL/db')
+//   conv_layer_backward<T>(xs, span, w, bias, cfg, options, gw, gb, constants) / linear_layer_backward<T>(...)
+//   channel_layer_backward<T>(xs, span, cfg, options, dys, constants) -> a host_step_vjp per step (empty when it threw)
 //   apply_whitening<T>(plan, mean, D, X, span, columns)   conv_step<T>(x, span, w, bias, cfg) / linear_step<T>(...)
 //   conv_layer<T>(xs, span, w, bias, cfg, options) / linear_layer<T>(...) / channel_layer<T>(xs, span, cfg, options)
 //     -> host_layer_trace (a layer's steps over the batches xs, its final state and evaluation)
@@ -226,6 +228,82 @@ struct cpu_backend {
                                           const std::vector<T>& bias, const linear_deconv_config& cfg,
                                           const layer_options& o) {
     return folding_layer<T, 2>(linear_deconv_layer<T>(xs[0].shape[1], cfg, o), o, xs, w, bias);
+  }
+  /// A layer's steps (the writing form), each followed by its backward with the step's outputs and
+  /// diagnostic() (mode constants if `constants`); a step that throws has an empty result.
+  template <class T, int R, class Layer, class X>
+  static std::vector<host_step_vjp<T>> folding_layer_backward(Layer layer, const std::vector<X>& xs, tensor_view<const T, R> w,
+                                                              const std::vector<T>& bias, const std::vector<T>& gw,
+                                                              const std::vector<T>& gb, bool constants) {
+    const block_plan plan = layer.plan();
+    const index_t S = plan.count(), F = plan.features(), cout = w.shape[0];
+    const vector_view<const T> b = bias.empty() ? vector_view<const T>{} : contiguous(bias.data(), cout);
+    std::vector<host_step_vjp<T>> result;
+    for (const X& x : xs) {
+      std::vector<T> mean(static_cast<std::size_t>(S * F)), D(static_cast<std::size_t>(S * F * F)), wo(static_cast<std::size_t>(w.size())), bo(static_cast<std::size_t>(cout));
+      std::vector<isqrt_report> reports(static_cast<std::size_t>(S));
+      try {
+        layer.train_step(policy, x, w, b,
+                         statistics_step_outputs<T, R>{row_major(mean.data(), S, F), {D.data(), {S, F, F}, {F * F, F, 1}},
+                                                       contiguous_like(wo.data(), w), contiguous(bo.data(), cout),
+                                                       contiguous(reports.data(), S)});
+      } catch (const numerical_error&) {
+        result.emplace_back();
+        continue;
+      }
+      host_step_vjp<T> g{std::vector<T>(std::size_t(w.size())), std::vector<T>(bias.empty() ? 0 : std::size_t(cout)),
+                         std::vector<T>(std::size_t(x.size())), std::vector<isqrt_report>(std::size_t(S))};
+      const statistics_step_gradients<T, R> out{contiguous_like(g.weight.data(), w),
+                                                bias.empty() ? vector_view<T>{} : contiguous(g.bias.data(), cout),
+                                                contiguous_like(g.x.data(), x), contiguous(g.reports.data(), S)};
+      layer.backward(policy, x, w, b, statistics(plan, mean, D), layer.diagnostic(), contiguous_like(gw.data(), w),
+                     contiguous(gb.data(), cout), out, constants ? statistics_gradient::constants : statistics_gradient::full);
+      result.push_back(std::move(g));
+    }
+    return result;
+  }
+  template <class T>
+  static std::vector<host_step_vjp<T>> conv_layer_backward(const std::vector<image_view<const T>>& xs, std::size_t,
+                                                           image_view<const T> w, const std::vector<T>& bias,
+                                                           const conv_deconv_config& cfg, const layer_options& o,
+                                                           const std::vector<T>& gw, const std::vector<T>& gb, bool constants) {
+    return folding_layer_backward<T, 4>(conv_deconv_layer<T>(xs[0].shape[1], cfg, o), xs, w, bias, gw, gb, constants);
+  }
+  template <class T>
+  static std::vector<host_step_vjp<T>> linear_layer_backward(const std::vector<matrix_view<const T>>& xs, std::size_t,
+                                                             matrix_view<const T> w, const std::vector<T>& bias,
+                                                             const linear_deconv_config& cfg, const layer_options& o,
+                                                             const std::vector<T>& gw, const std::vector<T>& gb, bool constants) {
+    return folding_layer_backward<T, 2>(linear_deconv_layer<T>(xs[0].shape[1], cfg, o), xs, w, bias, gw, gb, constants);
+  }
+  /// The channel layer's steps (writing the statistics they used), each followed by its backward
+  /// given dys[k] (x's shape, contiguous); dL/dx in host_step_vjp::x.
+  template <class T>
+  static std::vector<host_step_vjp<T>> channel_layer_backward(const std::vector<image_view<const T>>& xs, std::size_t,
+                                                              const channel_deconv_config& cfg, const layer_options& o,
+                                                              const std::vector<std::vector<T>>& dys, bool constants) {
+    const index_t C = xs[0].shape[1], B = cfg.block;
+    channel_deconv_layer<T> layer(C, cfg, o);
+    std::vector<host_step_vjp<T>> result;
+    for (std::size_t k = 0; k < xs.size(); ++k) {
+      const image_view<const T>& x = xs[k];
+      std::vector<T> y(static_cast<std::size_t>(x.size())), mean(static_cast<std::size_t>(B)), D(static_cast<std::size_t>(B * B)), remaining(C % B ? 2 : 0);
+      std::vector<isqrt_report> reports(1);
+      const channel_statistics_view<T> used{row_major(mean.data(), 1, B), {D.data(), {1, B, B}, {B * B, B, 1}},
+                                            remaining.empty() ? vector_view<T>{} : contiguous(remaining.data(), 2)};
+      try {
+        layer.train_step(policy, x, contiguous_like(y.data(), x), used, contiguous(reports.data(), 1));
+      } catch (const numerical_error&) {
+        result.emplace_back();
+        continue;
+      }
+      host_step_vjp<T> g{{}, {}, std::vector<T>(std::size_t(x.size())), std::vector<isqrt_report>(1)};
+      layer.backward(policy, x, channel_statistics_view<const T>(used), layer.diagnostic(), contiguous_like(dys[k].data(), x),
+                     contiguous_like(g.x.data(), x), contiguous(g.reports.data(), 1),
+                     constants ? statistics_gradient::constants : statistics_gradient::full);
+      result.push_back(std::move(g));
+    }
+    return result;
   }
   /// The channel layer's trajectory: y of every batch (in steps[k].weight, NCHW contiguous).
   template <class T>
@@ -751,10 +829,10 @@ void check_statistics_steps(rng_t& rng) {
 /// within 1e-4 (float) and 1e-10 (double) of the largest entry of each in fixed mode (the issue's
 /// parity tolerances; seq sums in double); in tolerance mode, where a GPU's root gradient is its
 /// converged iteration's (stopped at 1e-4 / 1e-10), within 1e-3 / 1e-8. The same reports.
-template <class B, class T>
-void check_statistics_step_vjps(rng_t& rng) {
-  using oracle_backend = cpu_backend<sequential_policy>;
-  const bool single = std::is_same_v<T, float>;
+/// Two backward results agree: dL/dW, dL/db and dL/dx each within `bound` of its largest entry
+/// (max |a - b| / max |b|, or max |a - b| when b is 0), the same report statuses.
+template <class T>
+void compare_vjps(const host_step_vjp<T>& got, const host_step_vjp<T>& want, double bound) {
   const auto relative = [](const std::vector<T>& a, const std::vector<T>& b) {
     REQUIRE(a.size() == b.size());
     double diff = 0, scale = 0;
@@ -764,13 +842,19 @@ void check_statistics_step_vjps(rng_t& rng) {
     }
     return scale > 0 ? diff / scale : diff;
   };
+  CHECK(relative(got.weight, want.weight) < bound);
+  CHECK(relative(got.bias, want.bias) < bound);
+  CHECK(relative(got.x, want.x) < bound);
+  REQUIRE(got.reports.size() == want.reports.size());
+  for (std::size_t s = 0; s < got.reports.size(); ++s) CHECK(got.reports[s].status == want.reports[s].status);
+}
+
+template <class B, class T>
+void check_statistics_step_vjps(rng_t& rng) {
+  using oracle_backend = cpu_backend<sequential_policy>;
+  const bool single = std::is_same_v<T, float>;
   const auto compare = [&](const host_step_vjp<T>& got, const host_step_vjp<T>& want, bool converged) {
-    const double bound = converged ? (single ? 1e-3 : 1e-8) : (single ? 1e-4 : 1e-10);
-    CHECK(relative(got.weight, want.weight) < bound);
-    CHECK(relative(got.bias, want.bias) < bound);
-    CHECK(relative(got.x, want.x) < bound);
-    REQUIRE(got.reports.size() == want.reports.size());
-    for (std::size_t s = 0; s < got.reports.size(); ++s) CHECK(got.reports[s].status == want.reports[s].status);
+    compare_vjps(got, want, converged ? (single ? 1e-3 : 1e-8) : (single ? 1e-4 : 1e-10));
   };
   const auto isqrt = [&](int trial) {
     isqrt_options o = trial % 3 == 2 ? isqrt_options::converged(single ? 1e-4 : 1e-10, 100) : isqrt_options::fixed(5);
@@ -919,6 +1003,96 @@ void check_layers(rng_t& rng) {
       std::size_t span = 0;
       for (const auto& b : batches) xs.push_back(b.cpu()), span = std::max(span, b.data.size());
       compare_traces(B::template channel_layer<T>(xs, span, cfg, co), oracle_backend::template channel_layer<T>(xs, span, cfg, co));
+    }
+  }
+}
+
+/// The layers' backward after every step of check_layers' trajectories (computed, frozen, kept
+/// and throwing steps) against the CPU layers on seq, which take the step's diagnostic(); a GPU
+/// reads the step's outcome on the device instead. Conv, linear and channel layers, full mode, and
+/// constants mode in case 0; within 1e-4 (float) and 1e-10 (double) of the largest entries, the
+/// same reports; the same steps throw.
+template <class B, class T>
+void check_layer_backward(rng_t& rng) {
+  using oracle_backend = cpu_backend<sequential_policy>;
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  const double bound = std::is_same_v<T, float> ? 1e-4 : 1e-10;
+  const auto compare = [&](const std::vector<host_step_vjp<T>>& got, const std::vector<host_step_vjp<T>>& want) {
+    REQUIRE(got.size() == want.size());
+    for (std::size_t k = 0; k < got.size(); ++k) {
+      CAPTURE(k);
+      compare_vjps(got[k], want[k], bound);
+    }
+  };
+  for (int k = 0; k < 4; ++k) {
+    CAPTURE(k);
+    const layer_options o = layer_case(k);
+    const bool poisoned = k == 1 || k == 3;
+    for (const bool constants : {false, true}) {
+      if (constants && k != 0) continue;
+      CAPTURE(constants);
+      {  // conv
+        conv_deconv_config cfg;
+        cfg.layout = k % 2 ? block_layout::interleaved_shared : block_layout::grouped;
+        do cfg.geometry = random_geometry(rng);
+        while (cfg.geometry.out_h(6) < 1 || cfg.geometry.out_w(6) < 1);
+        const index_t C = 2 * uniform(rng, 1, 3);
+        const block_plan plan = random_plan(rng, cfg.layout, C, cfg.geometry.kernel_area());
+        cfg.groups = plan.groups;
+        cfg.block = plan.block;
+        cfg.sampling_stride = uniform(rng, 1, 2);
+        cfg.eps = 1e-2;
+        std::vector<image_case<T>> batches;
+        for (int b = 0; b < 4; ++b) batches.push_back(random_image<T>(rng, 2, C, uniform(rng, 6, 10), uniform(rng, 6, 10), 1.0));
+        if (poisoned) std::fill(batches[1].data.begin(), batches[1].data.end(), nan);
+        std::vector<image_view<const T>> xs;
+        std::size_t span = 0;
+        for (const auto& b : batches) xs.push_back(b.cpu()), span = std::max(span, b.data.size());
+        const index_t cout = plan.groups * uniform(rng, 1, 2), kh = cfg.geometry.kernel_h, kw = cfg.geometry.kernel_w;
+        const std::size_t wsize = std::size_t(cout * (C / plan.groups) * kh * kw);
+        const std::vector<T> w = random_vector<T>(rng, wsize), gw = random_vector<T>(rng, wsize);
+        const std::vector<T> bias = random_vector<T>(rng, std::size_t(cout)), gb = random_vector<T>(rng, std::size_t(cout));
+        const auto wv = nchw(w.data(), cout, C / plan.groups, kh, kw);
+        compare(B::template conv_layer_backward<T>(xs, span, wv, bias, cfg, o, gw, gb, constants),
+                oracle_backend::template conv_layer_backward<T>(xs, span, wv, bias, cfg, o, gw, gb, constants));
+      }
+      {  // linear
+        linear_deconv_config cfg;
+        cfg.layout = k % 2 ? block_layout::contiguous_shared : block_layout::independent;
+        const index_t Fin = uniform(rng, 2, 24), cout = uniform(rng, 1, 4);
+        const block_plan plan = random_plan(rng, cfg.layout, Fin, 1);
+        cfg.block = plan.block;
+        cfg.eps = 1e-2;
+        std::vector<std::vector<T>> batches;
+        std::vector<matrix_view<const T>> xs;
+        for (int b = 0; b < 4; ++b) batches.push_back(random_vector<T>(rng, std::size_t(64 * Fin), 0.5));
+        if (poisoned) std::fill(batches[1].begin(), batches[1].end(), nan);
+        for (const auto& b : batches) xs.push_back(row_major(b.data(), 64, Fin));
+        const std::vector<T> w = random_vector<T>(rng, std::size_t(cout * Fin)), bias = random_vector<T>(rng, std::size_t(cout)),
+                             gw = random_vector<T>(rng, std::size_t(cout * Fin)), gb = random_vector<T>(rng, std::size_t(cout));
+        const auto wv = row_major(w.data(), cout, Fin);
+        compare(B::template linear_layer_backward<T>(xs, std::size_t(64 * Fin), wv, bias, cfg, o, gw, gb, constants),
+                oracle_backend::template linear_layer_backward<T>(xs, std::size_t(64 * Fin), wv, bias, cfg, o, gw, gb, constants));
+      }
+      if (k != 2) {  // channel (no freeze), C not a multiple of the block in cases 0 and 1
+        channel_deconv_config cfg;
+        cfg.block = uniform(rng, 2, 4);
+        cfg.uncentred_covariance = k != 1;
+        const index_t C = cfg.block * uniform(rng, 1, 3) + (k < 2 ? uniform(rng, 1, cfg.block - 1) : 0);
+        layer_options co = k == 1 ? o : channel_deconv_layer<T>::reference_options();
+        std::vector<image_case<T>> batches;
+        std::vector<std::vector<T>> dys;
+        for (int b = 0; b < 4; ++b) {
+          batches.push_back(random_image<T>(rng, 2, C, uniform(rng, 3, 8), uniform(rng, 3, 8), 0.5));
+          dys.push_back(random_vector<T>(rng, batches.back().data.size()));
+        }
+        if (poisoned) std::fill(batches[1].data.begin(), batches[1].data.end(), nan);
+        std::vector<image_view<const T>> xs;
+        std::size_t span = 0;
+        for (const auto& b : batches) xs.push_back(b.cpu()), span = std::max(span, b.data.size());
+        compare(B::template channel_layer_backward<T>(xs, span, cfg, co, dys, constants),
+                oracle_backend::template channel_layer_backward<T>(xs, span, cfg, co, dys, constants));
+      }
     }
   }
 }

@@ -440,7 +440,103 @@ host_layer_trace<T> folding_layer(Layer layer, const layer_options& o, const std
   return t;
 }
 
+/// A layer's steps on its device state, each followed by its backward (backend_checks.hpp's
+/// conv_layer_backward); `step` is the host diagnostic, which a cuda_policy backward does not read.
+template <class T, int R, class Layer, class X>
+std::vector<host_step_vjp<T>> folding_layer_backward(Layer layer, const layer_options& o, const std::vector<X>& xs,
+                                                     std::size_t span, tensor_view<const T, R> w, const std::vector<T>& bias,
+                                                     const std::vector<T>& gw, const std::vector<T>& gb, bool constants) {
+  const block_plan p = layer.plan();
+  const index_t S = p.count(), F = p.features(), cout = w.shape[0];
+  stream st;
+  const cuda_policy policy{st.get()};
+  device_state<T> state(S, F, o.average_covariance, false);
+  layer.attach_state(policy, state.view());
+  buffer<T> dw(w.data, std::size_t(w.size())), db(bias.data(), bias.size()), dgw(gw.data(), gw.size()), dgb(gb.data(), gb.size());
+  const tensor_view<const T, R> wv = checks::contiguous_like<const T>(dw.get(), w), gwv = checks::contiguous_like<const T>(dgw.get(), w);
+  const vector_view<const T> bv = bias.empty() ? vector_view<const T>{} : contiguous<const T>(db.get(), cout);
+  std::vector<host_step_vjp<T>> result;
+  for (const X& x : xs) {
+    buffer<T> dx(x.data, span);
+    device_step<T> out(S, F, w.size(), cout);
+    const statistics_step_outputs<T, R> views{row_major(out.mean.get(), S, F), cube(out.D.get(), S, F),
+                                              checks::contiguous_like(out.weight.get(), w), contiguous(out.bias.get(), cout),
+                                              contiguous(out.reports.get(), S)};
+    try {
+      layer.train_step(policy, rebind(x, dx.get()), wv, bv, views);
+    } catch (const numerical_error&) {
+      result.emplace_back();
+      continue;
+    }
+    buffer<T> gx{std::size_t(x.size())}, gwo{std::size_t(w.size())}, gbo{bias.size()};
+    buffer<isqrt_report> reports{std::size_t(S)};
+    const statistics_step_gradients<T, R> grads{checks::contiguous_like(gwo.get(), w),
+                                                bias.empty() ? vector_view<T>{} : contiguous(gbo.get(), cout),
+                                                checks::contiguous_like(gx.get(), x), contiguous(reports.get(), S)};
+    layer.backward(policy, rebind(x, dx.get()), wv, bv,
+                   block_statistics_view<const T>{p, row_major<const T>(out.mean.get(), S, F), cube<const T>(out.D.get(), S, F)},
+                   step_diagnostic{}, gwv, contiguous<const T>(dgb.get(), cout), grads,
+                   constants ? statistics_gradient::constants : statistics_gradient::full);
+    st.sync();
+    result.push_back({gwo.download(), gbo.download(), gx.download(), reports.download()});
+  }
+  return result;
+}
+
 }  // namespace
+
+template <class T>
+std::vector<host_step_vjp<T>> conv_layer_backward(const std::vector<image_view<const T>>& xs, std::size_t span,
+                                                  image_view<const T> w, const std::vector<T>& bias,
+                                                  const conv_deconv_config& config, const layer_options& options,
+                                                  const std::vector<T>& gw, const std::vector<T>& gb, bool constants) {
+  return folding_layer_backward<T, 4>(conv_deconv_layer<T>(xs[0].shape[1], config, options), options, xs, span, w, bias, gw, gb,
+                                      constants);
+}
+
+template <class T>
+std::vector<host_step_vjp<T>> linear_layer_backward(const std::vector<matrix_view<const T>>& xs, std::size_t span,
+                                                    matrix_view<const T> w, const std::vector<T>& bias,
+                                                    const linear_deconv_config& config, const layer_options& options,
+                                                    const std::vector<T>& gw, const std::vector<T>& gb, bool constants) {
+  return folding_layer_backward<T, 2>(linear_deconv_layer<T>(xs[0].shape[1], config, options), options, xs, span, w, bias, gw,
+                                      gb, constants);
+}
+
+template <class T>
+std::vector<host_step_vjp<T>> channel_layer_backward(const std::vector<image_view<const T>>& xs, std::size_t span,
+                                                     const channel_deconv_config& config, const layer_options& options,
+                                                     const std::vector<std::vector<T>>& dys, bool constants) {
+  const index_t C = xs[0].shape[1], B = config.block;
+  channel_deconv_layer<T> layer(C, config, options);
+  stream st;
+  const cuda_policy policy{st.get()};
+  device_state<T> state(1, B, options.average_covariance, C % B != 0);
+  layer.attach_state(policy, state.view());
+  std::vector<host_step_vjp<T>> result;
+  for (std::size_t k = 0; k < xs.size(); ++k) {
+    const image_view<const T>& x = xs[k];
+    buffer<T> dx(x.data, span), y{std::size_t(x.size())}, mean{std::size_t(B)}, D{std::size_t(B * B)},
+        remaining{C % B ? std::size_t(2) : 0};
+    buffer<isqrt_report> reports{1};
+    const channel_statistics_view<T> used{row_major(mean.get(), 1, B), cube(D.get(), 1, B),
+                                          remaining.get() ? contiguous(remaining.get(), 2) : vector_view<T>{}};
+    try {
+      layer.train_step(policy, rebind(x, dx.get()), checks::contiguous_like(y.get(), x), used, contiguous(reports.get(), 1));
+    } catch (const numerical_error&) {
+      result.emplace_back();
+      continue;
+    }
+    buffer<T> dy(dys[k].data(), dys[k].size()), gx{std::size_t(x.size())};
+    buffer<isqrt_report> greports{1};
+    layer.backward(policy, rebind(x, dx.get()), channel_statistics_view<const T>(used), step_diagnostic{},
+                   checks::contiguous_like<const T>(dy.get(), x), checks::contiguous_like(gx.get(), x),
+                   contiguous(greports.get(), 1), constants ? statistics_gradient::constants : statistics_gradient::full);
+    st.sync();
+    result.push_back({{}, {}, gx.download(), greports.download()});
+  }
+  return result;
+}
 
 template <class T>
 host_layer_trace<T> conv_layer(const std::vector<image_view<const T>>& xs, std::size_t span, image_view<const T> w,
@@ -652,6 +748,17 @@ std::vector<std::string> layer_refusal_messages() {
   template host_layer_trace<T> linear_layer<T>(const std::vector<matrix_view<const T>>&, std::size_t,                  \
                                                matrix_view<const T>, const std::vector<T>&, const linear_deconv_config&, \
                                                const layer_options&);                                                  \
+  template std::vector<host_step_vjp<T>> conv_layer_backward<T>(const std::vector<image_view<const T>>&, std::size_t,   \
+                                                                image_view<const T>, const std::vector<T>&,             \
+                                                                const conv_deconv_config&, const layer_options&,        \
+                                                                const std::vector<T>&, const std::vector<T>&, bool);    \
+  template std::vector<host_step_vjp<T>> linear_layer_backward<T>(const std::vector<matrix_view<const T>>&, std::size_t, \
+                                                                  matrix_view<const T>, const std::vector<T>&,          \
+                                                                  const linear_deconv_config&, const layer_options&,    \
+                                                                  const std::vector<T>&, const std::vector<T>&, bool);  \
+  template std::vector<host_step_vjp<T>> channel_layer_backward<T>(const std::vector<image_view<const T>>&, std::size_t, \
+                                                                   const channel_deconv_config&, const layer_options&,  \
+                                                                   const std::vector<std::vector<T>>&, bool);           \
   template host_layer_trace<T> channel_layer<T>(const std::vector<image_view<const T>>&, std::size_t,                  \
                                                 const channel_deconv_config&, const layer_options&);
 

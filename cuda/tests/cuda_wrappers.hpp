@@ -96,6 +96,23 @@ template <class T>
 host_layer_trace<T> channel_layer(const std::vector<image_view<const T>>& xs, std::size_t span,
                                   const channel_deconv_config& config, const layer_options& options);
 
+/// The layers' backward after every step, their state in device memory (backend_checks.hpp's
+/// conv_layer_backward, linear_layer_backward, channel_layer_backward).
+template <class T>
+std::vector<host_step_vjp<T>> conv_layer_backward(const std::vector<image_view<const T>>& xs, std::size_t span,
+                                                  image_view<const T> w, const std::vector<T>& bias,
+                                                  const conv_deconv_config& config, const layer_options& options,
+                                                  const std::vector<T>& gw, const std::vector<T>& gb, bool constants);
+template <class T>
+std::vector<host_step_vjp<T>> linear_layer_backward(const std::vector<matrix_view<const T>>& xs, std::size_t span,
+                                                    matrix_view<const T> w, const std::vector<T>& bias,
+                                                    const linear_deconv_config& config, const layer_options& options,
+                                                    const std::vector<T>& gw, const std::vector<T>& gb, bool constants);
+template <class T>
+std::vector<host_step_vjp<T>> channel_layer_backward(const std::vector<image_view<const T>>& xs, std::size_t span,
+                                                     const channel_deconv_config& config, const layer_options& options,
+                                                     const std::vector<std::vector<T>>& dys, bool constants);
+
 /// The README's CUDA snippet (the conv statistics step with the reference defaults and a 3x3
 /// kernel, padding 1) run verbatim on x (N, C, H, W) and w (Cout, C, 3, 3), b (Cout), contiguous.
 host_step<float> readme_snippet(const std::vector<float>& x, index_t N, index_t C, index_t H, index_t W,

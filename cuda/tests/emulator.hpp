@@ -484,11 +484,12 @@ struct backend {
       for (index_t o = 0; o < out_bias.shape[0]; ++o) out_bias(o) = in.grad_bias(o);
   }
 
-  /// covariance_vjp: trace, sym, shift, then every entry of the sampled rows added in (r, j) order.
+  /// covariance_vjp: trace, sym, shift, then every entry of the sampled rows added in (r, j) order
+  /// (nothing when keep is set and *keep is 0).
   template <class T, class Source, class Target>
   static void covariance_vjp(const Source& src, const block_plan& p, const moments_view<const double>& m,
                              const tensor_view<const T, 3>& dcov, const matrix_view<const T>& dmean, double eps_F, bool uncentred,
-                             const Target& target) {
+                             const Target& target, const int* keep) {
     const index_t S = p.count(), F = p.features();
     std::vector<T> sym(static_cast<std::size_t>(S * F * F)), mean(static_cast<std::size_t>(S * F)), dmu(mean),
         trace(static_cast<std::size_t>(S));
@@ -498,6 +499,7 @@ struct backend {
     for (index_t e = 0; e < S * F * F; ++e)
       detail::covariance_vjp_sym_element(m, dcov, trace.data(), eps_F, sv, e / (F * F), (e / F) % F, e % F);
     for (index_t e = 0; e < S * F; ++e) detail::covariance_vjp_shift_element(m, dmean, uncentred, mv, dv, e / F, e % F);
+    if (keep != nullptr && *keep == 0) return;
     for (index_t r = 0; r < src.rows(); ++r)
       for (index_t j = 0; j < src.width(); ++j)
         if (T* at = target.at(r, j))
@@ -505,24 +507,42 @@ struct backend {
                                               matrix_view<const T>(dv), r, j);
   }
 
-  template <class T, class Source, class Target, int R>
-  static void statistics_step_vjp(const Source& source, const detail::weight_vjp_inputs<T>& in, const detail::backward_rule& how,
-                                  const statistics_step_gradients<T, R>& out, const image_view<T>& out_weight,
-                                  const Target& target) {
-    const block_plan& p = in.plan;
+  static void constant_reports(const vector_view<isqrt_report>& reports, const int* keep) {  // constant_reports_kernel
+    if (keep != nullptr && *keep != 0) return;
+    for (index_t s = 0; s < reports.shape[0]; ++s) reports(s) = {0, std::numeric_limits<double>::quiet_NaN(), isqrt_status::ok};
+  }
+
+  /// covariance_backward: moments, the layer covariance, inverse_sqrt_vjp, the scatter.
+  template <class T, class Source, class Target>
+  static void covariance_backward(const Source& source, const block_plan& p, const detail::backward_rule& how,
+                                  const tensor_view<const T, 3>& dD, const matrix_view<const T>& dmu,
+                                  const vector_view<isqrt_report>& reports, const Target& target, const int* keep) {
     const index_t S = p.count(), F = p.features();
-    std::vector<T> cov(std::size_t(S * F * F)), dD(cov), dcov(cov), mu(std::size_t(S * F)), dmu(mu);
+    std::vector<T> cov(static_cast<std::size_t>(S * F * F)), dcov(cov), mu(static_cast<std::size_t>(S * F));
     const auto matrices = [&](std::vector<T>& v) { return tensor_view<T, 3>{v.data(), {S, F, F}, {F * F, F, 1}}; };
-    fold_vjp(in, out_weight, out.bias, matrices(dD), row_major(dmu.data(), S, F));
     const host_moments m = moments<T>(source, p);
     for (index_t e = 0; e < S * F * F; ++e)
       detail::layer_covariance_element(m.view(), how.eps, how.relative_eps, how.uncentred, matrices(cov),
                                        row_major(mu.data(), S, F), e / (F * F), (e / F) % F, e % F);
-    inverse_sqrt_vjp<T>(tensor_view<const T, 3>(matrices(cov)), tensor_view<const T, 3>(matrices(dD)), matrices(dcov), how.isqrt,
-                        out.reports);
+    inverse_sqrt_vjp<T>(tensor_view<const T, 3>(matrices(cov)), dD, matrices(dcov), how.isqrt, reports);
+    covariance_vjp(source, p, m.view(), tensor_view<const T, 3>(matrices(dcov)), dmu, how.relative_eps ? how.eps / double(F) : 0.0,
+                   how.uncentred, target, keep);
+    if (keep != nullptr) constant_reports(reports, keep);
+  }
+
+  template <class T, class Source, class Target, int R>
+  static void statistics_step_vjp(const Source& source, const detail::weight_vjp_inputs<T>& in, const detail::backward_rule& how,
+                                  const statistics_step_gradients<T, R>& out, const image_view<T>& out_weight,
+                                  const Target& target, bool constants = false, const int* keep = nullptr) {
+    const block_plan& p = in.plan;
+    const index_t S = p.count(), F = p.features();
+    std::vector<T> dD(static_cast<std::size_t>(S * F * F)), dmu(static_cast<std::size_t>(S * F));
+    const tensor_view<T, 3> dDv{dD.data(), {S, F, F}, {F * F, F, 1}};
+    fold_vjp(in, out_weight, out.bias, dDv, row_major(dmu.data(), S, F));
     for (index_t e = 0; e < out.x.size(); ++e) detail::zero_element(out.x, e);
-    covariance_vjp(source, p, m.view(), tensor_view<const T, 3>(matrices(dcov)), matrix_view<const T>(row_major(dmu.data(), S, F)),
-                   how.relative_eps ? how.eps / double(F) : 0.0, how.uncentred, target);
+    if (constants) return constant_reports(out.reports, nullptr);
+    covariance_backward(source, p, how, tensor_view<const T, 3>(dDv), matrix_view<const T>(row_major(dmu.data(), S, F)),
+                        out.reports, target, keep);
   }
 
   template <class T, int R, int RX, class Config>
@@ -568,16 +588,17 @@ struct backend {
   // would copy it there).
 
   /// train_statistics: moments -> layer covariance -> inverse_sqrt (-> the running covariance's)
-  /// -> layer_decide (+ remaining_update) -> layer_update; then raise_failure's throws.
+  /// -> layer_decide (+ remaining_update) -> layer_update; then raise_failure's throws. Returns
+  /// the decision (which the CUDA step keeps for the backward).
   template <class T, class Source>
-  static void layer_train(const Source& source, const block_plan& p, double eps, bool uncentred, const isqrt_options& isqrt,
+  static detail::layer_decision layer_train(const Source& source, const block_plan& p, double eps, bool uncentred, const isqrt_options& isqrt,
                           const layer_options& o, const running_state_view<T>& st, const matrix_view<T>& mean,
                           const tensor_view<T, 3>& D, const vector_view<isqrt_report>& reports, const T* batch_scalars,
                           T* apply_scalars) {
     using namespace detail;
     const index_t S = p.count(), F = p.features();
     const host_moments m = moments<T>(source, p);
-    std::vector<T> cov(std::size_t(S * F * F)), eval(std::size_t(S * F * F));
+    std::vector<T> cov(static_cast<std::size_t>(S * F * F)), eval(static_cast<std::size_t>(S * F * F));
     std::vector<isqrt_report> eval_reports(static_cast<std::size_t>(S));
     const tensor_view<T, 3> cv{cov.data(), {S, F, F}, {F * F, F, 1}}, ev{eval.data(), {S, F, F}, {F * F, F, 1}};
     for (index_t e = 0; e < S * F * F; ++e)
@@ -595,10 +616,11 @@ struct backend {
     for (index_t e = 0; e < S * F * F; ++e)
       layer_update_element(d, o, st, mean, D, tensor_view<const T, 3>(cv), tensor_view<const T, 3>(ev), reports, er,
                            e / (F * F), (e / F) % F, e % F);
-    if (o.on_failure != failure_policy::throw_error) return;
+    if (o.on_failure != failure_policy::throw_error) return d;
     if (remaining_bad) throw numerical_error("channel layer statistics failed");
     if (d.failed) throw numerical_error("layer statistics failed");
     if (d.eval_failed) throw numerical_error("the running covariance has no inverse square root");
+    return d;
   }
 
   /// evaluation_D and check_evaluation: the evaluation D (the running D without average_covariance).
@@ -670,6 +692,154 @@ struct backend {
                                           const layer_options& o) {
     return folding_layer<T, 2>(linear_statistics_plan(xs[0].shape[1], cfg), cfg.eps, cfg.isqrt, o, xs,
                                [](const matrix_view<const T>& x) { return matrix_rows<T>(x); }, w, bias);
+  }
+
+  /// The layers' backward after every step (layer_state.cuh: the step keeps its decision, then
+  /// conv_backward / linear_backward gate the statistics' gradient with its use_batch), with the
+  /// step's outputs as the statistics (mode constants if `constants`). A step that throws has an
+  /// empty result.
+  template <class T, int R, class X, class Sources, class Targets>
+  static std::vector<host_step_vjp<T>> folding_layer_backward(const block_plan& p, double eps, const isqrt_options& isqrt,
+                                                              const layer_options& o, const std::vector<X>& xs, Sources&& source,
+                                                              Targets&& target, tensor_view<const T, R> w, const std::vector<T>& bias,
+                                                              const std::vector<T>& gw, const std::vector<T>& gb, bool constants) {
+    const index_t S = p.count(), F = p.features(), cout = w.shape[0];
+    host_layer_trace<T> t = host_layer_trace<T>::initial(S, F, o.average_covariance, false);
+    const running_state_view<T> st = t.state(S, F);
+    const auto conv = [](const auto& v) {  // a linear weight as (Cout, Fin, 1, 1)
+      if constexpr (R == 4)
+        return v;
+      else
+        return ::netdeconv::detail::as_conv_weight(v);
+    };
+    const detail::backward_rule how{eps, o.relative_eps, false, isqrt};
+    std::vector<host_step_vjp<T>> out;
+    for (const X& x : xs) {
+      std::vector<T> mean(static_cast<std::size_t>(S * F)), D(static_cast<std::size_t>(S * F * F));
+      std::vector<isqrt_report> reports(static_cast<std::size_t>(S));
+      detail::layer_decision d{};
+      try {
+        d = layer_train<T>(source(x), p, eps, false, isqrt, o, st, row_major(mean.data(), S, F), {D.data(), {S, F, F}, {F * F, F, 1}},
+                           contiguous(reports.data(), S), nullptr, nullptr);
+      } catch (const numerical_error&) {
+        out.emplace_back();
+        continue;
+      }
+      host_step_vjp<T> g{std::vector<T>(std::size_t(w.size())), std::vector<T>(bias.empty() ? 0 : std::size_t(cout)),
+                         std::vector<T>(std::size_t(x.size())), std::vector<isqrt_report>(std::size_t(S))};
+      const statistics_step_gradients<T, R> views{checks::contiguous_like(g.weight.data(), w),
+                                                  bias.empty() ? vector_view<T>{} : contiguous(g.bias.data(), cout),
+                                                  checks::contiguous_like(g.x.data(), x), contiguous(g.reports.data(), S)};
+      const auto stats = checks::cpu_backend<sequential_policy>::statistics(p, mean, D);
+      const tensor_view<const T, R> gwv = checks::contiguous_like(gw.data(), w);
+      statistics_step_vjp(source(x), detail::weight_inputs(stats, conv(w), conv(gwv), contiguous(gb.data(), cout)), how, views,
+                          conv(views.weight), target(x, views.x), constants, &d.use_batch);
+      out.push_back(std::move(g));
+    }
+    return out;
+  }
+
+  template <class T>
+  static std::vector<host_step_vjp<T>> conv_layer_backward(const std::vector<image_view<const T>>& xs, std::size_t,
+                                                           image_view<const T> w, const std::vector<T>& bias,
+                                                           const conv_deconv_config& cfg, const layer_options& o,
+                                                           const std::vector<T>& gw, const std::vector<T>& gb, bool constants) {
+    return folding_layer_backward<T, 4>(
+        conv_statistics_plan(xs[0].shape[1], cfg), cfg.eps, cfg.isqrt, o, xs,
+        [&](const image_view<const T>& x) { return patch_sampler<T>(x, cfg.geometry, cfg.sampling_stride); },
+        [&](const image_view<const T>& x, const image_view<T>& dx) {
+          return detail::patch_target<T>{
+              ::netdeconv::detail::make_patch_map("backward", x.shape, cfg.geometry, cfg.sampling_stride, true), dx};
+        },
+        w, bias, gw, gb, constants);
+  }
+  template <class T>
+  static std::vector<host_step_vjp<T>> linear_layer_backward(const std::vector<matrix_view<const T>>& xs, std::size_t,
+                                                             matrix_view<const T> w, const std::vector<T>& bias,
+                                                             const linear_deconv_config& cfg, const layer_options& o,
+                                                             const std::vector<T>& gw, const std::vector<T>& gb, bool constants) {
+    return folding_layer_backward<T, 2>(
+        linear_statistics_plan(xs[0].shape[1], cfg), cfg.eps, cfg.isqrt, o, xs,
+        [](const matrix_view<const T>& x) { return matrix_rows<T>(x); },
+        [](const matrix_view<const T>&, const matrix_view<T>& dx) { return detail::row_target<T>{dx}; }, w, bias, gw, gb,
+        constants);
+  }
+
+  /// The channel layer's steps (the writing form), each followed by its backward given dys[k]
+  /// (x's shape, contiguous; mode constants if `constants`): layer_state.cuh's channel_step and
+  /// channel_backward. dL/dx in x.
+  template <class T>
+  static std::vector<host_step_vjp<T>> channel_layer_backward(const std::vector<image_view<const T>>& xs, std::size_t,
+                                                              const channel_deconv_config& cfg, const layer_options& o,
+                                                              const std::vector<std::vector<T>>& dys, bool constants) {
+    using namespace detail;
+    const index_t C = xs[0].shape[1], B = cfg.block;
+    const ::netdeconv::detail::channel_spec spec{C, C / B * B, B, cfg.sampling_stride, cfg.eps};
+    const block_plan p = make_block_plan(block_layout::independent, B, 1, B);
+    host_layer_trace<T> t = host_layer_trace<T>::initial(1, B, o.average_covariance, C % B != 0);
+    const running_state_view<T> st = t.state(1, B);
+    const backward_rule how{cfg.eps, o.relative_eps, cfg.uncentred_covariance, cfg.isqrt};
+    std::vector<host_step_vjp<T>> out;
+    for (std::size_t k = 0; k < xs.size(); ++k) {
+      const image_view<const T>& x = xs[k];
+      std::vector<T> mean(static_cast<std::size_t>(B)), D(static_cast<std::size_t>(B * B));
+      std::vector<isqrt_report> reports(1);
+      T scalars[4] = {};
+      const bool remaining = spec.whitened < C;
+      if (remaining) {
+        const double shift = double(spec.remaining_value(x, 0, 0));
+        double sum = 0, squares = 0;
+        for (int tid = 0; tid < 256; ++tid) {
+          double a, b;
+          remaining_partial(spec, x, shift, tid, 256, a, b);
+          sum += a, squares += b;
+        }
+        remaining_finish(shift, sum, squares, x.shape[0] * spec.remaining_per_image(x.shape), scalars);
+      }
+      const auto samples = ::netdeconv::detail::make_channel_samples(spec, x);
+      layer_decision d{};
+      try {
+        d = layer_train<T>(samples, p, cfg.eps, cfg.uncentred_covariance, cfg.isqrt, o, st, row_major(mean.data(), 1, B),
+                           {D.data(), {1, B, B}, {B * B, B, 1}}, contiguous(reports.data(), 1), remaining ? scalars : nullptr,
+                           scalars + 2);
+      } catch (const numerical_error&) {
+        out.emplace_back();
+        continue;
+      }
+      const vector_view<const T> used_remaining = remaining ? vector_view<const T>{scalars + 2, {2}, {1}} : vector_view<const T>{};
+      const tensor_view<const T, 3> Dv{D.data(), {1, B, B}, {B * B, B, 1}};
+      host_step_vjp<T> g{{}, {}, std::vector<T>(std::size_t(x.size())), std::vector<isqrt_report>(1)};
+      const image_view<T> dx = checks::contiguous_like(g.x.data(), x);
+      const image_view<const T> dy = checks::contiguous_like(dys[k].data(), x);
+      for (index_t e = 0; e < x.size(); ++e) channel_direct_vjp_element(spec, dy, Dv, used_remaining, dx, e);
+      if (constants) {
+        constant_reports(contiguous(g.reports.data(), 1), nullptr);
+        out.push_back(std::move(g));
+        continue;
+      }
+      std::vector<T> dD(static_cast<std::size_t>(B * B)), dy_sum(static_cast<std::size_t>(B)), dmu(static_cast<std::size_t>(B));
+      const tensor_view<T, 3> dDv{dD.data(), {1, B, B}, {B * B, B, 1}};
+      for (index_t e = 0; e < B * B; ++e) {
+        dDv(0, e / B, e % B) = channel_D_vjp_element(spec, x, dy, matrix_view<const T>(row_major(mean.data(), 1, B)), e / B, e % B);
+        if (e % B == 0) dy_sum[std::size_t(e / B)] = channel_dy_sum_element(spec, dy, e / B);
+      }
+      for (index_t i = 0; i < B; ++i) dmu[std::size_t(i)] = weight_vjp_mean_element(Dv, matrix_view<const T>(row_major(dy_sum.data(), 1, B)), 0, i);
+      covariance_backward(samples, p, how, tensor_view<const T, 3>(dDv), matrix_view<const T>(row_major(dmu.data(), 1, B)),
+                          contiguous(g.reports.data(), 1), channel_target<T>{samples, dx}, &d.use_batch);
+      if (remaining) {
+        double sums[2] = {0, 0};
+        for (int tid = 0; tid < 256; ++tid) {  // the kernel's tree reduction, summed in thread order here
+          double a, b;
+          channel_remaining_vjp_partial(spec, x, dy, double(scalars[2]), tid, 256, a, b);
+          sums[0] += a, sums[1] += b;
+        }
+        if (d.use_batch)
+          for (index_t e = 0; e < x.shape[0] * spec.remaining_per_image(x.shape); ++e)
+            channel_remaining_vjp_element(spec, x, used_remaining, sums, dx, e);
+      }
+      out.push_back(std::move(g));
+    }
+    return out;
   }
 
   /// channel_train and channel_eval: remaining_kernel (one block of 256 threads), train, apply.

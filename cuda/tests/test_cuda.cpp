@@ -39,6 +39,9 @@ struct gpu {
   template <class T, class... A> static auto conv_layer(A&&... a) { return gpu_api::conv_layer<T>(a...); }
   template <class T, class... A> static auto linear_layer(A&&... a) { return gpu_api::linear_layer<T>(a...); }
   template <class T, class... A> static auto channel_layer(A&&... a) { return gpu_api::channel_layer<T>(a...); }
+  template <class T, class... A> static auto conv_layer_backward(A&&... a) { return gpu_api::conv_layer_backward<T>(a...); }
+  template <class T, class... A> static auto linear_layer_backward(A&&... a) { return gpu_api::linear_layer_backward<T>(a...); }
+  template <class T, class... A> static auto channel_layer_backward(A&&... a) { return gpu_api::channel_layer_backward<T>(a...); }
 };
 
 TEST_CASE_TEMPLATE("CUDA im2col and col2im match the CPU", T, float, double) {
@@ -144,6 +147,11 @@ TEST_CASE_TEMPLATE("CUDA statistics steps' backward matches the CPU", T, float, 
 TEST_CASE_TEMPLATE("CUDA layers with their state in device memory match the CPU layers", T, float, double) {
   checks::rng_t rng(9);
   checks::check_layers<gpu, T>(rng);
+}
+
+TEST_CASE_TEMPLATE("CUDA layers' backward after every step matches the CPU layers", T, float, double) {
+  checks::rng_t rng(14);
+  checks::check_layer_backward<gpu, T>(rng);
 }
 
 TEST_CASE("the README's CUDA snippet runs and equals the CPU statistics step") {

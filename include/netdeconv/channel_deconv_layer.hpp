@@ -73,7 +73,7 @@ class channel_deconv_layer {
   /// The same, writing the statistics the step used into `used` (mean (1, B), D (1, B, B), the
   /// remaining channels' mean and variance (2, or empty when C is a multiple of B): the batch's,
   /// or the running ones when the step kept them) and the inverse square root's report (1; a kept
-  /// step writes its failed report). CPU policies. backward() takes them.
+  /// step writes its failed report). backward() takes them.
   template <class Policy>
   void train_step(const Policy& policy, image_view<const T> x, image_view<T> y, const channel_statistics_view<T>& used,
                   vector_view<isqrt_report> reports) {
@@ -101,7 +101,8 @@ class channel_deconv_layer {
   /// dy): the direct part D^T dy and (x - m)/sqrt(v + eps)'s 1/sqrt(v + eps), plus the part through
   /// mu, D (its covariance, centred or uncentred, with the step's eps) and m, v. A kept step, or mode
   /// constants, treats the statistics as constants. One inverse-square-root report into reports (1).
-  /// The layer's state does not change. CPU policies.
+  /// The layer's state does not change. With a cuda_policy, `step` is not read: the outcome of
+  /// the layer's latest step is (cuda/layer_state.cuh).
   template <class Policy>
   void backward(const Policy& policy, image_view<const T> x, const channel_statistics_view<const T>& used,
                 const step_diagnostic& step, image_view<const T> dy, image_view<T> dx, vector_view<isqrt_report> reports,

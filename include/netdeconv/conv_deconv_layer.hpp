@@ -77,7 +77,8 @@ class conv_deconv_layer : public detail::folding_layer<T, layer_kind::conv> {
   /// right after it; grad_weight = dL/dW', grad_bias = dL/db'. Writes dL/dW, dL/db and
   /// dL/dx_stats (through mu and Cov, with eps as the step used it) into out. A frozen or kept
   /// step, or mode constants, treats mu and D as constants (dL/dx_stats = 0), as the reference's
-  /// frozen steps do. The layer's state does not change.
+  /// frozen steps do. The layer's state does not change. With a cuda_policy, `step` is not read:
+  /// the outcome of the layer's latest step is (cuda/layer_state.cuh).
   template <class Policy>
   void backward(const Policy& policy, image_view<const T> x, image_view<const T> weight, vector_view<const T> bias,
                 const block_statistics_view<const T>& stats, const step_diagnostic& step, image_view<const T> grad_weight,

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <iterator>
 #include <limits>
+#include <memory>
 #include <ostream>
 #include <sstream>
 #include <stdexcept>
@@ -174,7 +175,7 @@ class deconv_core {
   deconv_core(const deconv_core& o)
       : plan_(o.plan_), eps_(o.eps_), isqrt_(o.isqrt_), options_(o.options_), uncentred_(o.uncentred_),
         remaining_(o.remaining_), values_(o.values_), counters_(o.counters_), state_(o.state_), memory_(o.memory_),
-        attached_(o.attached_), diagnostic_(o.diagnostic_) {
+        attached_(o.attached_), diagnostic_(o.diagnostic_), backend_memory_(o.backend_memory_) {
     if (!attached_) bind_owned();
   }
   deconv_core& operator=(const deconv_core& o) {
@@ -183,7 +184,7 @@ class deconv_core {
     std::swap(counters_, copy.counters_);
     plan_ = o.plan_, eps_ = o.eps_, isqrt_ = o.isqrt_, options_ = o.options_, uncentred_ = o.uncentred_;
     remaining_ = o.remaining_, state_ = o.state_, memory_ = o.memory_, attached_ = o.attached_;
-    diagnostic_ = o.diagnostic_;
+    diagnostic_ = o.diagnostic_, backend_memory_ = o.backend_memory_;
     if (!attached_) bind_owned();
     return *this;
   }
@@ -210,6 +211,11 @@ class deconv_core {
                       "a cuda_policy call needs the layer's state in device memory: attach_state(cuda_policy, view) first");
     return state_;
   }
+
+  /// Memory a backend keeps with the layer between calls (cuda/layer_state.cuh: the last step's
+  /// decision, in device memory, which the backward reads); copies share it, as an attached state.
+  void* backend_memory() const { return backend_memory_.get(); }
+  void keep_backend_memory(std::shared_ptr<void> memory) { backend_memory_ = std::move(memory); }
 
   index_t steps() const { return host_state("steps").counters(0); }
   index_t counter() const { return host_state("freeze_counter").counters(1); }
@@ -439,6 +445,7 @@ class deconv_core {
   state_memory memory_ = state_memory::host;
   bool attached_ = false;
   mutable step_diagnostic diagnostic_;  ///< the last step's; failures read from the counters
+  std::shared_ptr<void> backend_memory_;
 };
 
 /// The running statistics of a host state as block_statistics (CPU backend, layer_state.hpp).

@@ -9,6 +9,7 @@
 //   layer.train_step(policy, x, w, b, out);   // statistics_step_outputs in device memory
 //   layer.export_weights(policy, w, b, w_out, b_out);
 //   channel.train_step(policy, x, y);  channel.eval(policy, x, y);
+//   layer.backward(policy, x, w, b, stats, {}, dW_folded, db_folded, grads);   // after its step ({}: not read)
 //
 // The state lives in device memory (attach_state with the policy first); the step decides there
 // what the CPU decides on the host, so a step only enqueues work on policy.stream:
@@ -30,10 +31,15 @@
 //     the host accessors (running(), steps(), state(), load_state ...) refuse a device state.
 //   - outputs may not overlap inputs: export_weights is not in place, and the channel layer's y
 //     may not be x.
+//   - the backward (statistics_step_vjp.cuh, and for the channel layer the direct part first)
+//     reads the latest step's decision from a device word the layer keeps (attach_state allocates
+//     it, every step writes it), not the host `step` argument: a frozen or kept step's statistics
+//     are constants there. Run a step's backward before the layer's next step.
 // Scratch: policy.workspace when it is set (too small: invalid_argument with the size needed),
 // else stream-ordered allocations.
 
 #include <cstddef>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -119,6 +125,49 @@ __global__ void channel_apply_kernel(::netdeconv::detail::channel_spec spec, ima
 template <class T>
 __global__ void state_unpack_kernel(const T* packed, const index_t* counters, running_state_view<T> st, long long count) {
   NETDECONV_FOR_ELEMENTS(count) state_unpack_element(packed, counters, st, e);
+}
+
+template <class T>
+__global__ void channel_direct_vjp_kernel(::netdeconv::detail::channel_spec spec, image_view<const T> dy, tensor_view<const T, 3> D,
+                                          vector_view<const T> scalars, image_view<T> dx, long long count) {
+  NETDECONV_FOR_ELEMENTS(count) channel_direct_vjp_element(spec, dy, D, scalars, dx, e);
+}
+
+template <class T>
+__global__ void channel_sums_vjp_kernel(::netdeconv::detail::channel_spec spec, image_view<const T> x, image_view<const T> dy,
+                                        matrix_view<const T> mu, tensor_view<T, 3> dD, matrix_view<T> dy_sum, long long count) {
+  const long long B = spec.block;
+  NETDECONV_FOR_ELEMENTS(count) {
+    dD(0, e / B, e % B) = channel_D_vjp_element(spec, x, dy, mu, e / B, e % B);
+    if (e % B == 0) dy_sum(0, e / B) = channel_dy_sum_element(spec, dy, e / B);
+  }
+}
+
+/// One block: the remaining channels' (sum dy, sum dy (x - m)) into sums (the remaining_kernel's reduction).
+template <class T>
+__global__ void __launch_bounds__(remaining_threads) channel_remaining_vjp_kernel(::netdeconv::detail::channel_spec spec,
+                                                                                  image_view<const T> x, image_view<const T> dy,
+                                                                                  vector_view<const T> scalars, double* sums) {
+  __shared__ double a[remaining_threads], b[remaining_threads];
+  const int tid = int(threadIdx.x);
+  channel_remaining_vjp_partial(spec, x, dy, double(scalars(0)), tid, remaining_threads, a[tid], b[tid]);
+  __syncthreads();
+  for (int s = remaining_threads / 2; s > 0; s /= 2) {
+    if (tid < s) {
+      a[tid] += a[tid + s];
+      b[tid] += b[tid + s];
+    }
+    __syncthreads();
+  }
+  if (tid == 0) sums[0] = a[0], sums[1] = b[0];
+}
+
+template <class T>
+__global__ void channel_remaining_scatter_kernel(::netdeconv::detail::channel_spec spec, image_view<const T> x,
+                                                 vector_view<const T> scalars, const double* sums, image_view<T> dx,
+                                                 const int* keep, long long count) {
+  if (*keep == 0) return;
+  NETDECONV_FOR_ELEMENTS(count) channel_remaining_vjp_element(spec, x, scalars, sums, dx, e);
 }
 
 #undef NETDECONV_FOR_ELEMENTS
@@ -281,6 +330,40 @@ void check_state_memory(const char* fn, const running_state_view<T>& st) {
   check_device_memory(fn, "remaining", st.remaining);
 }
 
+/// Scratch of the channel layer's backward: dL/dD (1, B, B), sum dy and dL/dmu (1, B), all T,
+/// the remaining channels' two sums (double), then covariance_backward's.
+template <class T>
+struct channel_vjp_layout {
+  std::size_t matrix, vec, sums, backward, total;
+  channel_vjp_layout(const cuda_policy& policy, const ::netdeconv::detail::channel_samples<T>& samples, const block_plan& p) {
+    const std::size_t B = std::size_t(p.features());
+    matrix = align_up(sizeof(T) * B * B);
+    vec = align_up(sizeof(T) * B);
+    sums = align_up(sizeof(double) * 2);
+    backward = backward_layout<T>(policy, samples, p).total;
+    total = matrix + 2 * vec + sums + backward;
+  }
+};
+
+/// The layer's last step decision, in device memory (attach allocates it, every step writes it,
+/// the backward reads its use_batch: whether the step folded the batch's statistics).
+template <class T>
+const int* step_used_batch(const ::netdeconv::detail::deconv_core<T>& core) {
+  return &static_cast<const layer_decision*>(core.backend_memory())->use_batch;
+}
+
+template <class T>
+void keep_decision(const ::netdeconv::detail::deconv_core<T>& core, const layer_scratch<T>& w) {
+  NETDECONV_CUDA_CHECK(cudaMemcpyAsync(core.backend_memory(), w.decision, sizeof(layer_decision), cudaMemcpyDeviceToDevice,
+                                       w.inner.stream));
+}
+
+/// What a layer's backward differentiates (the CUDA layers take throw_error or keep_previous only).
+template <class T>
+backward_rule layer_backward_rule(const ::netdeconv::detail::deconv_core<T>& core) {
+  return {core.eps(), core.options().relative_eps, core.uncentred(), core.isqrt()};
+}
+
 }  // namespace cuda::detail
 
 namespace detail {
@@ -315,6 +398,12 @@ struct layer_backend<cuda_policy, void> {
     cuda::detail::state_unpack_kernel<T><<<cuda::detail::grid_for(count, 256), 256, 0, policy.stream>>>(
         ws.at<const T>(0), ws.at<const index_t>(bytes), state, count);
     NETDECONV_CUDA_CHECK_LAUNCH("state_unpack_kernel");
+    if (core.backend_memory() == nullptr) {
+      void* decision = nullptr;
+      NETDECONV_CUDA_CHECK(cudaMalloc(&decision, sizeof(cuda::detail::layer_decision)));
+      core.keep_backend_memory(std::shared_ptr<void>(decision, [](void* p) { (void)cudaFree(p); }));
+    }
+    NETDECONV_CUDA_CHECK(cudaMemsetAsync(core.backend_memory(), 0, sizeof(cuda::detail::layer_decision), policy.stream));
     NETDECONV_CUDA_CHECK(cudaStreamSynchronize(policy.stream));  // `packed` is freed on return
     core.attach_device(state);
   }
@@ -339,9 +428,47 @@ struct layer_backend<cuda_policy, void> {
     const d::scratch ws(policy, l.total, fn);
     const d::layer_scratch<T> w(policy, ws, l, core.plan());
     d::train_statistics(core, source, w, out.mean, out.D, out.reports, static_cast<const T*>(nullptr));
+    d::keep_decision(core, w);
     ::netdeconv::fold(policy, block_statistics_view<const T>{core.plan(), out.mean, out.D}, weight, bias, out.weight,
                       out.bias);
     d::raise_failure(core, w, vector_view<const isqrt_report>(out.reports), false);
+  }
+
+  /// The backward of a conv or linear step (statistics_step_vjp.cuh): the step's outcome is read
+  /// on the device (step_used_batch), so `step` is not; a frozen or kept step, or mode constants,
+  /// treats mu and D as constants.
+  template <class T>
+  static void conv_backward(const cuda_policy& policy, const deconv_core<T>& core, const image_view<const T>& x,
+                            const image_view<const T>& weight, const conv_geometry& geometry, index_t sampling_stride,
+                            const block_statistics_view<const T>& stats, const step_diagnostic&, statistics_gradient mode,
+                            const image_view<const T>& grad_weight, const vector_view<const T>& grad_bias,
+                            const statistics_step_gradients<T, 4>& out) {
+    namespace d = cuda::detail;
+    constexpr const char* fn = "backward";
+    d::check_layer(fn, core);
+    d::check_vjp_memory(fn, x, weight, {}, stats, grad_weight, grad_bias, out);
+    const patch_sampler<T> source(x, geometry, sampling_stride);
+    check_block_moments(fn, source, core.plan());
+    const patch_map map = make_patch_map(fn, x.shape, geometry, sampling_stride, true);
+    d::statistics_step_vjp(policy, source, d::weight_inputs(stats, weight, grad_weight, grad_bias), d::layer_backward_rule(core),
+                           out, out.weight, d::patch_target<T>{map, out.x}, mode == statistics_gradient::constants,
+                           d::step_used_batch(core));
+  }
+
+  template <class T>
+  static void linear_backward(const cuda_policy& policy, const deconv_core<T>& core, const matrix_view<const T>& x,
+                              const matrix_view<const T>& weight, const block_statistics_view<const T>& stats,
+                              const step_diagnostic&, statistics_gradient mode, const matrix_view<const T>& grad_weight,
+                              const vector_view<const T>& grad_bias, const statistics_step_gradients<T, 2>& out) {
+    namespace d = cuda::detail;
+    constexpr const char* fn = "backward";
+    d::check_layer(fn, core);
+    d::check_vjp_memory(fn, x, as_conv_weight(weight), {}, stats, as_conv_weight(grad_weight), grad_bias, out);
+    const matrix_rows<T> source(x);
+    check_block_moments(fn, source, core.plan());
+    d::statistics_step_vjp(policy, source, d::weight_inputs(stats, as_conv_weight(weight), as_conv_weight(grad_weight), grad_bias),
+                           d::layer_backward_rule(core), out, as_conv_weight(out.weight), d::row_target<T>{out.x},
+                           mode == statistics_gradient::constants, d::step_used_batch(core));
   }
 
   /// eval()'s W' and b' into the caller's device tensors; synchronises with average_covariance.
@@ -368,23 +495,68 @@ struct layer_backend<cuda_policy, void> {
   template <class T>
   static void channel_train(const cuda_policy& policy, deconv_core<T>& core, const channel_spec& spec,
                             const image_view<const T>& x, const image_view<T>& y) {
+    channel_step(policy, core, spec, x, y, static_cast<const channel_statistics_view<T>*>(nullptr), {});
+  }
+
+  /// The same, writing the statistics the step used and its report (device memory; backward takes them).
+  template <class T>
+  static void channel_train(const cuda_policy& policy, deconv_core<T>& core, const channel_spec& spec,
+                            const image_view<const T>& x, const image_view<T>& y, const channel_statistics_view<T>& used,
+                            const vector_view<isqrt_report>& reports) {
+    cuda::detail::check_device_memory("train_step", "used.mean", used.mean);
+    cuda::detail::check_device_memory("train_step", "used.D", used.D);
+    cuda::detail::check_device_memory("train_step", "used.remaining", used.remaining);
+    cuda::detail::check_device_memory("train_step", "reports", reports);
+    channel_step(policy, core, spec, x, y, &used, reports);
+  }
+
+  /// The channel layer's backward (layer_state.hpp's channel_backward), all in device memory: the
+  /// direct part, then (unless the step folded constant statistics, read on the device, or mode is
+  /// constants) the covariance's gradient through the channel samples and the remaining channels'.
+  template <class T>
+  static void channel_backward(const cuda_policy& policy, const deconv_core<T>& core, const channel_spec& spec,
+                               const image_view<const T>& x, const channel_statistics_view<const T>& used,
+                               const step_diagnostic&, statistics_gradient mode, const image_view<const T>& dy,
+                               const image_view<T>& dx, const vector_view<isqrt_report>& reports) {
     namespace d = cuda::detail;
-    constexpr const char* fn = "train_step";
+    constexpr const char* fn = "backward";
     d::check_layer(fn, core);
-    check_channel_memory(fn, x, y);
-    const channel_samples<T> source = make_channel_samples(spec, x);
-    check_block_moments(fn, source, core.plan());
-    const d::layer_layout<T> l(policy, core.plan(), block_moments_workspace(policy, source, core.plan()));
+    d::check_device_memory(fn, "x", x);
+    d::check_device_memory(fn, "used.mean", used.mean);
+    d::check_device_memory(fn, "used.D", used.D);
+    d::check_device_memory(fn, "used.remaining", used.remaining);
+    d::check_device_memory(fn, "dy", dy);
+    d::check_device_memory(fn, "dx", dx);
+    d::check_device_memory(fn, "reports", reports);
+    const channel_samples<T> samples = make_channel_samples(spec, x);
+    const block_plan& p = core.plan();
+    check_block_moments(fn, samples, p);
+    const index_t B = spec.block;
+    const d::channel_vjp_layout<T> l(policy, samples, p);
     const d::scratch ws(policy, l.total, fn);
-    const d::layer_scratch<T> w(policy, ws, l, core.plan());
-    const bool remaining = spec.whitened < spec.channels;
-    if (remaining) {
-      d::remaining_kernel<T><<<1, d::remaining_threads, 0, policy.stream>>>(spec, x, w.scalars);
-      NETDECONV_CUDA_CHECK_LAUNCH("remaining_kernel");
+    d::scratch_parts parts(ws);
+    const tensor_view<T, 3> dD = parts.matrices<T>(l.matrix, 1, B);
+    const matrix_view<T> dy_sum = parts.vectors<T>(l.vec, 1, B), dmu = parts.vectors<T>(l.vec, 1, B);
+    double* sums = reinterpret_cast<double*>(parts.take(l.sums));
+    const cudaStream_t stream = policy.stream;
+    d::launch("channel_direct_vjp_kernel", d::channel_direct_vjp_kernel<T>, x.size(), stream, spec, dy, used.D, used.remaining, dx);
+    if (mode == statistics_gradient::constants) {
+      d::launch("constant_reports_kernel", d::constant_reports_kernel<>, 1, stream, reports, static_cast<const int*>(nullptr));
+      return;
     }
-    d::train_statistics(core, source, w, w.mean, w.D, w.reports, remaining ? static_cast<const T*>(w.scalars) : nullptr);
-    apply<T>(policy, spec, x, y, w.mean, w.D, remaining ? vector_view<const T>{w.scalars + 2, {2}, {1}} : vector_view<const T>{});
-    d::raise_failure(core, w, vector_view<const isqrt_report>(w.reports), true);
+    d::launch("channel_sums_vjp_kernel", d::channel_sums_vjp_kernel<T>, B * B, stream, spec, x, dy, used.mean, dD, dy_sum);
+    d::launch("weight_vjp_mean_kernel", d::weight_vjp_mean_kernel<T>, B, stream, used.D, matrix_view<const T>(dy_sum), dmu,
+              vector_view<const T>{}, vector_view<T>{});
+    const int* keep = d::step_used_batch(core);
+    d::covariance_backward(d::with_workspace(policy, parts.take(l.backward), l.backward), samples, p, d::layer_backward_rule(core),
+                           tensor_view<const T, 3>(dD), matrix_view<const T>(dmu), reports, d::channel_target<T>{samples, dx},
+                           keep);
+    if (spec.whitened == spec.channels) return;
+    d::channel_remaining_vjp_kernel<T><<<1, d::remaining_threads, 0, stream>>>(spec, x, dy, used.remaining, sums);
+    NETDECONV_CUDA_CHECK_LAUNCH("channel_remaining_vjp_kernel");
+    d::launch("channel_remaining_scatter_kernel", d::channel_remaining_scatter_kernel<T>,
+              x.shape[0] * spec.remaining_per_image(x.shape), stream, spec, x, used.remaining, static_cast<const double*>(sums), dx,
+              keep);
   }
 
   /// The channel layer's evaluation: y from x with the running statistics; synchronises with
@@ -407,6 +579,36 @@ struct layer_backend<cuda_policy, void> {
   }
 
  private:
+  /// A channel training step; with `used`, the statistics it folded and its report go there.
+  template <class T>
+  static void channel_step(const cuda_policy& policy, deconv_core<T>& core, const channel_spec& spec, const image_view<const T>& x,
+                           const image_view<T>& y, const channel_statistics_view<T>* used, const vector_view<isqrt_report>& reports) {
+    namespace d = cuda::detail;
+    constexpr const char* fn = "train_step";
+    d::check_layer(fn, core);
+    check_channel_memory(fn, x, y);
+    const channel_samples<T> source = make_channel_samples(spec, x);
+    check_block_moments(fn, source, core.plan());
+    const d::layer_layout<T> l(policy, core.plan(), block_moments_workspace(policy, source, core.plan()));
+    const d::scratch ws(policy, l.total, fn);
+    const d::layer_scratch<T> w(policy, ws, l, core.plan());
+    const bool remaining = spec.whitened < spec.channels;
+    if (remaining) {
+      d::remaining_kernel<T><<<1, d::remaining_threads, 0, policy.stream>>>(spec, x, w.scalars);
+      NETDECONV_CUDA_CHECK_LAUNCH("remaining_kernel");
+    }
+    const matrix_view<T> mean = used ? used->mean : w.mean;
+    const tensor_view<T, 3> D = used ? used->D : w.D;
+    const vector_view<isqrt_report> r = used ? reports : w.reports;
+    d::train_statistics(core, source, w, mean, D, r, remaining ? static_cast<const T*>(w.scalars) : nullptr);
+    d::keep_decision(core, w);
+    const vector_view<T> applied = remaining ? vector_view<T>{w.scalars + 2, {2}, {1}} : vector_view<T>{};
+    apply<T>(policy, spec, x, y, mean, D, applied);
+    if (used && remaining)
+      for (index_t k = 0; k < 2; ++k)
+        NETDECONV_CUDA_CHECK(cudaMemcpyAsync(&used->remaining(k), &applied(k), sizeof(T), cudaMemcpyDeviceToDevice, policy.stream));
+    d::raise_failure(core, w, vector_view<const isqrt_report>(r), true);
+  }
   template <class T>
   static void check_channel_memory(const char* fn, const image_view<const T>& x, const image_view<T>& y) {
     cuda::detail::check_device_memory(fn, "x", x);

@@ -21,6 +21,7 @@
 //   netdeconv::conv_statistics_step_vjp(netdeconv::cuda_policy{stream}, x, W, b, cfg, stats, dL_dWf, dL_dbf, grads);
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 
 #include <netdeconv/checks.hpp>
@@ -96,7 +97,8 @@ __global__ void covariance_vjp_shift_kernel(moments_view<const double> m, matrix
 
 template <class T, class Source, class Target>
 __global__ void covariance_vjp_scatter_kernel(Source src, block_plan p, tensor_view<const T, 3> sym, matrix_view<const T> mean,
-                                              matrix_view<const T> dmu, Target target, long long count) {
+                                              matrix_view<const T> dmu, Target target, const int* keep, long long count) {
+  if (keep != nullptr && *keep == 0) return;
   const long long width = src.width();
   NETDECONV_FOR_ELEMENTS(count) {
     T* at = target.at(e / width, e % width);
@@ -145,11 +147,11 @@ struct covariance_vjp_layout {
 };
 
 /// Adds the covariance's gradient to `target` (see bodies/statistics_step_vjp.hpp), with the
-/// scratch at `ws` (covariance_vjp_layout).
+/// scratch at `ws` (covariance_vjp_layout); nothing when keep is set and *keep is 0.
 template <class T, class Source, class Target>
 void covariance_vjp(cudaStream_t stream, char* ws, const Source& src, const block_plan& p, const moments_view<const double>& m,
                     const tensor_view<const T, 3>& dcov, const matrix_view<const T>& dmean, double eps_F, bool uncentred,
-                    const Target& target) {
+                    const Target& target, const int* keep = nullptr) {
   const covariance_vjp_layout<T> l(p);
   const index_t S = p.count(), F = p.features();
   const tensor_view<T, 3> sym{reinterpret_cast<T*>(ws), {S, F, F}, {F * F, F, 1}};
@@ -161,12 +163,21 @@ void covariance_vjp(cudaStream_t stream, char* ws, const Source& src, const bloc
          eps_F, sym);
   launch("covariance_vjp_shift_kernel", covariance_vjp_shift_kernel<T>, mean.size(), stream, m, dmean, uncentred, mean, dmu);
   launch("covariance_vjp_scatter_kernel", covariance_vjp_scatter_kernel<T, Source, Target>, src.rows() * src.width(), stream,
-         src, p, tensor_view<const T, 3>(sym), matrix_view<const T>(mean), matrix_view<const T>(dmu), target);
+         src, p, tensor_view<const T, 3>(sym), matrix_view<const T>(mean), matrix_view<const T>(dmu), target, keep);
 }
 
-/// Scratch of a backward: moments [count | mean | scatter], Cov_s, dL/dD_s, dL/dCov_s (S, F, F of
-/// T each), mu_s, dL/dmu_s, u_s (S, F of T each), the covariance's backward, then the larger of
-/// what block_moments and inverse_sqrt_vjp need.
+/// Reports of 0 iterations, residual NaN, ok (a backward through constant statistics), unless
+/// keep is set and *keep is 1.
+template <class = void>
+__global__ void constant_reports_kernel(vector_view<isqrt_report> reports, const int* keep, long long count) {
+  if (keep != nullptr && *keep != 0) return;
+  for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < count; e += (long long)gridDim.x * blockDim.x)
+    reports(e) = isqrt_report{0, double(NAN), isqrt_status::ok};
+}
+
+/// Scratch of covariance_backward: moments [count | mean | scatter], Cov_s and dL/dCov_s (S, F, F
+/// of T), mu_s (S, F of T), the scatter's (covariance_vjp_layout), then the larger of what
+/// block_moments and inverse_sqrt_vjp need.
 template <class T>
 struct backward_layout {
   std::size_t count, mean, scatter, matrix, vec, cov_vjp, inner, total;
@@ -181,44 +192,96 @@ struct backward_layout {
     cov_vjp = covariance_vjp_layout<T>(p).total;
     inner = align_up(std::max(block_moments_workspace(policy, source, p),
                               inverse_sqrt_vjp_workspace<T>(policy, p.count(), p.features())));
-    total = count + mean + scatter + 3 * matrix + 3 * vec + cov_vjp + inner;
+    total = count + mean + scatter + 2 * matrix + vec + cov_vjp + inner;
   }
 };
 
-/// The backward on checked arguments; dL/dx_stats (zeroed first) through `target`.
-template <class T, class Source, class Target, int R>
-void statistics_step_vjp(const cuda_policy& policy, const Source& source, const weight_vjp_inputs<T>& in,
-                         const backward_rule& how, const statistics_step_gradients<T, R>& out, const image_view<T>& out_weight,
-                         const Target& target) {
-  const char* fn = "statistics_step_vjp";
-  const block_plan& p = in.plan;
-  const backward_layout<T> l(policy, source, p);
-  scratch ws(policy, l.total, fn);
-  const index_t S = p.count(), F = p.features();
-  std::size_t at = 0;
-  const auto take = [&](std::size_t bytes) {
-    char* where = ws.at<char>(at);
-    at += bytes;
+/// Consecutive parts of a scratch.
+class scratch_parts {
+ public:
+  explicit scratch_parts(const scratch& ws) : ws_(ws) {}
+  char* take(std::size_t bytes) {
+    char* where = ws_.at<char>(at_);
+    at_ += bytes;
     return where;
-  };
-  index_t* count = reinterpret_cast<index_t*>(take(l.count));
-  double* mean = reinterpret_cast<double*>(take(l.mean));
-  const moments_view<double> m = contiguous_moments<double>(count, mean, reinterpret_cast<double*>(take(l.scatter)), S, F);
-  const auto matrices = [&] { return tensor_view<T, 3>{reinterpret_cast<T*>(take(l.matrix)), {S, F, F}, {F * F, F, 1}}; };
-  const auto vectors = [&] { return row_major(reinterpret_cast<T*>(take(l.vec)), S, F); };
-  const tensor_view<T, 3> cov = matrices(), dD = matrices(), dcov = matrices();
-  const matrix_view<T> mu = vectors(), dmu = vectors(), u = vectors();
-  char* cov_ws = take(l.cov_vjp);
-  const cuda_policy inner = with_workspace(policy, take(l.inner), l.inner);
+  }
+  template <class T>
+  tensor_view<T, 3> matrices(std::size_t bytes, index_t S, index_t F) {
+    return {reinterpret_cast<T*>(take(bytes)), {S, F, F}, {F * F, F, 1}};
+  }
+  template <class T>
+  matrix_view<T> vectors(std::size_t bytes, index_t S, index_t F) {
+    return row_major(reinterpret_cast<T*>(take(bytes)), S, F);
+  }
 
-  fold_vjp(policy.stream, in, out_weight, out.bias, dD, dmu, u);
+ private:
+  const scratch& ws_;
+  std::size_t at_ = 0;
+};
+
+/// From dL/dD_s and dL/dmu_s: Cov_s recomputed from the source (how: eps, relative, uncentred),
+/// dL/dCov_s = inverse_sqrt_vjp (reports), and its gradient added into `target`. With `keep` set
+/// and *keep 0 (a layer step that folded constant statistics), the scatter adds nothing and the
+/// reports are constant ones.
+template <class T, class Source, class Target>
+void covariance_backward(const cuda_policy& policy, const Source& source, const block_plan& p, const backward_rule& how,
+                         const tensor_view<const T, 3>& dD, const matrix_view<const T>& dmu,
+                         const vector_view<isqrt_report>& reports, const Target& target, const int* keep) {
+  const backward_layout<T> l(policy, source, p);
+  const scratch ws(policy, l.total, "statistics backward");
+  scratch_parts parts(ws);
+  const index_t S = p.count(), F = p.features();
+  index_t* count = reinterpret_cast<index_t*>(parts.take(l.count));
+  double* mean = reinterpret_cast<double*>(parts.take(l.mean));
+  const moments_view<double> m = contiguous_moments<double>(count, mean, reinterpret_cast<double*>(parts.take(l.scatter)), S, F);
+  const tensor_view<T, 3> cov = parts.matrices<T>(l.matrix, S, F), dcov = parts.matrices<T>(l.matrix, S, F);
+  const matrix_view<T> mu = parts.vectors<T>(l.vec, S, F);
+  char* cov_ws = parts.take(l.cov_vjp);
+  const cuda_policy inner = with_workspace(policy, parts.take(l.inner), l.inner);
   block_moments(inner, source, p, m);
   launch("layer_covariance_kernel", layer_covariance_kernel<T>, cov.size(), policy.stream, moments_view<const double>(m), how.eps,
          how.relative_eps, how.uncentred, cov, mu);
-  inverse_sqrt_vjp(inner, tensor_view<const T, 3>(cov), tensor_view<const T, 3>(dD), dcov, how.isqrt, out.reports);
+  inverse_sqrt_vjp(inner, tensor_view<const T, 3>(cov), dD, dcov, how.isqrt, reports);
+  covariance_vjp(policy.stream, cov_ws, source, p, moments_view<const double>(m), tensor_view<const T, 3>(dcov), dmu,
+                 how.relative_eps ? how.eps / double(F) : 0.0, how.uncentred, target, keep);
+  if (keep != nullptr) launch("constant_reports_kernel", constant_reports_kernel<>, S, policy.stream, reports, keep);
+}
+
+/// Scratch of statistics_step_vjp: dL/dD_s (S, F, F), dL/dmu_s and u_s (S, F), all T, then covariance_backward's.
+template <class T>
+struct step_vjp_layout {
+  std::size_t matrix, vec, backward, total;
+  template <class Source>
+  step_vjp_layout(const cuda_policy& policy, const Source& source, const block_plan& p) {
+    const std::size_t S = std::size_t(p.count()), F = std::size_t(p.features());
+    matrix = align_up(sizeof(T) * S * F * F);
+    vec = align_up(sizeof(T) * S * F);
+    backward = backward_layout<T>(policy, source, p).total;
+    total = matrix + 2 * vec + backward;
+  }
+};
+
+/// The backward on checked arguments; dL/dx_stats (zeroed first) through `target`; constants: mu
+/// and D as constants (dL/dx_stats = 0, constant reports); keep: as covariance_backward's.
+template <class T, class Source, class Target, int R>
+void statistics_step_vjp(const cuda_policy& policy, const Source& source, const weight_vjp_inputs<T>& in,
+                         const backward_rule& how, const statistics_step_gradients<T, R>& out, const image_view<T>& out_weight,
+                         const Target& target, bool constants = false, const int* keep = nullptr) {
+  const block_plan& p = in.plan;
+  const step_vjp_layout<T> l(policy, source, p);
+  const scratch ws(policy, l.total, "statistics_step_vjp");
+  scratch_parts parts(ws);
+  const index_t S = p.count(), F = p.features();
+  const tensor_view<T, 3> dD = parts.matrices<T>(l.matrix, S, F);
+  const matrix_view<T> dmu = parts.vectors<T>(l.vec, S, F), u = parts.vectors<T>(l.vec, S, F);
+  fold_vjp(policy.stream, in, out_weight, out.bias, dD, dmu, u);
   launch("zero_kernel", zero_kernel<T, R>, out.x.size(), policy.stream, out.x);
-  covariance_vjp(policy.stream, cov_ws, source, p, moments_view<const double>(m), tensor_view<const T, 3>(dcov),
-                 matrix_view<const T>(dmu), how.relative_eps ? how.eps / double(F) : 0.0, how.uncentred, target);
+  if (constants) {
+    launch("constant_reports_kernel", constant_reports_kernel<>, S, policy.stream, out.reports, static_cast<const int*>(nullptr));
+    return;
+  }
+  covariance_backward(with_workspace(policy, parts.take(l.backward), l.backward), source, p, how, tensor_view<const T, 3>(dD),
+                      matrix_view<const T>(dmu), out.reports, target, keep);
 }
 
 template <class T, int R>
@@ -246,14 +309,14 @@ template <class T>
 std::size_t conv_statistics_step_vjp_workspace(const cuda_policy& policy, image_view<const T> x,
                                                const conv_deconv_config& config) {
   const patch_sampler<T> source(x, config.geometry, config.sampling_stride);
-  return cuda::detail::backward_layout<T>(policy, source, conv_statistics_plan(x.shape[1], config)).total;
+  return cuda::detail::step_vjp_layout<T>(policy, source, conv_statistics_plan(x.shape[1], config)).total;
 }
 
 /// Scratch bytes linear_statistics_step_vjp needs for x (rows, Fin) under config.
 template <class T>
 std::size_t linear_statistics_step_vjp_workspace(const cuda_policy& policy, matrix_view<const T> x,
                                                  const linear_deconv_config& config) {
-  return cuda::detail::backward_layout<T>(policy, matrix_rows<T>(x), linear_statistics_plan(x.shape[1], config)).total;
+  return cuda::detail::step_vjp_layout<T>(policy, matrix_rows<T>(x), linear_statistics_plan(x.shape[1], config)).total;
 }
 
 /// Backward of conv_statistics_step into caller views (statistics_step_vjp.hpp), all in device memory.

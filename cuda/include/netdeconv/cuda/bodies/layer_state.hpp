@@ -193,6 +193,86 @@ NETDECONV_HOST_DEVICE void channel_apply_element(const netdeconv::detail::channe
 /// Element e of a state packed as [mean (S, F) | D (S, F, F) | cov (S, F, F) if any | remaining],
 /// row-major, with its 3 counters: written into st (attach_state with a cuda_policy); thread 0
 /// also writes the counters.
+// The channel layer's backward (netdeconv/layer_state.hpp, channel_backward), with mu, D and the
+// remaining channels' (m, v) the step used; positions of the whitened rows are (n, cc, y, x).
+
+/// Element e (NCHW order) of the direct part of dL/dx: D^T dy over the whitened rows,
+/// dy / sqrt(v + eps) over the remaining channels.
+template <class T>
+NETDECONV_HOST_DEVICE void channel_direct_vjp_element(const netdeconv::detail::channel_spec& spec, const image_view<const T>& dy,
+                                                      const tensor_view<const T, 3>& D, const vector_view<const T>& scalars,
+                                                      const image_view<T>& dx, index_t e) {
+  const index_t C = dy.shape[1], H = dy.shape[2], W = dy.shape[3];
+  const index_t xx = e % W, yy = (e / W) % H, c = (e / (W * H)) % C, n = e / (W * H * C);
+  if (c < spec.whitened) {
+    const index_t per_row = spec.per_row(), f = c / per_row, cc = c % per_row;
+    T v = T(0);
+    for (index_t g = 0; g < spec.block; ++g) v += D(0, g, f) * dy(n, g * per_row + cc, yy, xx);
+    dx(n, c, yy, xx) = v;
+  } else {
+    dx(n, c, yy, xx) = static_cast<T>(double(dy(n, c, yy, xx)) / std::sqrt(double(scalars(1)) + spec.eps));
+  }
+}
+
+/// dL/dD(i, j) = sum over the positions of dy_i (x_j - mu_j).
+template <class T>
+NETDECONV_HOST_DEVICE T channel_D_vjp_element(const netdeconv::detail::channel_spec& spec, const image_view<const T>& x,
+                                              const image_view<const T>& dy, const matrix_view<const T>& mu, index_t i,
+                                              index_t j) {
+  const index_t per_row = spec.per_row();
+  T v = T(0);
+  for (index_t n = 0; n < x.shape[0]; ++n)
+    for (index_t cc = 0; cc < per_row; ++cc)
+      for (index_t yy = 0; yy < x.shape[2]; ++yy)
+        for (index_t xx = 0; xx < x.shape[3]; ++xx)
+          v += dy(n, i * per_row + cc, yy, xx) * (x(n, j * per_row + cc, yy, xx) - mu(0, j));
+  return v;
+}
+
+/// sum over the positions of dy_i (dL/dmu = -D^T of it: weight_vjp_mean_element).
+template <class T>
+NETDECONV_HOST_DEVICE T channel_dy_sum_element(const netdeconv::detail::channel_spec& spec, const image_view<const T>& dy,
+                                               index_t i) {
+  const index_t per_row = spec.per_row();
+  T v = T(0);
+  for (index_t n = 0; n < dy.shape[0]; ++n)
+    for (index_t cc = 0; cc < per_row; ++cc)
+      for (index_t yy = 0; yy < dy.shape[2]; ++yy)
+        for (index_t xx = 0; xx < dy.shape[3]; ++xx) v += dy(n, i * per_row + cc, yy, xx);
+  return v;
+}
+
+/// Thread tid's part (of `threads`) of sum dy and sum dy (x - m) over every position of the
+/// remaining channels.
+template <class T>
+NETDECONV_HOST_DEVICE void channel_remaining_vjp_partial(const netdeconv::detail::channel_spec& spec, const image_view<const T>& x,
+                                                         const image_view<const T>& dy, double m, int tid, int threads,
+                                                         double& sum_dy, double& sum_dyx) {
+  const index_t H = x.shape[2], W = x.shape[3], R = spec.channels - spec.whitened, total = x.shape[0] * R * H * W;
+  sum_dy = 0, sum_dyx = 0;
+  for (index_t e = tid; e < total; e += threads) {
+    const index_t n = e / (R * H * W), c = spec.whitened + e / (H * W) % R, yy = e / W % H, xx = e % W;
+    const double g = double(dy(n, c, yy, xx));
+    sum_dy += g;
+    sum_dyx += g * (double(x(n, c, yy, xx)) - m);
+  }
+}
+
+/// Sampled value e (image e / K_n, value e % K_n of remaining_value) of the remaining channels gets
+/// dL/dm / K + dL/dv 2 (x - m) / (K - 1), with dL/dm = -sum dy / sd, dL/dv = -sum dy (x - m) / (2 sd^3),
+/// sd = sqrt(v + eps), K the sampled values of the batch; sums = (sum dy, sum dy (x - m)).
+template <class T>
+NETDECONV_HOST_DEVICE void channel_remaining_vjp_element(const netdeconv::detail::channel_spec& spec, const image_view<const T>& x,
+                                                         const vector_view<const T>& scalars, const double* sums,
+                                                         const image_view<T>& dx, index_t e) {
+  const index_t per_image = spec.remaining_per_image(x.shape), K = x.shape[0] * per_image, H = x.shape[2], W = x.shape[3];
+  const double m = double(scalars(0)), sd = std::sqrt(double(scalars(1)) + spec.eps);
+  const double dm = -sums[0] / sd, dv = -sums[1] / (2 * sd * sd * sd);
+  const index_t n = e / per_image, at = e % per_image * spec.step(x.shape);
+  const index_t c = spec.whitened + at / (H * W), yy = (at / W) % H, xx = at % W;
+  dx(n, c, yy, xx) += static_cast<T>(dm / double(K) + dv * 2 * (double(x(n, c, yy, xx)) - m) / double(K - 1));
+}
+
 template <class T>
 NETDECONV_HOST_DEVICE void state_unpack_element(const T* packed, const index_t* counters, const running_state_view<T>& st,
                                                 index_t e) {

@@ -15,6 +15,7 @@
 // Plain C++ without nvcc.
 
 #include <netdeconv/blocks.hpp>
+#include <netdeconv/channel_samples.hpp>
 #include <netdeconv/config.hpp>
 #include <netdeconv/isqrt_options.hpp>
 #include <netdeconv/geometry.hpp>
@@ -163,6 +164,18 @@ template <class T>
 struct row_target {
   matrix_view<T> dx;
   NETDECONV_HOST_DEVICE T* at(index_t r, index_t j) const { return &dx(r, j); }
+};
+
+/// The same for the channel layer's samples (channel_samples.hpp): dL/dx (N, C, H, W).
+template <class T>
+struct channel_target {
+  ::netdeconv::detail::channel_samples<T> layout;  ///< the sampling; its x is not read
+  image_view<T> dx;
+  NETDECONV_HOST_DEVICE T* at(index_t r, index_t f) const {
+    const index_t j = r * layout.step, plane = dx.shape[0] * dx.shape[2] * dx.shape[3], p = j % plane, cc = j / plane;
+    const index_t n = p / (dx.shape[2] * dx.shape[3]), yy = (p / dx.shape[3]) % dx.shape[2], xx = p % dx.shape[3];
+    return &dx(n, f * layout.per_row + cc, yy, xx);
+  }
 };
 
 /// Entry e (in logical row-major order) of v set to zero.
