@@ -938,71 +938,127 @@ inline layer_options layer_case(int k) {
   return o;
 }
 
+/// The trajectories of the layer checks, case k of layer_case (options), 4 batches each; batch 1
+/// is all NaN in cases 1 and 3 (a kept step, a throwing one). The views point into the batches.
+template <class T>
+struct image_batches {
+  std::vector<image_case<T>> batches;
+
+  std::vector<image_view<const T>> xs() const {
+    std::vector<image_view<const T>> v;
+    for (const auto& b : batches) v.push_back(b.cpu());
+    return v;
+  }
+  std::size_t span() const {
+    std::size_t n = 0;
+    for (const auto& b : batches) n = std::max(n, b.data.size());
+    return n;
+  }
+};
+
+template <class T>
+struct conv_trajectory : image_batches<T> {
+  conv_deconv_config cfg;
+  block_plan plan;
+  index_t cout;
+  std::vector<T> w, bias;
+
+  image_view<const T> weight() const {
+    return nchw(w.data(), cout, plan.channels / plan.groups, cfg.geometry.kernel_h, cfg.geometry.kernel_w);
+  }
+};
+template <class T>
+conv_trajectory<T> random_conv_trajectory(rng_t& rng, int k) {
+  conv_trajectory<T> t;
+  t.cfg.layout = k % 2 ? block_layout::interleaved_shared : block_layout::grouped;
+  do t.cfg.geometry = random_geometry(rng);
+  while (t.cfg.geometry.out_h(6) < 1 || t.cfg.geometry.out_w(6) < 1);
+  const index_t C = 2 * uniform(rng, 1, 3);
+  t.plan = random_plan(rng, t.cfg.layout, C, t.cfg.geometry.kernel_area());
+  t.cfg.groups = t.plan.groups;
+  t.cfg.block = t.plan.block;
+  t.cfg.sampling_stride = uniform(rng, 1, 2);
+  t.cfg.eps = 1e-2;
+  for (int b = 0; b < 4; ++b) t.batches.push_back(random_image<T>(rng, 2, C, uniform(rng, 6, 10), uniform(rng, 6, 10), 1.0));
+  if (k == 1 || k == 3) std::fill(t.batches[1].data.begin(), t.batches[1].data.end(), std::numeric_limits<T>::quiet_NaN());
+  t.cout = t.plan.groups * uniform(rng, 1, 2);
+  t.w = random_vector<T>(rng, std::size_t(t.cout * (C / t.plan.groups) * t.cfg.geometry.kernel_area()));
+  t.bias = random_vector<T>(rng, std::size_t(t.cout));
+  return t;
+}
+
+template <class T>
+struct linear_trajectory {
+  linear_deconv_config cfg;
+  index_t rows = 64, Fin, cout;
+  std::vector<std::vector<T>> batches;
+  std::vector<T> w, bias;
+
+  std::vector<matrix_view<const T>> xs() const {
+    std::vector<matrix_view<const T>> v;
+    for (const auto& b : batches) v.push_back(row_major(b.data(), rows, Fin));
+    return v;
+  }
+  std::size_t span() const { return std::size_t(rows * Fin); }
+  matrix_view<const T> weight() const { return row_major(w.data(), cout, Fin); }
+};
+template <class T>
+linear_trajectory<T> random_linear_trajectory(rng_t& rng, int k) {
+  linear_trajectory<T> t;
+  t.cfg.layout = k % 2 ? block_layout::contiguous_shared : block_layout::independent;
+  t.Fin = uniform(rng, 2, 24);
+  t.cout = uniform(rng, 1, 4);
+  t.cfg.block = random_plan(rng, t.cfg.layout, t.Fin, 1).block;
+  t.cfg.eps = 1e-2;
+  for (int b = 0; b < 4; ++b) t.batches.push_back(random_vector<T>(rng, std::size_t(t.rows * t.Fin), 0.5));
+  if (k == 1 || k == 3) std::fill(t.batches[1].begin(), t.batches[1].end(), std::numeric_limits<T>::quiet_NaN());
+  t.w = random_vector<T>(rng, std::size_t(t.cout * t.Fin));
+  t.bias = random_vector<T>(rng, std::size_t(t.cout));
+  return t;
+}
+
+/// The channel layer's (no freeze: not for case 2); C is not a multiple of the block in cases 0
+/// and 1; the reference options except in case 1.
+template <class T>
+struct channel_trajectory : image_batches<T> {
+  channel_deconv_config cfg;
+  layer_options options;
+};
+template <class T>
+channel_trajectory<T> random_channel_trajectory(rng_t& rng, int k) {
+  channel_trajectory<T> t;
+  t.cfg.block = uniform(rng, 2, 4);
+  t.cfg.uncentred_covariance = k != 1;
+  const index_t C = t.cfg.block * uniform(rng, 1, 3) + (k < 2 ? uniform(rng, 1, t.cfg.block - 1) : 0);
+  t.options = k == 1 ? layer_case(k) : channel_deconv_layer<T>::reference_options();
+  for (int b = 0; b < 4; ++b) t.batches.push_back(random_image<T>(rng, 2, C, uniform(rng, 3, 8), uniform(rng, 3, 8), 0.5));
+  if (k == 1 || k == 3) std::fill(t.batches[1].data.begin(), t.batches[1].data.end(), std::numeric_limits<T>::quiet_NaN());
+  return t;
+}
+
 /// The three layers' trajectories over 4 batches against the CPU layer on seq: every failure
 /// policy a cuda_policy takes, freeze, the running covariance, trace-relative eps, first-step
 /// copy; batch 1 is all NaN in cases 1 and 3 (a kept step, a throwing step).
 template <class B, class T>
 void check_layers(rng_t& rng) {
   using oracle_backend = cpu_backend<sequential_policy>;
-  const T nan = std::numeric_limits<T>::quiet_NaN();
   for (int k = 0; k < 4; ++k) {
     CAPTURE(k);
     const layer_options o = layer_case(k);
-    const bool poisoned = k == 1 || k == 3;
-    {  // conv
-      conv_deconv_config cfg;
-      cfg.layout = k % 2 ? block_layout::interleaved_shared : block_layout::grouped;
-      do cfg.geometry = random_geometry(rng);
-      while (cfg.geometry.out_h(6) < 1 || cfg.geometry.out_w(6) < 1);
-      const index_t C = 2 * uniform(rng, 1, 3);
-      const block_plan plan = random_plan(rng, cfg.layout, C, cfg.geometry.kernel_area());
-      cfg.groups = plan.groups;
-      cfg.block = plan.block;
-      cfg.sampling_stride = uniform(rng, 1, 2);
-      cfg.eps = 1e-2;
-      std::vector<image_case<T>> batches;
-      for (int b = 0; b < 4; ++b) batches.push_back(random_image<T>(rng, 2, C, uniform(rng, 6, 10), uniform(rng, 6, 10), 1.0));
-      if (poisoned) std::fill(batches[1].data.begin(), batches[1].data.end(), nan);
-      std::vector<image_view<const T>> xs;
-      std::size_t span = 0;
-      for (const auto& b : batches) xs.push_back(b.cpu()), span = std::max(span, b.data.size());
-      const index_t cout = plan.groups * uniform(rng, 1, 2), kh = cfg.geometry.kernel_h, kw = cfg.geometry.kernel_w;
-      const std::vector<T> w = random_vector<T>(rng, std::size_t(cout * (C / plan.groups) * kh * kw));
-      const std::vector<T> bias = random_vector<T>(rng, std::size_t(cout));
-      const auto wv = nchw(w.data(), cout, C / plan.groups, kh, kw);
-      compare_traces(B::template conv_layer<T>(xs, span, wv, bias, cfg, o),
-                     oracle_backend::template conv_layer<T>(xs, span, wv, bias, cfg, o));
+    {
+      const auto t = random_conv_trajectory<T>(rng, k);
+      compare_traces(B::template conv_layer<T>(t.xs(), t.span(), t.weight(), t.bias, t.cfg, o),
+                     oracle_backend::template conv_layer<T>(t.xs(), t.span(), t.weight(), t.bias, t.cfg, o));
     }
-    {  // linear
-      linear_deconv_config cfg;
-      cfg.layout = k % 2 ? block_layout::contiguous_shared : block_layout::independent;
-      const index_t Fin = uniform(rng, 2, 24), cout = uniform(rng, 1, 4);
-      const block_plan plan = random_plan(rng, cfg.layout, Fin, 1);
-      cfg.block = plan.block;
-      cfg.eps = 1e-2;
-      std::vector<std::vector<T>> batches;
-      std::vector<matrix_view<const T>> xs;
-      for (int b = 0; b < 4; ++b) batches.push_back(random_vector<T>(rng, std::size_t(64 * Fin), 0.5));
-      if (poisoned) std::fill(batches[1].begin(), batches[1].end(), nan);
-      for (const auto& b : batches) xs.push_back(row_major(b.data(), 64, Fin));
-      const std::vector<T> w = random_vector<T>(rng, std::size_t(cout * Fin)), bias = random_vector<T>(rng, std::size_t(cout));
-      compare_traces(B::template linear_layer<T>(xs, std::size_t(64 * Fin), row_major(w.data(), cout, Fin), bias, cfg, o),
-                     oracle_backend::template linear_layer<T>(xs, std::size_t(64 * Fin), row_major(w.data(), cout, Fin), bias,
-                                                              cfg, o));
+    {
+      const auto t = random_linear_trajectory<T>(rng, k);
+      compare_traces(B::template linear_layer<T>(t.xs(), t.span(), t.weight(), t.bias, t.cfg, o),
+                     oracle_backend::template linear_layer<T>(t.xs(), t.span(), t.weight(), t.bias, t.cfg, o));
     }
-    if (k != 2) {  // channel (no freeze), C not a multiple of the block in cases 0 and 1
-      channel_deconv_config cfg;
-      cfg.block = uniform(rng, 2, 4);
-      cfg.uncentred_covariance = k != 1;
-      const index_t C = cfg.block * uniform(rng, 1, 3) + (k < 2 ? uniform(rng, 1, cfg.block - 1) : 0);
-      layer_options co = k == 1 ? o : channel_deconv_layer<T>::reference_options();
-      std::vector<image_case<T>> batches;
-      for (int b = 0; b < 4; ++b) batches.push_back(random_image<T>(rng, 2, C, uniform(rng, 3, 8), uniform(rng, 3, 8), 0.5));
-      if (poisoned) std::fill(batches[1].data.begin(), batches[1].data.end(), nan);
-      std::vector<image_view<const T>> xs;
-      std::size_t span = 0;
-      for (const auto& b : batches) xs.push_back(b.cpu()), span = std::max(span, b.data.size());
-      compare_traces(B::template channel_layer<T>(xs, span, cfg, co), oracle_backend::template channel_layer<T>(xs, span, cfg, co));
+    if (k != 2) {
+      const auto t = random_channel_trajectory<T>(rng, k);
+      compare_traces(B::template channel_layer<T>(t.xs(), t.span(), t.cfg, t.options),
+                     oracle_backend::template channel_layer<T>(t.xs(), t.span(), t.cfg, t.options));
     }
   }
 }
@@ -1015,7 +1071,6 @@ void check_layers(rng_t& rng) {
 template <class B, class T>
 void check_layer_backward(rng_t& rng) {
   using oracle_backend = cpu_backend<sequential_policy>;
-  const T nan = std::numeric_limits<T>::quiet_NaN();
   const double bound = std::is_same_v<T, float> ? 1e-4 : 1e-10;
   const auto compare = [&](const std::vector<host_step_vjp<T>>& got, const std::vector<host_step_vjp<T>>& want) {
     REQUIRE(got.size() == want.size());
@@ -1027,71 +1082,29 @@ void check_layer_backward(rng_t& rng) {
   for (int k = 0; k < 4; ++k) {
     CAPTURE(k);
     const layer_options o = layer_case(k);
-    const bool poisoned = k == 1 || k == 3;
     for (const bool constants : {false, true}) {
       if (constants && k != 0) continue;
       CAPTURE(constants);
-      {  // conv
-        conv_deconv_config cfg;
-        cfg.layout = k % 2 ? block_layout::interleaved_shared : block_layout::grouped;
-        do cfg.geometry = random_geometry(rng);
-        while (cfg.geometry.out_h(6) < 1 || cfg.geometry.out_w(6) < 1);
-        const index_t C = 2 * uniform(rng, 1, 3);
-        const block_plan plan = random_plan(rng, cfg.layout, C, cfg.geometry.kernel_area());
-        cfg.groups = plan.groups;
-        cfg.block = plan.block;
-        cfg.sampling_stride = uniform(rng, 1, 2);
-        cfg.eps = 1e-2;
-        std::vector<image_case<T>> batches;
-        for (int b = 0; b < 4; ++b) batches.push_back(random_image<T>(rng, 2, C, uniform(rng, 6, 10), uniform(rng, 6, 10), 1.0));
-        if (poisoned) std::fill(batches[1].data.begin(), batches[1].data.end(), nan);
-        std::vector<image_view<const T>> xs;
-        std::size_t span = 0;
-        for (const auto& b : batches) xs.push_back(b.cpu()), span = std::max(span, b.data.size());
-        const index_t cout = plan.groups * uniform(rng, 1, 2), kh = cfg.geometry.kernel_h, kw = cfg.geometry.kernel_w;
-        const std::size_t wsize = std::size_t(cout * (C / plan.groups) * kh * kw);
-        const std::vector<T> w = random_vector<T>(rng, wsize), gw = random_vector<T>(rng, wsize);
-        const std::vector<T> bias = random_vector<T>(rng, std::size_t(cout)), gb = random_vector<T>(rng, std::size_t(cout));
-        const auto wv = nchw(w.data(), cout, C / plan.groups, kh, kw);
-        compare(B::template conv_layer_backward<T>(xs, span, wv, bias, cfg, o, gw, gb, constants),
-                oracle_backend::template conv_layer_backward<T>(xs, span, wv, bias, cfg, o, gw, gb, constants));
+      {
+        const auto t = random_conv_trajectory<T>(rng, k);
+        const std::vector<T> gw = random_vector<T>(rng, t.w.size()), gb = random_vector<T>(rng, t.bias.size());
+        compare(B::template conv_layer_backward<T>(t.xs(), t.span(), t.weight(), t.bias, t.cfg, o, gw, gb, constants),
+                oracle_backend::template conv_layer_backward<T>(t.xs(), t.span(), t.weight(), t.bias, t.cfg, o, gw, gb,
+                                                                constants));
       }
-      {  // linear
-        linear_deconv_config cfg;
-        cfg.layout = k % 2 ? block_layout::contiguous_shared : block_layout::independent;
-        const index_t Fin = uniform(rng, 2, 24), cout = uniform(rng, 1, 4);
-        const block_plan plan = random_plan(rng, cfg.layout, Fin, 1);
-        cfg.block = plan.block;
-        cfg.eps = 1e-2;
-        std::vector<std::vector<T>> batches;
-        std::vector<matrix_view<const T>> xs;
-        for (int b = 0; b < 4; ++b) batches.push_back(random_vector<T>(rng, std::size_t(64 * Fin), 0.5));
-        if (poisoned) std::fill(batches[1].begin(), batches[1].end(), nan);
-        for (const auto& b : batches) xs.push_back(row_major(b.data(), 64, Fin));
-        const std::vector<T> w = random_vector<T>(rng, std::size_t(cout * Fin)), bias = random_vector<T>(rng, std::size_t(cout)),
-                             gw = random_vector<T>(rng, std::size_t(cout * Fin)), gb = random_vector<T>(rng, std::size_t(cout));
-        const auto wv = row_major(w.data(), cout, Fin);
-        compare(B::template linear_layer_backward<T>(xs, std::size_t(64 * Fin), wv, bias, cfg, o, gw, gb, constants),
-                oracle_backend::template linear_layer_backward<T>(xs, std::size_t(64 * Fin), wv, bias, cfg, o, gw, gb, constants));
+      {
+        const auto t = random_linear_trajectory<T>(rng, k);
+        const std::vector<T> gw = random_vector<T>(rng, t.w.size()), gb = random_vector<T>(rng, t.bias.size());
+        compare(B::template linear_layer_backward<T>(t.xs(), t.span(), t.weight(), t.bias, t.cfg, o, gw, gb, constants),
+                oracle_backend::template linear_layer_backward<T>(t.xs(), t.span(), t.weight(), t.bias, t.cfg, o, gw, gb,
+                                                                  constants));
       }
-      if (k != 2) {  // channel (no freeze), C not a multiple of the block in cases 0 and 1
-        channel_deconv_config cfg;
-        cfg.block = uniform(rng, 2, 4);
-        cfg.uncentred_covariance = k != 1;
-        const index_t C = cfg.block * uniform(rng, 1, 3) + (k < 2 ? uniform(rng, 1, cfg.block - 1) : 0);
-        layer_options co = k == 1 ? o : channel_deconv_layer<T>::reference_options();
-        std::vector<image_case<T>> batches;
+      if (k != 2) {
+        const auto t = random_channel_trajectory<T>(rng, k);
         std::vector<std::vector<T>> dys;
-        for (int b = 0; b < 4; ++b) {
-          batches.push_back(random_image<T>(rng, 2, C, uniform(rng, 3, 8), uniform(rng, 3, 8), 0.5));
-          dys.push_back(random_vector<T>(rng, batches.back().data.size()));
-        }
-        if (poisoned) std::fill(batches[1].data.begin(), batches[1].data.end(), nan);
-        std::vector<image_view<const T>> xs;
-        std::size_t span = 0;
-        for (const auto& b : batches) xs.push_back(b.cpu()), span = std::max(span, b.data.size());
-        compare(B::template channel_layer_backward<T>(xs, span, cfg, co, dys, constants),
-                oracle_backend::template channel_layer_backward<T>(xs, span, cfg, co, dys, constants));
+        for (const auto& b : t.batches) dys.push_back(random_vector<T>(rng, b.data.size()));
+        compare(B::template channel_layer_backward<T>(t.xs(), t.span(), t.cfg, t.options, dys, constants),
+                oracle_backend::template channel_layer_backward<T>(t.xs(), t.span(), t.cfg, t.options, dys, constants));
       }
     }
   }

@@ -786,16 +786,7 @@ struct backend {
       std::vector<isqrt_report> reports(1);
       T scalars[4] = {};
       const bool remaining = spec.whitened < C;
-      if (remaining) {
-        const double shift = double(spec.remaining_value(x, 0, 0));
-        double sum = 0, squares = 0;
-        for (int tid = 0; tid < 256; ++tid) {
-          double a, b;
-          remaining_partial(spec, x, shift, tid, 256, a, b);
-          sum += a, squares += b;
-        }
-        remaining_finish(shift, sum, squares, x.shape[0] * spec.remaining_per_image(x.shape), scalars);
-      }
+      if (remaining) remaining_statistics(spec, x, scalars);
       const auto samples = ::netdeconv::detail::make_channel_samples(spec, x);
       layer_decision d{};
       try {
@@ -842,6 +833,19 @@ struct backend {
     return out;
   }
 
+  /// remaining_kernel (one block of 256 threads): the remaining channels' batch mean and variance into scalars[0, 2).
+  template <class T>
+  static void remaining_statistics(const ::netdeconv::detail::channel_spec& spec, const image_view<const T>& x, T* scalars) {
+    const double shift = double(spec.remaining_value(x, 0, 0));
+    double sum = 0, squares = 0;
+    for (int tid = 0; tid < 256; ++tid) {
+      double a, b;
+      detail::remaining_partial(spec, x, shift, tid, 256, a, b);
+      sum += a, squares += b;  // the kernel's tree reduction, summed in thread order here
+    }
+    detail::remaining_finish(shift, sum, squares, x.shape[0] * spec.remaining_per_image(x.shape), scalars);
+  }
+
   /// channel_train and channel_eval: remaining_kernel (one block of 256 threads), train, apply.
   template <class T>
   static host_layer_trace<T> channel_layer(const std::vector<image_view<const T>>& xs, std::size_t,
@@ -862,16 +866,7 @@ struct backend {
                      {}, std::vector<isqrt_report>(1)};
       T scalars[4] = {};
       const bool remaining = spec.whitened < C;
-      if (remaining) {
-        const double shift = double(spec.remaining_value(x, 0, 0));
-        double sum = 0, squares = 0;
-        for (int tid = 0; tid < 256; ++tid) {
-          double a, b;
-          remaining_partial(spec, x, shift, tid, 256, a, b);
-          sum += a, squares += b;  // the kernel's tree reduction, summed in thread order here
-        }
-        remaining_finish(shift, sum, squares, x.shape[0] * spec.remaining_per_image(x.shape), scalars);
-      }
+      if (remaining) remaining_statistics(spec, x, scalars);
       const matrix_view<T> mean = row_major(h.mean.data(), 1, B);
       const tensor_view<T, 3> D{h.D.data(), {1, B, B}, {B * B, B, 1}};
       try {

@@ -302,6 +302,17 @@ void check_vjp_memory(const char* fn, const tensor_view<const T, R>& x, const im
   check_device_memory(fn, "out.reports", out.reports);
 }
 
+template <class T, int R>
+void check_covariance_vjp_memory(const char* fn, const tensor_view<const T, R>& x, const moments_view<const double>& moments,
+                                 const tensor_view<const T, 3>& dcov, const matrix_view<const T>& dmean,
+                                 const tensor_view<T, R>& dx) {
+  check_moments_memory(fn, moments);
+  check_device_memory(fn, "x", x);
+  check_device_memory(fn, "dcov", dcov);
+  check_device_memory(fn, "dmean", dmean);
+  check_device_memory(fn, "dx", dx);
+}
+
 }  // namespace cuda::detail
 
 /// Scratch bytes conv_statistics_step_vjp needs for x (N, C, H, W) under config.
@@ -410,11 +421,7 @@ void conv_covariance_vjp(const cuda_policy& policy, image_view<const T> x, const
   ::netdeconv::detail::check_view(fn, "x", x);
   const block_plan plan = conv_statistics_plan(x.shape[1], config);
   ::netdeconv::detail::check_covariance_vjp(fn, plan, x, moments, dcov, dmean, dx);
-  d::check_moments_memory(fn, moments);
-  d::check_device_memory(fn, "x", x);
-  d::check_device_memory(fn, "dcov", dcov);
-  d::check_device_memory(fn, "dmean", dmean);
-  d::check_device_memory(fn, "dx", dx);
+  d::check_covariance_vjp_memory(fn, x, moments, dcov, dmean, dx);
   const patch_sampler<T> source(x, config.geometry, config.sampling_stride);
   const patch_map map = ::netdeconv::detail::make_patch_map(fn, x.shape, config.geometry, config.sampling_stride, true);
   d::scratch ws(policy, covariance_vjp_workspace<T>(policy, plan), fn);
@@ -431,11 +438,7 @@ void linear_covariance_vjp(const cuda_policy& policy, matrix_view<const T> x, co
   ::netdeconv::detail::check_view(fn, "x", x);
   const block_plan plan = linear_statistics_plan(x.shape[1], config);
   ::netdeconv::detail::check_covariance_vjp(fn, plan, x, moments, dcov, dmean, dx);
-  d::check_moments_memory(fn, moments);
-  d::check_device_memory(fn, "x", x);
-  d::check_device_memory(fn, "dcov", dcov);
-  d::check_device_memory(fn, "dmean", dmean);
-  d::check_device_memory(fn, "dx", dx);
+  d::check_covariance_vjp_memory(fn, x, moments, dcov, dmean, dx);
   d::scratch ws(policy, covariance_vjp_workspace<T>(policy, plan), fn);
   d::covariance_vjp(policy.stream, ws.at<char>(0), matrix_rows<T>(x), plan, moments, dcov, dmean, 0.0, false,
                     d::row_target<T>{dx});
