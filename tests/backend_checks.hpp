@@ -18,6 +18,8 @@
 //   inverse_sqrt_vjp<T>(A, G, batch, F, options) -> host_isqrt (dA in D)
 //   conv_step_vjp<T>(x, span, w, bias, cfg, forward, gw, gb) / linear_step_vjp<T>(...) -> host_step_vjp
 //     (the backward of the step whose statistics are `forward`'s; gw = dL/dW', w's shape, contiguous; gb = dL/db')
+//   fold_vjp<T>(plan, mean, D, w, span, bias, gw, gb) -> host_fold_vjp
+//   conv_covariance_vjp<T>(x, span, cfg, moments, dcov, dmean) -> dx (from zero)
 //   conv_layer_backward<T>(xs, span, w, bias, cfg, options, gw, gb, constants) / linear_layer_backward<T>(...)
 //   channel_layer_backward<T>(xs, span, cfg, options, dys, constants) -> a host_step_vjp per step (empty when it threw)
 //   apply_whitening<T>(plan, mean, D, X, span, columns)   conv_step<T>(x, span, w, bias, cfg) / linear_step<T>(...)
@@ -165,6 +167,29 @@ struct cpu_backend {
     else
       linear_statistics_step_vjp(policy, x, w, b, config, stats, gwv, contiguous(gb.data(), cout), out);
     return h;
+  }
+  template <class T>
+  static host_fold_vjp<T> fold_vjp(const block_plan& plan, const std::vector<T>& mean, const std::vector<T>& D,
+                                   image_view<const T> w, std::size_t, const std::vector<T>& bias, const std::vector<T>& gw,
+                                   const std::vector<T>& gb) {
+    const index_t S = plan.count(), F = plan.features(), cout = w.shape[0];
+    host_fold_vjp<T> h{std::vector<T>(std::size_t(w.size())), std::vector<T>(bias.size()), std::vector<T>(std::size_t(S * F * F)),
+                       std::vector<T>(std::size_t(S * F))};
+    netdeconv::fold_vjp(policy, statistics(plan, mean, D), w, bias.empty() ? vector_view<const T>{} : contiguous(bias.data(), cout),
+                        contiguous_like(gw.data(), w), contiguous(gb.data(), cout), contiguous_like(h.weight.data(), w),
+                        bias.empty() ? vector_view<T>{} : contiguous(h.bias.data(), cout), {h.D.data(), {S, F, F}, {F * F, F, 1}},
+                        row_major(h.mean.data(), S, F));
+    return h;
+  }
+  /// conv_covariance_vjp into a zeroed dx (x's shape, contiguous); dcov (S*F*F) and dmean (S*F) contiguous.
+  template <class T>
+  static std::vector<T> conv_covariance_vjp(image_view<const T> x, std::size_t, const conv_deconv_config& cfg,
+                                            const host_moments& m, const std::vector<T>& dcov, const std::vector<T>& dmean) {
+    const index_t S = m.statistics, F = m.features;
+    std::vector<T> dx(std::size_t(x.size()));
+    netdeconv::conv_covariance_vjp(policy, x, cfg, m.view(), {dcov.data(), {S, F, F}, {F * F, F, 1}}, row_major(dmean.data(), S, F),
+                                   contiguous_like(dx.data(), x));
+    return dx;
   }
   template <class T>
   static host_step_vjp<T> conv_step_vjp(image_view<const T> x, std::size_t, image_view<const T> w, const std::vector<T>& bias,
@@ -895,6 +920,45 @@ void check_statistics_step_vjps(rng_t& rng) {
     CAPTURE(trial);
     compare(B::template linear_step_vjp<T>(xv, X.size(), wv, bias, cfg, forward, gw, gb),
             oracle_backend::template linear_step_vjp<T>(xv, X.size(), wv, bias, cfg, forward, gw, gb), (trial + 1) % 3 == 2);
+  }
+}
+
+/// The data-parallel pieces compose to the whole batch's backward (seq's conv_statistics_step_vjp):
+/// fold_vjp, inverse_sqrt_vjp at the merged covariance (seq's moments of the whole batch), then
+/// conv_covariance_vjp on the uneven shards [0, 2) and [2, 5) of the batch, whose dx are
+/// concatenated; the three conv layouts, within 1e-4 (float) and 1e-10 (double). Kernels > 1 only:
+/// the 1x1 rule samples every step-th pixel of the whole batch, so a shard whose pixel count is
+/// not a multiple of the step samples other pixels than the batch does.
+template <class B, class T>
+void check_sharded_vjp(rng_t& rng) {
+  using oracle_backend = cpu_backend<sequential_policy>;
+  for (int trial = 1; trial <= 3; ++trial) {  // random_conv_case gives 1x1 kernels at trial 0 mod 4
+    auto [cfg, plan, C] = random_conv_case(rng, trial);
+    cfg.isqrt = isqrt_options::fixed(5);
+    const auto x = random_image<T>(rng, 5, C, uniform(rng, 6, 10), uniform(rng, 6, 10), 1.0);
+    const index_t S = plan.count(), F = plan.features(), cout = plan.groups * uniform(rng, 1, 2);
+    const std::size_t wsize = std::size_t(cout * (C / plan.groups) * cfg.geometry.kernel_area());
+    const std::vector<T> w = random_vector<T>(rng, wsize), gw = random_vector<T>(rng, wsize),
+                         bias = random_vector<T>(rng, std::size_t(cout)), gb = random_vector<T>(rng, std::size_t(cout));
+    const auto wv = nchw(w.data(), cout, C / plan.groups, cfg.geometry.kernel_h, cfg.geometry.kernel_w);
+    const host_step<T> forward = oracle_backend::template conv_step<T>(x.cpu(), x.data.size(), wv, bias, cfg);
+    const host_step_vjp<T> want = oracle_backend::template conv_step_vjp<T>(x.cpu(), x.data.size(), wv, bias, cfg, forward, gw, gb);
+    const host_fold_vjp<T> fold = B::template fold_vjp<T>(plan, forward.mean, forward.D, wv, wv.size(), bias, gw, gb);
+    const host_moments merged = oracle_backend::template moments<T>(patch_sampler<T>(x.cpu(), cfg.geometry, cfg.sampling_stride), plan);
+    std::vector<T> cov = oracle_backend::template covariance<T>(merged, cfg.eps);
+    cov.resize(std::size_t(S * F * F));  // drop the means
+    const host_isqrt<T> dcov = B::template inverse_sqrt_vjp<T>(cov, fold.D, S, F, cfg.isqrt);
+    host_step_vjp<T> got{fold.weight, fold.bias, {}, dcov.reports};
+    const index_t bounds[] = {0, 2, 5};
+    for (int k = 0; k < 2; ++k) {
+      const std::size_t offset = std::size_t(bounds[k] * x.stride[0]);
+      const image_view<const T> shard{x.data.data() + offset, {bounds[k + 1] - bounds[k], C, x.H, x.W}, x.stride};
+      const std::vector<T> dx = B::template conv_covariance_vjp<T>(shard, x.data.size() - offset, cfg, merged, dcov.D, fold.mean);
+      got.x.insert(got.x.end(), dx.begin(), dx.end());
+    }
+    CAPTURE(trial);
+    CAPTURE(cfg.layout);
+    compare_vjps(got, want, std::is_same_v<T, float> ? 1e-4 : 1e-10);
   }
 }
 

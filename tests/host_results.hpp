@@ -49,6 +49,13 @@ struct host_step_vjp {
   std::vector<isqrt_report> reports;
 };
 
+/// fold_vjp's results on the host: dL/dW (contiguous), dL/db (empty without a bias), dL/dD_s
+/// (S*F*F) and dL/dmu_s (S*F).
+template <class T>
+struct host_fold_vjp {
+  std::vector<T> weight, bias, D, mean;
+};
+
 /// A row-major view at p with v's shape.
 template <class T, class U, int R>
 tensor_view<T, R> contiguous_like(T* p, const tensor_view<U, R>& v) {

@@ -75,6 +75,11 @@ TEST_CASE_TEMPLATE("the statistics steps' backward matches the CPU oracle", P, N
   checks::check_statistics_step_vjps<typename P::backend, typename P::type>(rng);
 }
 
+TEST_CASE_TEMPLATE("the data-parallel backward pieces compose to the whole batch's backward", P, NETDECONV_BACKENDS) {
+  checks::rng_t rng(15);
+  checks::check_sharded_vjp<typename P::backend, typename P::type>(rng);
+}
+
 TEST_CASE_TEMPLATE("the layers' backward after every step matches the CPU layer on seq", P, NETDECONV_BACKENDS) {
   checks::rng_t rng(14);
   checks::check_layer_backward<typename P::backend, typename P::type>(rng);

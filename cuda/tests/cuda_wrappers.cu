@@ -339,6 +339,39 @@ host_step<T> linear_step(matrix_view<const T> x, std::size_t span, matrix_view<c
   return out.download();
 }
 
+template <class T>
+host_fold_vjp<T> fold_vjp(const block_plan& p, const std::vector<T>& mean, const std::vector<T>& D, image_view<const T> w,
+                          std::size_t span, const std::vector<T>& bias, const std::vector<T>& gw, const std::vector<T>& gb) {
+  const index_t S = p.count(), F = p.features(), cout = w.shape[0];
+  const device_statistics<T> stats(p, mean, D);
+  buffer<T> dw(w.data, span), db(bias.data(), bias.size()), dgw(gw.data(), gw.size()), dgb(gb.data(), gb.size());
+  buffer<T> out_w{std::size_t(w.size())}, out_b{bias.size()}, out_D{std::size_t(S * F * F)}, out_mean{std::size_t(S * F)};
+  stream st;
+  netdeconv::fold_vjp(cuda_policy{st.get()}, stats.view(), rebind(w, dw.get()),
+                      bias.empty() ? vector_view<const T>{} : contiguous<const T>(db.get(), cout),
+                      ::netdeconv::checks::contiguous_like<const T>(dgw.get(), w), contiguous<const T>(dgb.get(), cout),
+                      ::netdeconv::checks::contiguous_like(out_w.get(), w),
+                      bias.empty() ? vector_view<T>{} : contiguous(out_b.get(), cout), cube(out_D.get(), S, F),
+                      row_major(out_mean.get(), S, F));
+  st.sync();
+  return {out_w.download(), out_b.download(), out_D.download(), out_mean.download()};
+}
+
+template <class T>
+std::vector<T> conv_covariance_vjp(image_view<const T> x, std::size_t span, const conv_deconv_config& config,
+                                   const host_moments& moments, const std::vector<T>& dcov, const std::vector<T>& dmean) {
+  const index_t S = moments.statistics, F = moments.features;
+  const device_moments m(moments);
+  buffer<T> dx(x.data, span), ddcov(dcov.data(), dcov.size()), ddmean(dmean.data(), dmean.size()), out{std::size_t(x.size())};
+  stream st;
+  NETDECONV_CUDA_CHECK(cudaMemsetAsync(out.get(), 0, sizeof(T) * std::size_t(x.size()), st.get()));
+  netdeconv::conv_covariance_vjp(cuda_policy{st.get()}, rebind(x, dx.get()), config, moments_view<const double>(m.view()),
+                                 tensor_view<const T, 3>(cube(ddcov.get(), S, F)), row_major<const T>(ddmean.get(), S, F),
+                                 ::netdeconv::checks::contiguous_like(out.get(), x));
+  st.sync();
+  return out.download();
+}
+
 /// The backward of a step (conv: R = 4, linear: R = 2) on device copies of its arguments.
 template <class T, int R, class Config>
 host_step_vjp<T> step_vjp(tensor_view<const T, R> x, std::size_t span, tensor_view<const T, R> w, const std::vector<T>& bias,
@@ -729,6 +762,11 @@ std::vector<std::string> layer_refusal_messages() {
   template host_isqrt<T> inverse_sqrt<T>(const std::vector<T>&, index_t, index_t, const isqrt_options&);               \
   template host_isqrt<T> inverse_sqrt_vjp<T>(const std::vector<T>&, const std::vector<T>&, index_t, index_t,          \
                                              const isqrt_options&);                                                    \
+  template host_fold_vjp<T> fold_vjp<T>(const block_plan&, const std::vector<T>&, const std::vector<T>&,             \
+                                        image_view<const T>, std::size_t, const std::vector<T>&, const std::vector<T>&, \
+                                        const std::vector<T>&);                                                        \
+  template std::vector<T> conv_covariance_vjp<T>(image_view<const T>, std::size_t, const conv_deconv_config&,          \
+                                                 const host_moments&, const std::vector<T>&, const std::vector<T>&);   \
   template host_step_vjp<T> conv_step_vjp<T>(image_view<const T>, std::size_t, image_view<const T>, const std::vector<T>&, \
                                              const conv_deconv_config&, const host_step<T>&, const std::vector<T>&,    \
                                              const std::vector<T>&);                                                   \

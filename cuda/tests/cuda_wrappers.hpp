@@ -26,6 +26,7 @@ using checks::host_isqrt;
 using checks::host_layer_trace;
 using checks::host_moments;
 using checks::host_step;
+using checks::host_fold_vjp;
 using checks::host_step_vjp;
 
 /// GPUs visible to the CUDA runtime (0 when there is no device or no driver).
@@ -95,6 +96,15 @@ host_layer_trace<T> linear_layer(const std::vector<matrix_view<const T>>& xs, st
 template <class T>
 host_layer_trace<T> channel_layer(const std::vector<image_view<const T>>& xs, std::size_t span,
                                   const channel_deconv_config& config, const layer_options& options);
+
+/// The data-parallel pieces: fold_vjp (dL/dW, dL/db, dL/dD_s, dL/dmu_s) and conv_covariance_vjp
+/// (a shard's dL/dx from the merged moments, added to zeros).
+template <class T>
+host_fold_vjp<T> fold_vjp(const block_plan& p, const std::vector<T>& mean, const std::vector<T>& D, image_view<const T> w,
+                          std::size_t span, const std::vector<T>& bias, const std::vector<T>& gw, const std::vector<T>& gb);
+template <class T>
+std::vector<T> conv_covariance_vjp(image_view<const T> x, std::size_t span, const conv_deconv_config& config,
+                                   const host_moments& moments, const std::vector<T>& dcov, const std::vector<T>& dmean);
 
 /// The layers' backward after every step, their state in device memory (backend_checks.hpp's
 /// conv_layer_backward, linear_layer_backward, channel_layer_backward).

@@ -35,6 +35,7 @@ namespace netdeconv::cuda::emulate {
 using checks::host_isqrt;
 using checks::host_moments;
 using checks::host_step;
+using checks::host_fold_vjp;
 using checks::host_step_vjp;
 using checks::host_layer_trace;
 
@@ -543,6 +544,35 @@ struct backend {
     if (constants) return constant_reports(out.reports, nullptr);
     covariance_backward(source, p, how, tensor_view<const T, 3>(dDv), matrix_view<const T>(row_major(dmu.data(), S, F)),
                         out.reports, target, keep);
+  }
+
+  /// fold_vjp.cuh's public form: the weight side on its own.
+  template <class T>
+  static host_fold_vjp<T> fold_vjp(const block_plan& plan, const std::vector<T>& mean, const std::vector<T>& D,
+                                   image_view<const T> w, std::size_t, const std::vector<T>& bias, const std::vector<T>& gw,
+                                   const std::vector<T>& gb) {
+    const index_t S = plan.count(), F = plan.features(), cout = w.shape[0];
+    host_fold_vjp<T> h{std::vector<T>(std::size_t(w.size())), std::vector<T>(bias.size()), std::vector<T>(std::size_t(S * F * F)),
+                       std::vector<T>(std::size_t(S * F))};
+    const auto stats = checks::cpu_backend<sequential_policy>::statistics(plan, mean, D);
+    const tensor_view<const T, 4> gwv = checks::contiguous_like(gw.data(), w);
+    fold_vjp(detail::weight_inputs(stats, w, gwv, contiguous(gb.data(), cout)), checks::contiguous_like(h.weight.data(), w),
+             bias.empty() ? vector_view<T>{} : contiguous(h.bias.data(), cout), {h.D.data(), {S, F, F}, {F * F, F, 1}},
+             row_major(h.mean.data(), S, F));
+    return h;
+  }
+
+  /// conv_covariance_vjp's composition into a zeroed dx (x's shape, contiguous).
+  template <class T>
+  static std::vector<T> conv_covariance_vjp(image_view<const T> x, std::size_t, const conv_deconv_config& cfg,
+                                            const host_moments& m, const std::vector<T>& dcov, const std::vector<T>& dmean) {
+    const index_t S = m.statistics, F = m.features;
+    std::vector<T> dx(std::size_t(x.size()));
+    const patch_map map = ::netdeconv::detail::make_patch_map("conv_covariance_vjp", x.shape, cfg.geometry, cfg.sampling_stride, true);
+    covariance_vjp(patch_sampler<T>(x, cfg.geometry, cfg.sampling_stride), conv_statistics_plan(x.shape[1], cfg), m.view(),
+                   tensor_view<const T, 3>{dcov.data(), {S, F, F}, {F * F, F, 1}}, row_major(dmean.data(), S, F), 0.0, false,
+                   detail::patch_target<T>{map, checks::contiguous_like(dx.data(), x)}, static_cast<const int*>(nullptr));
+    return dx;
   }
 
   template <class T, int R, int RX, class Config>

@@ -35,6 +35,8 @@ struct gpu {
   template <class T, class... A> static auto conv_step(A&&... a) { return gpu_api::conv_step<T>(a...); }
   template <class T, class... A> static auto linear_step(A&&... a) { return gpu_api::linear_step<T>(a...); }
   template <class T, class... A> static auto conv_step_vjp(A&&... a) { return gpu_api::conv_step_vjp<T>(a...); }
+  template <class T, class... A> static auto fold_vjp(A&&... a) { return gpu_api::fold_vjp<T>(a...); }
+  template <class T, class... A> static auto conv_covariance_vjp(A&&... a) { return gpu_api::conv_covariance_vjp<T>(a...); }
   template <class T, class... A> static auto linear_step_vjp(A&&... a) { return gpu_api::linear_step_vjp<T>(a...); }
   template <class T, class... A> static auto conv_layer(A&&... a) { return gpu_api::conv_layer<T>(a...); }
   template <class T, class... A> static auto linear_layer(A&&... a) { return gpu_api::linear_layer<T>(a...); }
@@ -147,6 +149,11 @@ TEST_CASE_TEMPLATE("CUDA statistics steps' backward matches the CPU", T, float, 
 TEST_CASE_TEMPLATE("CUDA layers with their state in device memory match the CPU layers", T, float, double) {
   checks::rng_t rng(9);
   checks::check_layers<gpu, T>(rng);
+}
+
+TEST_CASE_TEMPLATE("CUDA data-parallel backward pieces compose to the whole batch's backward", T, float, double) {
+  checks::rng_t rng(15);
+  checks::check_sharded_vjp<gpu, T>(rng);
 }
 
 TEST_CASE_TEMPLATE("CUDA layers' backward after every step matches the CPU layers", T, float, double) {
