@@ -355,8 +355,6 @@ struct cpu_backend {
   }
 };
 
-
-
 using rng_t = std::mt19937_64;
 
 inline index_t uniform(rng_t& rng, index_t lo, index_t hi) { return std::uniform_int_distribution<index_t>(lo, hi)(rng); }
@@ -768,7 +766,6 @@ void check_apply_whitening(rng_t& rng) {
     CHECK(rel_diff(got, std::vector<T>(expected.data(), expected.data() + expected.size())) < 10 * tol<T>());
   }
 }
-
 
 /// The statistics steps (writing form) against the CPU oracle's returning form: conv with every
 /// layout, groups, geometry and sampling stride on NCHW/NHWC/padded inputs; linear with both
