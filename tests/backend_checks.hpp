@@ -44,9 +44,27 @@
 
 namespace netdeconv::checks {
 
+/// The backend interface's conv_step_vjp and linear_step_vjp, for a backend whose
+/// step_vjp<T>(x, w, bias, cfg, plan, forward, gw, gb) does the work (cpu_backend, the emulator).
+template <class Backend>
+struct step_vjp_forms {
+  template <class T>
+  static host_step_vjp<T> conv_step_vjp(image_view<const T> x, std::size_t, image_view<const T> w, const std::vector<T>& bias,
+                                        const conv_deconv_config& cfg, const host_step<T>& forward, const std::vector<T>& gw,
+                                        const std::vector<T>& gb) {
+    return Backend::template step_vjp<T>(x, w, bias, cfg, conv_statistics_plan(x.shape[1], cfg), forward, gw, gb);
+  }
+  template <class T>
+  static host_step_vjp<T> linear_step_vjp(matrix_view<const T> x, std::size_t, matrix_view<const T> w, const std::vector<T>& bias,
+                                          const linear_deconv_config& cfg, const host_step<T>& forward, const std::vector<T>& gw,
+                                          const std::vector<T>& gb) {
+    return Backend::template step_vjp<T>(x, w, bias, cfg, linear_statistics_plan(x.shape[1], cfg), forward, gw, gb);
+  }
+};
+
 /// A backend over the CPU policy P: the view forms of the public calls.
 template <class P>
-struct cpu_backend {
+struct cpu_backend : step_vjp_forms<cpu_backend<P>> {
   static constexpr P policy{};
 
   template <class T>
@@ -190,18 +208,6 @@ struct cpu_backend {
     netdeconv::conv_covariance_vjp(policy, x, cfg, m.view(), {dcov.data(), {S, F, F}, {F * F, F, 1}}, row_major(dmean.data(), S, F),
                                    contiguous_like(dx.data(), x));
     return dx;
-  }
-  template <class T>
-  static host_step_vjp<T> conv_step_vjp(image_view<const T> x, std::size_t, image_view<const T> w, const std::vector<T>& bias,
-                                        const conv_deconv_config& cfg, const host_step<T>& forward, const std::vector<T>& gw,
-                                        const std::vector<T>& gb) {
-    return step_vjp<T>(x, w, bias, cfg, conv_statistics_plan(x.shape[1], cfg), forward, gw, gb);
-  }
-  template <class T>
-  static host_step_vjp<T> linear_step_vjp(matrix_view<const T> x, std::size_t, matrix_view<const T> w, const std::vector<T>& bias,
-                                          const linear_deconv_config& cfg, const host_step<T>& forward, const std::vector<T>& gw,
-                                          const std::vector<T>& gb) {
-    return step_vjp<T>(x, w, bias, cfg, linear_statistics_plan(x.shape[1], cfg), forward, gw, gb);
   }
   template <class T>
   static host_step<T> conv_step(image_view<const T> x, std::size_t, image_view<const T> w, const std::vector<T>& bias,

@@ -39,7 +39,7 @@ using checks::host_fold_vjp;
 using checks::host_step_vjp;
 using checks::host_layer_trace;
 
-struct backend {
+struct backend : checks::step_vjp_forms<backend> {
   template <class T>
   static std::vector<T> im2col(image_view<const T> x, std::size_t, const conv_geometry& g) {
     const patch_map map = ::netdeconv::detail::make_patch_map("im2col", x.shape, g, 1, false);
@@ -308,8 +308,7 @@ struct backend {
         detail::nsv_screen_gradient(primal.st, finite, b);
       }
       for (index_t e = 0; e < n; ++e)
-        detail::nsv_init_element(primal.A, G, primal.scale.data(), primal.Y.data(), primal.Z.data(), Yd.data(), Zd.data(),
-                                 F(), e / (F() * F()), e % (F() * F()));
+        detail::nsv_init_element(G, primal.scale.data(), Yd.data(), Zd.data(), F(), e / (F() * F()), e % (F() * F()));
     }
     void copy_P_from_Y() {
       primal.copy_P_from_Y();
@@ -600,18 +599,6 @@ struct backend {
                           how, out, as_conv_weight(out.weight), detail::row_target<T>{out.x});
     }
     return h;
-  }
-  template <class T>
-  static host_step_vjp<T> conv_step_vjp(image_view<const T> x, std::size_t, image_view<const T> w, const std::vector<T>& bias,
-                                        const conv_deconv_config& cfg, const host_step<T>& forward, const std::vector<T>& gw,
-                                        const std::vector<T>& gb) {
-    return step_vjp<T>(x, w, bias, cfg, conv_statistics_plan(x.shape[1], cfg), forward, gw, gb);
-  }
-  template <class T>
-  static host_step_vjp<T> linear_step_vjp(matrix_view<const T> x, std::size_t, matrix_view<const T> w, const std::vector<T>& bias,
-                                          const linear_deconv_config& cfg, const host_step<T>& forward, const std::vector<T>& gw,
-                                          const std::vector<T>& gb) {
-    return step_vjp<T>(x, w, bias, cfg, linear_statistics_plan(x.shape[1], cfg), forward, gw, gb);
   }
 
   // The layers: layer_state.cuh's composition over a host state (initialised as attach_state

@@ -55,10 +55,9 @@ __global__ void __launch_bounds__(ns_threads) nsv_gradient_kernel(tensor_view<co
 }
 
 template <class T>
-__global__ void nsv_init_kernel(tensor_view<const T, 3> A, tensor_view<const T, 3> G, const double* scale, T* Y, T* Z,
-                                T* Yd, T* Zd, index_t F, long long count) {
+__global__ void nsv_init_kernel(tensor_view<const T, 3> G, const double* scale, T* Yd, T* Zd, index_t F, long long count) {
   for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < count; e += (long long)gridDim.x * blockDim.x)
-    nsv_init_element(A, G, scale, Y, Z, Yd, Zd, F, e / (F * F), e % (F * F));
+    nsv_init_element(G, scale, Yd, Zd, F, e / (F * F), e % (F * F));
 }
 
 template <class T>
@@ -149,8 +148,7 @@ struct gpu_nsv_ops {
     primal.init();
     nsv_gradient_kernel<T><<<unsigned(batch()), ns_threads, 0, primal.stream>>>(G, primal.scale, norm, primal.st);
     NETDECONV_CUDA_CHECK_LAUNCH("nsv_gradient_kernel");
-    nsv_init_kernel<T><<<grid_for(elements(), 256), 256, 0, primal.stream>>>(primal.A, G, primal.scale, primal.Y, primal.Z,
-                                                                              Yd, Zd, F(), elements());
+    nsv_init_kernel<T><<<grid_for(elements(), 256), 256, 0, primal.stream>>>(G, primal.scale, Yd, Zd, F(), elements());
     NETDECONV_CUDA_CHECK_LAUNCH("nsv_init_kernel");
   }
   void copy_P_from_Y() {

@@ -25,11 +25,11 @@
 
 namespace netdeconv::cuda::detail {
 
-/// Y = A/s, Z = I (ns_init_element) and Yd = G/sqrt(s), Zd = 0; element e of matrix b.
+/// The tangent's start (the forward's Y, Z are ns_init_element's): Yd = G/sqrt(s), Zd = 0;
+/// element e of matrix b.
 template <class T>
-NETDECONV_HOST_DEVICE void nsv_init_element(const tensor_view<const T, 3>& A, const tensor_view<const T, 3>& G,
-                                            const double* scale, T* Y, T* Z, T* Yd, T* Zd, index_t F, index_t b, index_t e) {
-  ns_init_element(A, scale, Y, Z, F, b, e);
+NETDECONV_HOST_DEVICE void nsv_init_element(const tensor_view<const T, 3>& G, const double* scale, T* Yd, T* Zd, index_t F,
+                                            index_t b, index_t e) {
   const index_t o = b * F * F + e;
   Yd[o] = static_cast<T>(double(G(b, e / F, e % F)) / std::sqrt(scale[b]));
   Zd[o] = T(0);
