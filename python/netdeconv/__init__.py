@@ -1,0 +1,90 @@
+# SPDX-License-Identifier: MIT
+"""Network deconvolution (Ye et al., ICLR 2020): whitening of patches and features, folded into
+layer weights.
+
+Every function reads NumPy, PyTorch, JAX or CuPy arrays (anything with ``__dlpack__`` or the
+buffer protocol) of float32 or float64 in place, with any strides, never writes them, and returns
+arrays of the framework of its first array. The formulas, shapes and layouts are in the
+repository's docs/ (method.md, python.md).
+
+The library is compiled once per instruction set (``_core_avx512``, ``_core_avx2``,
+``_core_sse2``); the best one this CPU runs is imported, as xsimd's run-time detection reports.
+The environment variable ``NETDECONV_ISA`` picks another (one this CPU runs).
+"""
+import importlib
+import os
+
+from . import _cpu
+from ._types import ChannelStep, Moments, StatisticsStep, StepGradients, Whitening
+
+_supported = _cpu.supported()
+_requested = os.environ.get("NETDECONV_ISA", "")
+if _requested:
+    if _requested not in _supported:
+        raise ImportError(
+            f"NETDECONV_ISA={_requested!r}, but this CPU runs only {_supported} of the built modules")
+    _isa = _requested
+else:
+    _isa = _supported[0]
+_core = importlib.import_module(f"._core_{_isa}", __name__)
+
+NumericalError = _core.NumericalError
+CheckpointError = _core.CheckpointError
+IsqrtMethod = _core.IsqrtMethod
+IsqrtScaling = _core.IsqrtScaling
+IsqrtStatus = _core.IsqrtStatus
+IsqrtReport = _core.IsqrtReport
+IsqrtOptions = _core.IsqrtOptions
+BlockLayout = _core.BlockLayout
+FailurePolicy = _core.FailurePolicy
+StepOutcome = _core.StepOutcome
+StatisticsGradient = _core.StatisticsGradient
+StepDiagnostic = _core.StepDiagnostic
+ConvConfig = _core.ConvConfig
+LinearConfig = _core.LinearConfig
+ChannelConfig = _core.ChannelConfig
+LayerOptions = _core.LayerOptions
+ConvDeconvLayer = _core.ConvDeconvLayer
+LinearDeconvLayer = _core.LinearDeconvLayer
+ChannelDeconvLayer = _core.ChannelDeconvLayer
+
+whiten = _core.whiten
+apply_whitening = _core.apply_whitening
+inverse_sqrt = _core.inverse_sqrt
+inverse_sqrt_vjp = _core.inverse_sqrt_vjp
+moments = _core.moments
+conv_moments = _core.conv_moments
+linear_moments = _core.linear_moments
+merge = _core.merge
+covariance = _core.covariance
+conv_statistics_step = _core.conv_statistics_step
+linear_statistics_step = _core.linear_statistics_step
+fold = _core.fold
+fold_vjp = _core.fold_vjp
+conv_statistics_step_vjp = _core.conv_statistics_step_vjp
+linear_statistics_step_vjp = _core.linear_statistics_step_vjp
+conv_covariance_vjp = _core.conv_covariance_vjp
+linear_covariance_vjp = _core.linear_covariance_vjp
+conv_statistics_plan = _core.conv_statistics_plan
+linear_statistics_plan = _core.linear_statistics_plan
+set_num_threads = _core.set_num_threads
+get_num_threads = _core.get_num_threads
+
+__version__ = "0.1.0"
+
+
+def build_info():
+    """What was chosen and how it was built: the kernels' instruction set (``isa``), the ones this
+    CPU runs (``supported``), xsimd's architecture in that module, OpenMP, the compiler."""
+    return {
+        "isa": _isa,
+        "supported": list(_supported),
+        "requested": _requested or None,
+        "simd_arch": _core.simd_arch,
+        "openmp": _core.openmp,
+        "compiler": _core.compiler,
+        "version": __version__,
+    }
+
+
+__all__ = [n for n in dir() if not n.startswith("_") and n not in ("importlib", "os")]
