@@ -7,8 +7,8 @@ buffer protocol) of float32 or float64 in place, with any strides, never writes 
 arrays of the framework of its first array. The formulas, shapes and layouts are in the
 repository's docs/ (method.md, python.md).
 
-The library is compiled once per instruction set (``_core_avx512``, ``_core_avx2``,
-``_core_sse2``); the best one this CPU runs is imported, as xsimd's run-time detection reports.
+The library is compiled once per instruction set (``_core_avx512``, ``_core_avx2``); the best
+one this CPU runs is imported, as xsimd's run-time detection reports.
 The environment variable ``NETDECONV_ISA`` picks another (one this CPU runs).
 """
 import importlib
@@ -18,6 +18,8 @@ from . import _cpu
 from ._types import ChannelStep, Moments, StatisticsStep, StepGradients, Whitening
 
 _supported = _cpu.supported()
+if not _supported:
+    raise ImportError("netdeconv needs an x86-64-v3 CPU (AVX2 and FMA); this one has neither")
 _requested = os.environ.get("NETDECONV_ISA", "")
 if _requested:
     if _requested not in _supported:

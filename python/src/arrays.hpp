@@ -112,6 +112,12 @@ class array_out {
   array_out(const char* fn, const char* name, nb::handle obj, const index_array<R>& shape);
 
   const tensor_view<T, R>& view() const { return view_; }
+  /// Elements of new memory (contiguous).
+  std::size_t size() const {
+    std::size_t n = 1;
+    for (int i = 0; i < R; ++i) n *= std::size_t(view_.shape[i]);
+    return n;
+  }
 
   /// The array to return: the new one as the framework's array (after the computation), or the
   /// caller's own object.

@@ -15,12 +15,15 @@ NB_MODULE(_cpu, m) {
   m.def(
       "supported",
       [] {
-        const auto a = xsimd::available_architectures();
         std::vector<std::string> isas;
+#if defined(__x86_64__)
         // The avx512 module is compiled with AVX-512 F, CD, DQ and BW; the avx2 module with AVX2 + FMA.
+        const auto a = xsimd::available_architectures();
         if (a.avx512f && a.avx512cd && a.avx512dq && a.avx512bw) isas.emplace_back("avx512");
         if (a.fma3_avx2) isas.emplace_back("avx2");
-        if (a.sse2) isas.emplace_back("sse2");
+#else
+        isas.emplace_back("generic");
+#endif
         return isas;
       },
       "the instruction sets of the _core_<isa> modules this CPU runs, best first");

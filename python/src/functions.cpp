@@ -2,6 +2,8 @@
 // The stateless functions: whitening, the inverse square root, moments, the statistics steps, the
 // fold and their backward. Each parses its arguments with the GIL held, computes without it, and
 // hands new arrays to the framework of its first array.
+#include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <optional>
 
@@ -396,13 +398,14 @@ nb::object fold_vjp_rank(const char* fn, const array_in& wa, nb::handle b_obj, c
   array_out<T, 1> db(wa.fw, {w.shape[0]});
   array_out<T, 3> dD(wa.fw, {S, F, F});
   array_out<T, 2> dmean(wa.fw, {S, F});
+  const vector_view<T> dbias = b_obj.is_none() ? vector_view<T>{} : db.view();  // dL/db only with a bias
   {
     nb::gil_scoped_release release;
     if constexpr (R == 4) {
-      netdeconv::fold_vjp(policy(), stats, w, b, gw, gb, dW.view(), db.view(), dD.view(), dmean.view());
+      netdeconv::fold_vjp(policy(), stats, w, b, gw, gb, dW.view(), dbias, dD.view(), dmean.view());
     } else {
       netdeconv::fold_vjp(policy(), stats, detail::as_conv_weight(w), b, detail::as_conv_weight(gw), gb,
-                          detail::as_conv_weight(dW.view()), db.view(), dD.view(), dmean.view());
+                          detail::as_conv_weight(dW.view()), dbias, dD.view(), dmean.view());
     }
   }
   return nb::make_tuple(dW.result(), b_obj.is_none() ? nb::none() : db.result(), dD.result(), dmean.result());
@@ -506,6 +509,7 @@ nb::object covariance_vjp(const char* fn, nb::handle x_obj, const Config& config
     array_out<T, R> dx(xa.fw, x.shape);
     {
       nb::gil_scoped_release release;
+      std::fill_n(dx.view().data, dx.size(), T(0));  // the C++ functions add to dx (shards' sums)
       if constexpr (R == 4)
         netdeconv::conv_covariance_vjp(policy(), x, config, m.view, dcov, dmean, dx.view());
       else
@@ -521,42 +525,71 @@ void bind_functions(nb::module_& m) {
   const whiten_options w0;
   m.def("whiten", &whiten, arg("x"), nb::kw_only(), arg("eps") = w0.eps, arg("isqrt") = w0.isqrt,
         arg("block") = w0.block, arg("columns_are_samples") = w0.columns_are_samples, arg("out") = nb::none(),
-        arg("check") = true);
+        arg("check") = true,
+        "ZCA whitening of x (n, F), rows are samples (columns with columns_are_samples): per block of `block`\n"
+        "features (0: all F), mu = mean, Cov = (X - mu)^T (X - mu) / n + eps I, D = Cov^(-1/2) (isqrt: exact\n"
+        "float64 eigendecomposition by default), data = (X - mu) D. Returns Whitening(data (x's shape),\n"
+        "mean (S, F/S), D (S, F/S, F/S), reports, samples). out= (x's shape, x's dtype) receives data.\n"
+        "check: NumericalError when a block's root fails; check=False returns the reports instead.");
   m.def("apply_whitening", &apply_whitening, arg("x"), arg("mean"), arg("D"), nb::kw_only(),
-        arg("columns_are_samples") = false, arg("out") = nb::none());
+        arg("columns_are_samples") = false, arg("out") = nb::none(),
+        "(x - mean_s) D_s per block of x (n, F): mean (S, F/S) and D (S, F/S, F/S) from whiten(); returns x's shape");
   m.def("inverse_sqrt", &inverse_sqrt, arg("A"), arg("isqrt") = isqrt_options{}, nb::kw_only(), arg("out") = nb::none(),
-        arg("check") = true);
+        arg("check") = true,
+        "D = A^(-1/2) of symmetric positive definite A, (F, F) or a batch (B, F, F). isqrt: IsqrtOptions.fixed(n)\n"
+        "(n coupled Newton-Schulz steps Y <- Y T, Z <- T Z, T = (3 I - Z Y) / 2 from Y = A / s, Z = I), .converged(tol),\n"
+        ".exact() (float64 eigendecomposition). Returns (D, report): one IsqrtReport for (F, F), a list for (B, F, F).");
   m.def("inverse_sqrt_vjp", &inverse_sqrt_vjp, arg("A"), arg("G"), arg("isqrt") = isqrt_options{}, nb::kw_only(),
-        arg("check") = true);
-  m.def("moments", &moments, arg("x"), nb::kw_only(), arg("block") = 0);
-  m.def("conv_moments", &conv_moments, arg("x"), arg("config"));
-  m.def("linear_moments", &linear_moments, arg("x"), arg("config"));
-  m.def("merge", &merge, arg("a"), arg("b"));
-  m.def("covariance", &covariance, arg("moments"), arg("eps") = 0.0, nb::kw_only(), arg("dtype") = nb::none());
+        arg("check") = true,
+        "dL/dA of D = inverse_sqrt(A, isqrt) for G = dL/dD (A's shape): through the same Newton-Schulz steps, or the\n"
+        "exact root's Daleckii-Krein form. Returns (dA, report(s)).");
+  m.def("moments", &moments, arg("x"), nb::kw_only(), arg("block") = 0,
+        "Mergeable moments of the rows of x (n, F) per block of `block` features (0: all): Moments(count (S,),\n"
+        "mean (S, F/S), scatter (S, F/S, F/S)), float64");
+  m.def("conv_moments", &conv_moments, arg("x"), arg("config"),
+        "Moments of the sampled patches of x (N, C, H, W) under a ConvConfig (its blocks, groups and sampling stride),\n"
+        "without forming the patch matrix");
+  m.def("linear_moments", &linear_moments, arg("x"), arg("config"),
+        "Moments of the rows of x (n, Fin) under a LinearConfig (its blocks)");
+  m.def("merge", &merge, arg("a"), arg("b"), "the Moments of the union of two sample sets (Chan et al.'s update)");
+  m.def("covariance", &covariance, arg("moments"), arg("eps") = 0.0, nb::kw_only(), arg("dtype") = nb::none(),
+        "(Cov (S, F, F), mean (S, F)) of Moments: Cov = scatter / count + eps I, in dtype (default float64)");
   m.def("conv_statistics_step", &conv_statistics_step, arg("x"), arg("weight"), arg("bias").none(), arg("config"),
-        nb::kw_only(), arg("out") = nb::none(), arg("check") = true);
+        nb::kw_only(), arg("out") = nb::none(), arg("check") = true,
+        "A conv layer's statistics step on x (N, C, H, W) (any strides: NCHW, NHWC, slices), weight\n"
+        "(Cout, C/groups, kh, kw), bias (Cout,) or None: mu and D = Cov^(-1/2) per block of the sampled patches,\n"
+        "W' = W D and b' = b - W' mu. Returns StatisticsStep(weight, bias, mean (S, F), D (S, F, F), reports,\n"
+        "samples); out=(weight, bias, mean, D) writes into caller arrays.");
   m.def("linear_statistics_step", &linear_statistics_step, arg("x"), arg("weight"), arg("bias").none(),
-        arg("config") = linear_deconv_config{}, nb::kw_only(), arg("out") = nb::none(), arg("check") = true);
+        arg("config") = linear_deconv_config{}, nb::kw_only(), arg("out") = nb::none(), arg("check") = true,
+        "The same for a linear layer: x (n, Fin), weight (Fout, Fin), bias (Fout,) or None");
   m.def("fold", &fold, arg("weight"), arg("bias").none(), arg("mean"), arg("D"), arg("config"), nb::kw_only(),
-        arg("out") = nb::none());
+        arg("out") = nb::none(),
+        "(W', b') = (W D, b - W' mu) for a conv weight (Cout, C/groups, kh, kw) with a ConvConfig, or a linear weight\n"
+        "(Fout, Fin) with a LinearConfig; mean (S, F), D (S, F, F) as the config's plan gives them");
   m.def("fold_vjp", &fold_vjp, arg("weight"), arg("bias").none(), arg("mean"), arg("D"), arg("grad_weight"),
-        arg("grad_bias").none(), arg("config"));
+        arg("grad_bias").none(), arg("config"),
+        "(dL/dW, dL/db or None, dL/dD (S, F, F), dL/dmean (S, F)) of fold for grad_weight = dL/dW', grad_bias = dL/db'");
   m.def("conv_statistics_step_vjp", &conv_statistics_step_vjp, arg("x"), arg("weight"), arg("bias").none(),
         arg("config"), arg("mean"), arg("D"), arg("grad_weight"), arg("grad_bias").none(), nb::kw_only(),
-        arg("check") = true);
+        arg("check") = true,
+        "Backward of conv_statistics_step: mean and D what it returned, grad_weight = dL/dW', grad_bias = dL/db'.\n"
+        "Returns StepGradients(weight = dL/dW, bias = dL/db or None, x = dL/dx through mu and Cov, reports).");
   m.def("linear_statistics_step_vjp", &linear_statistics_step_vjp, arg("x"), arg("weight"), arg("bias").none(),
         arg("config"), arg("mean"), arg("D"), arg("grad_weight"), arg("grad_bias").none(), nb::kw_only(),
-        arg("check") = true);
+        arg("check") = true, "Backward of linear_statistics_step (as conv_statistics_step_vjp)");
   m.def("conv_covariance_vjp",
         [](nb::handle x, const conv_deconv_config& c, nb::handle mo, nb::handle dcov, nb::handle dmean) {
           return covariance_vjp<4>("conv_covariance_vjp", x, c, mo, dcov, dmean);
         },
-        arg("x"), arg("config"), arg("moments"), arg("dcov"), arg("dmean").none() = nb::none());
+        arg("x"), arg("config"), arg("moments"), arg("dcov"), arg("dmean").none() = nb::none(),
+        "dL/dx (x's shape) of the patch covariance and mean (conv_moments + covariance) for dcov (S, F, F), dmean (S, F)");
   m.def("linear_covariance_vjp",
         [](nb::handle x, const linear_deconv_config& c, nb::handle mo, nb::handle dcov, nb::handle dmean) {
           return covariance_vjp<2>("linear_covariance_vjp", x, c, mo, dcov, dmean);
         },
-        arg("x"), arg("config"), arg("moments"), arg("dcov"), arg("dmean").none() = nb::none());
+        arg("x"), arg("config"), arg("moments"), arg("dcov"), arg("dmean").none() = nb::none(),
+        "dL/dx of the row covariance and mean (linear_moments + covariance)");
   m.def("conv_statistics_plan",
         [](index_t channels, const conv_deconv_config& c) {
           const block_plan p = conv_statistics_plan(channels, c);
@@ -569,6 +602,24 @@ void bind_functions(nb::module_& m) {
           return std::pair(p.count(), p.features());
         },
         arg("features"), arg("config"), "(S, F): the statistics and features per statistic of a linear layer");
+  m.def("_time_whiten",
+        [](nb::handle x_obj, int repetitions) {
+          const array_in xa = input("_time_whiten", "x", x_obj);
+          const matrix_view<const double> X = view_of<double, 2>("_time_whiten", "x", xa, "(n, F)");
+          NETDECONV_REQUIRE(repetitions >= 1, "_time_whiten", "repetitions must be >= 1, got ", repetitions);
+          std::vector<double> ns(static_cast<std::size_t>(repetitions));
+          nb::gil_scoped_release release;
+          for (double& t : ns) {
+            const auto start = std::chrono::steady_clock::now();
+            const whitening<double> w = netdeconv::whiten(policy(), X);
+            t = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - start).count();
+          }
+          std::nth_element(ns.begin(), ns.begin() + ns.size() / 2, ns.end());
+          return ns[ns.size() / 2];
+        },
+        arg("x"), arg("repetitions"),
+        "median nanoseconds of the C++ call netdeconv::whiten(policy, x) for float64 x, timed inside the module\n"
+        "(the baseline of bench/bench_python.py's call overhead)");
   m.def("_array_info",
         [](nb::handle obj) {
           const array_in a = input("_array_info", "x", obj);

@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: MIT
 // The extension module _core_<isa>: conversions, the vocabulary types, and the module itself.
 #include <atomic>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
@@ -10,7 +13,19 @@
 namespace netdeconv::python {
 
 namespace {
-std::atomic<int> threads{0};
+/// The OpenMP default of the importing thread (OMP_NUM_THREADS, or what a framework imported
+/// before set), fixed at import: OpenMP's own default is per thread (PyTorch sets it to its
+/// intra-op count in the thread that imports it, new threads keep the initial one), and the same
+/// call from two threads would otherwise run on different thread counts and round differently.
+int default_threads() {
+#if defined(_OPENMP)
+  static const int n = omp_get_max_threads();
+#else
+  static const int n = 1;
+#endif
+  return n;
+}
+std::atomic<int> threads{default_threads()};
 }
 
 simd_policy policy() { return simd_threads(threads.load()); }
@@ -51,8 +66,15 @@ array_in input(const char* fn, const char* name, nb::handle obj, bool integer) {
   array_in a;
   a.fw = framework_of(obj);
   nb::object source = nb::borrow(obj);
-  // A tensor that requires grad refuses __dlpack__; its data is read, never written, so detach.
-  if (a.fw == framework::torch && nb::cast<bool>(obj.attr("requires_grad"))) source = obj.attr("detach")();
+  if (a.fw == framework::torch) {
+    // Devices that DLPack cannot express (meta) would otherwise read as "not an array".
+    const std::string device = nb::cast<std::string>(obj.attr("device").attr("type"));
+    if (device.rfind("cpu", 0) != 0)
+      type_error(fn, name, " is on device ", device, " (", python_type_name(obj),
+                 "); this build of netdeconv runs on the CPU only");
+    // A tensor that requires grad refuses __dlpack__; its data is read, never written, so detach.
+    if (nb::cast<bool>(obj.attr("requires_grad"))) source = obj.attr("detach")();
+  }
   if (!nb::try_cast(source, a.array, false)) {
     if (a.fw == framework::jax)
       type_error(fn, name, " is a JAX tracer or an array that cannot be exported (", python_type_name(obj),
@@ -254,9 +276,11 @@ void bind_types(nb::module_& m) {
 
   m.def("set_num_threads", [](int n) {
     NETDECONV_REQUIRE(n >= 0 && n <= max_policy_threads, "set_num_threads", "threads must be in [0, ",
-                      max_policy_threads, "] (0: the OpenMP default), got ", n);
-    threads = n;
-  }, nb::arg("threads"), "threads of every later call (0: the OpenMP default)");
+                      max_policy_threads, "] (0: the default), got ", n);
+    threads = n == 0 ? default_threads() : n;
+  }, nb::arg("threads"),
+  "OpenMP threads of every later call, from any Python thread (0: the default, the importing thread's\n"
+  "omp_get_max_threads() at import)");
   m.def("get_num_threads", [] { return threads.load(); });
   m.attr("isa") = NETDECONV_ISA;
 #if defined(_OPENMP)
