@@ -168,6 +168,7 @@ def bench_case(name, x, reps, ns_tol64, ns_tol32):
     xc = x - mu
     cov = xc.T @ xc / n
     w = netdeconv.whiten(x)
+
     def numpy_covariance():
         c = x - mu
         return c.T @ c / n
@@ -208,8 +209,9 @@ def bench_case(name, x, reps, ns_tol64, ns_tol32):
     if kornia is not None and ms["kornia ZCA"] < ms[fastest]:
         fastest = "kornia ZCA"
 
+    load = os.getloadavg()[0]
     print(f"\n== {name}: n = {n}, F = {F}, {reps} repetitions; faster scipy driver: {scipy_best}; "
-          f"fastest ZCA alternative: {fastest}")
+          f"fastest ZCA alternative: {fastest}; load average {load:.2f}")
     print(f"{'method':36s} {'median ms':>10s} {'fastest alt / this':>18s} {'rel err':>9s} {'whiteness':>9s}")
     for label in calls:
         if label.startswith("["):
@@ -218,12 +220,13 @@ def bench_case(name, x, reps, ns_tol64, ns_tol32):
         print(f"{label:36s} {ms[label]:10.3f} {ms[fastest] / ms[label]:18.2f} {err:>9s} {white[label]:9.1e}")
     for label, note in notes.items():
         print(f"{label:36s} {note}")
-    print("where the time goes (the same rounds):")
+    print("where the time goes (the same rounds; GFLOP/s counted as 2 n F^2 for a covariance or a product):")
     for label in pieces:
-        print(f"  {label:34s} {ms[label]:10.3f} ms")
+        rate = "" if "eigh" in label or "inverse_sqrt" in label else f" {2 * n * F * F / ms[label] / 1e6:8.1f} GFLOP/s"
+        print(f"  {label:34s} {ms[label]:10.3f} ms{rate}")
     print("RESULT " + json.dumps({"case": name, "n": n, "F": F, "reps": reps, "ms": ms, "rel_err": errors,
                                   "whiteness": white, "failed": notes, "scipy_driver": scipy_best,
-                                  "fastest_alternative": fastest,
+                                  "fastest_alternative": fastest, "load_average": load,
                                   "ratio_fastest_alt_over_netdeconv_f64": ms[fastest] / ms["netdeconv f64"]}))
 
 
@@ -245,6 +248,10 @@ def main():
     for lib in threadpoolctl.threadpool_info():
         print(f"threadpool: {lib['internal_api']} {lib.get('version')} {lib.get('threading_layer', '')} "
               f"{lib['num_threads']} threads: {lib['filepath']}")
+
+    a = np.random.default_rng(2).standard_normal((2048, 2048))
+    gemm = interleaved({"dgemm": lambda: a @ a}, 5)["dgemm"]
+    print(f"OpenBLAS dgemm 2048^3 (numpy a @ a): {2 * 2048 ** 3 / gemm / 1e9:.1f} GFLOP/s")
 
     print("\n== call overhead: median ns of one netdeconv.whiten(x) call, float64")
     samples, calls = (5, 200) if args.quick else (15, 400)

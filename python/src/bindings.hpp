@@ -11,6 +11,7 @@ namespace netdeconv::python {
 void bind_types(nb::module_& m);
 void bind_functions(nb::module_& m);
 void bind_layers(nb::module_& m);
+void bind_jax(nb::module_& m);  // with NETDECONV_JAX_FFI (jax_ffi.cpp)
 
 /// The named tuple `name` of netdeconv._types.
 nb::object result_type(const char* name);

@@ -5,6 +5,7 @@
 #include <omp.h>
 #endif
 
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
@@ -298,4 +299,8 @@ NB_MODULE(NETDECONV_MODULE, m) {
   netdeconv::python::bind_types(m);
   netdeconv::python::bind_functions(m);
   netdeconv::python::bind_layers(m);
+#if defined(NETDECONV_JAX_FFI)
+  netdeconv::python::bind_jax(m);
+#endif
+  m.attr("jax_ffi") = bool(NETDECONV_JAX_FFI_ENABLED);
 }

@@ -227,3 +227,17 @@ def test_layer_argument_errors():
         layer.train_step(x, np.zeros((5, 8, 3, 3)))
     with pytest.raises(ValueError, match="weight has 4 input channels per group, the plan needs C/groups = 8/1"):
         layer.train_step(np.zeros((2, 4, 6, 6), np.float32), np.zeros((5, 4, 3, 3), np.float32))
+
+
+def test_configurations_round_trip():
+    c = nd.ConvConfig((3, 5), stride=(1, 2), padding=(1, 2), dilation=2, groups=2, block=8, sampling_stride=1,
+                      eps=1e-3, isqrt=nd.IsqrtOptions.converged(1e-6, 50))
+    assert (c.kernel_size, c.stride, c.padding, c.dilation) == ((3, 5), (1, 2), (1, 2), (2, 2))
+    assert (c.groups, c.block, c.sampling_stride, c.eps) == (2, 8, 1, 1e-3)
+    assert c.isqrt.tolerance == 1e-6 and c.isqrt.iterations == 50
+    d = nd.ConvConfig(3)
+    assert (d.block, d.sampling_stride, d.eps, d.isqrt.iterations) == (64, 3, 1e-5, 5)  # the reference defaults
+    with pytest.raises(TypeError, match="kernel_size must be an int or a pair"):
+        nd.ConvConfig("3")
+    o = nd.LayerOptions.improved()
+    assert o.first_step_copy and o.average_covariance and o.on_failure == nd.FailurePolicy.keep_previous
