@@ -8,23 +8,25 @@ arrays of the framework of its first array. The formulas, shapes and layouts are
 repository's docs/ (method.md, python.md).
 
 The library is compiled once per instruction set (``_core_avx512``, ``_core_avx2``); the best
-one this CPU runs is imported, as xsimd's run-time detection reports.
+one this CPU runs (and the build has) is imported, as xsimd's run-time detection reports.
 The environment variable ``NETDECONV_ISA`` picks another (one this CPU runs).
 """
 import importlib
+import importlib.util
 import os
 
 from . import _cpu
 from ._types import ChannelStep, Moments, StatisticsStep, StepGradients, Whitening
 
-_supported = _cpu.supported()
+# The modules this CPU runs and this build has (a build may leave some out: -Dpython_isas).
+_supported = [isa for isa in _cpu.supported() if importlib.util.find_spec(f"{__name__}._core_{isa}") is not None]
 if not _supported:
-    raise ImportError("netdeconv needs an x86-64-v3 CPU (AVX2 and FMA); this one has neither")
+    raise ImportError(f"netdeconv: this CPU runs {_cpu.supported()} (an x86-64-v3 CPU has AVX2 and FMA), "
+                      "and this build has none of those modules")
 _requested = os.environ.get("NETDECONV_ISA", "")
 if _requested:
     if _requested not in _supported:
-        raise ImportError(
-            f"NETDECONV_ISA={_requested!r}, but this CPU runs only {_supported} of the built modules")
+        raise ImportError(f"NETDECONV_ISA={_requested!r}, but of the built modules this CPU runs only {_supported}")
     _isa = _requested
 else:
     _isa = _supported[0]
