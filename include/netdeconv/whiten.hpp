@@ -13,6 +13,7 @@
 //   w.data;                       // whitened n x F (row-major)
 //   netdeconv::apply_whitening(netdeconv::par, w.statistics, view(X_new), view_mut(out));
 
+#include <algorithm>
 #include <type_traits>
 #include <vector>
 
@@ -51,7 +52,6 @@ template <class Policy, class T>
 void apply_whitening(const Policy& policy, const block_statistics<T>& stats, matrix_view<const T> X, matrix_view<T> out,
                      bool columns_are_samples = false) {
   static_assert(is_execution_policy_v<Policy>, "first argument must be an execution policy");
-  (void)policy;
   constexpr const char* fn = "apply_whitening";
   if (columns_are_samples) {
     X = detail::transposed(X);
@@ -61,11 +61,29 @@ void apply_whitening(const Policy& policy, const block_statistics<T>& stats, mat
   detail::check_whitening_data(fn, stats.plan, X, out, true);
   const auto x = as_eigen(X);
   auto y = as_eigen(out);
-  const index_t F = stats.plan.features();
-  for (index_t s = 0; s < stats.plan.count(); ++s) {
-    const auto cols = Eigen::seqN(s * F, F);
-    const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> centred = x(Eigen::all, cols).rowwise() - stats.mean[s].transpose();
-    y(Eigen::all, cols).noalias() = centred * stats.D[s];
+  const index_t n = X.shape[0], F = stats.plan.features();
+  // Pieces of rows, one thread each: the centred piece (rows x F) stays in cache, and each thread's
+  // product runs in that thread.
+  constexpr index_t piece_rows = 256;
+  const index_t pieces = (n + piece_rows - 1) / piece_rows;
+  const int threads = detail::policy_threads(policy);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads) if (threads > 1 && pieces > 1)
+#endif
+  {
+    detail::keep_eigen_in_thread();
+    Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> centred;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (index_t p = 0; p < pieces; ++p) {
+      const auto rows = Eigen::seqN(p * piece_rows, std::min(piece_rows, n - p * piece_rows));
+      for (index_t s = 0; s < stats.plan.count(); ++s) {
+        const auto cols = Eigen::seqN(s * F, F);
+        centred = x(rows, cols).rowwise() - stats.mean[s].transpose();
+        y(rows, cols).noalias() = centred * stats.D[s];
+      }
+    }
   }
 }
 
