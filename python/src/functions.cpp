@@ -4,7 +4,6 @@
 // hands new arrays to the framework of its first array.
 #include <algorithm>
 #include <chrono>
-#include <cstring>
 #include <optional>
 
 #include <nanobind/stl/optional.h>
@@ -264,9 +263,9 @@ nb::object covariance(nb::handle m_obj, double eps, nb::handle dtype_obj) {
     }
     return nb::make_tuple(cov.result(), mean.result());
   };
-  const auto ends = [&](const char* s) { return name.size() >= std::strlen(s) && name.compare(name.size() - std::strlen(s), std::strlen(s), s) == 0; };
-  if (ends("float32")) return run(float{});
-  if (ends("float64")) return run(double{});
+  // "float32", np.float32 ("<class 'numpy.float32'>"), np.dtype, torch.float32, jnp.float32, ...
+  const bool f32 = name.find("float32") != std::string::npos, f64 = name.find("float64") != std::string::npos;
+  if (f32 != f64) return f32 ? run(float{}) : run(double{});
   type_error(fn, "dtype must be float32 or float64, got ", name);
 }
 

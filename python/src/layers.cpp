@@ -66,7 +66,7 @@ class layer_object {
     return std::visit(f, layer_);
   }
 
-  /// Runs `compute()` without the GIL and with the lock.
+  /// Runs f() without the GIL, holding the lock m.
   template <class F>
   static void compute(std::mutex& m, F&& f) {
     nb::gil_scoped_release release;

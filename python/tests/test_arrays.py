@@ -137,12 +137,14 @@ def test_shape_errors_are_value_errors_with_the_values():
         nd.conv_statistics_step(np.zeros((2, 6, 6, 6)), np.zeros((4, 3, 3, 3)), None, nd.ConvConfig(3, groups=4))
 
 
-def test_zero_size_is_a_value_error():
-    with pytest.raises(ValueError, match="0"):
+def test_zero_size_and_empty_batches_are_value_errors():
+    with pytest.raises(ValueError, match="statistics need >= 2 samples, got 0"):
         nd.whiten(np.zeros((0, 4)))
-    with pytest.raises(ValueError, match="no features|0"):
+    with pytest.raises(ValueError, match="statistics need >= 2 samples, got 1"):
+        nd.whiten(np.zeros((1, 4)))
+    with pytest.raises(ValueError, match="x has no features"):
         nd.whiten(np.zeros((5, 0)))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="statistics need >= 2 samples, got 0"):
         nd.conv_statistics_step(np.zeros((0, 3, 6, 6)), np.zeros((2, 3, 3, 3)), None, nd.ConvConfig(3))
 
 
@@ -153,7 +155,7 @@ def test_configuration_errors_are_value_errors():
         nd.moments(np.random.rand(10, 3), block=-2)
     with pytest.raises(ValueError, match="threads must be in"):
         nd.set_num_threads(-1)
-    with pytest.raises(ValueError, match="kernel|stride"):
+    with pytest.raises(ValueError, match="stride must be >= 1, got 0x0"):
         nd.conv_moments(np.zeros((1, 2, 5, 5)), nd.ConvConfig(3, stride=0))
 
 
@@ -167,7 +169,7 @@ def test_unwritable_outputs_are_refused():
         nd.whiten(x, out=jnp.zeros((10, 3)))
     with pytest.raises(ValueError, match="requires grad"):
         nd.whiten(torch.from_numpy(x), out=torch.zeros(10, 3, dtype=torch.float64, requires_grad=True))
-    with pytest.raises(ValueError, match="overlap|alias|share"):
+    with pytest.raises(ValueError, match="out overlaps x"):
         nd.whiten(x, out=x)
 
 

@@ -136,8 +136,9 @@ def test_moments_merge_covariance(rng, framework):
         cols = both[:, 3 * s:3 * s + 3]
         assert rel(as_numpy(m.mean)[s], cols.mean(axis=0)) <= 1e-13
         assert rel(as_numpy(m.scatter)[s], (cols - cols.mean(0)).T @ (cols - cols.mean(0))) <= 1e-12
-    cov, mean = nd.covariance(m, 1e-3, dtype="float32")
-    assert cov.dtype == to_framework(np.zeros(1, np.float32), framework).dtype
+    for dtype in ("float32", np.float32, np.dtype("float32"), torch.float32):
+        cov, mean = nd.covariance(m, 1e-3, dtype=dtype)
+        assert cov.dtype == to_framework(np.zeros(1, np.float32), framework).dtype
     assert rel(as_numpy(cov)[1], np.cov(both[:, 3:6].T, bias=True) + 1e-3 * np.eye(3)) <= 1e-6
 
 
