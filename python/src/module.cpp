@@ -296,6 +296,9 @@ void bind_types(nb::module_& m) {
 }  // namespace netdeconv::python
 
 NB_MODULE(NETDECONV_MODULE, m) {
+  // Objects still referenced at interpreter exit (a module's layer in a global, an autograd graph)
+  // are alive, not leaked; nanobind would list them on every such exit.
+  nanobind::set_leak_warnings(false);
   netdeconv::python::bind_types(m);
   netdeconv::python::bind_functions(m);
   netdeconv::python::bind_layers(m);

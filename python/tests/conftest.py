@@ -20,7 +20,7 @@ import jax.numpy as jnp  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REFERENCE = os.path.join(ROOT, "tests", "reference")
-sys.path.insert(0, REFERENCE)
+sys.path.insert(0, REFERENCE)  # golden_files, generate_goldens (the float64 reference model)
 import golden_files  # noqa: E402
 
 TOL = {np.float64: 1e-9, np.float32: 1e-4}
