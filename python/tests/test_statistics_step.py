@@ -5,6 +5,7 @@ layers, which the C++ suite checks with the same tolerances), for NumPy, PyTorch
 float32 and float64, and NCHW, NHWC and strided memory."""
 import numpy as np
 import pytest
+import torch
 
 import netdeconv as nd
 from conftest import FRAMEWORKS, Golden, framework_of, goldens, image_layout, rel, to_framework, tol
@@ -29,20 +30,14 @@ def linear_config(g):
 
 
 def conv_inputs(g, dtype, layout, framework):
+    """x, weight, bias of a conv golden as `framework` arrays, x in memory `layout` (PyTorch keeps
+    the NumPy strides, so NHWC there is channels_last; JAX arrays are always dense)."""
     N, C, H, W, cout, k = (g.get(n) for n in ("N", "C", "H", "W", "Cout", "kernel"))
     x = image_layout(g.array("x", (N, C, H, W)).astype(dtype), layout)
-    if framework != "numpy":
-        x = np.ascontiguousarray(x) if framework == "jax" else x
     w = g.array("weight", (cout, C // g.get("groups"), k, k)).astype(dtype)
     b = g.array("bias").astype(dtype) if g.get("bias") else None
-    conv = (lambda a: to_framework(a, framework)) if framework != "torch" else torch_view
-    return conv(x), conv(w), None if b is None else conv(b)
-
-
-def torch_view(a):
-    """a as a PyTorch tensor with a's strides (torch.from_numpy keeps them)."""
-    import torch
-    return torch.from_numpy(a)
+    convert = torch.from_numpy if framework == "torch" else (lambda a: to_framework(a, framework))
+    return convert(x), convert(w), None if b is None else convert(b)
 
 
 def check_step(g, step, dtype):
