@@ -91,8 +91,16 @@ def whiten(x, *, eps: float = 1e-5, block: int = 0, isqrt: IsqrtOptions = IsqrtO
     return JitWhitening(*call(x, eps=np.float64(eps), block=np.int64(block), **_isqrt_attrs(isqrt)))
 
 
-def _bias(b, cout, dtype):
-    return (jnp.zeros((cout,), dtype), np.int64(0)) if b is None else (jnp.asarray(b), np.int64(1))
+def _bias(b, weight):
+    """The bias argument (zeros without one) and the has_bias attribute."""
+    return (jnp.zeros((weight.shape[0],), weight.dtype), np.int64(0)) if b is None else (jnp.asarray(b), np.int64(1))
+
+
+def _step_results(weight, S, F, dtype):
+    """The shapes of a statistics step's results: W', b', mean, D and the statuses."""
+    return (jax.ShapeDtypeStruct(weight.shape, dtype), jax.ShapeDtypeStruct((weight.shape[0],), dtype),
+            jax.ShapeDtypeStruct((S, F), dtype), jax.ShapeDtypeStruct((S, F, F), dtype),
+            jax.ShapeDtypeStruct((S,), jnp.int32))
 
 
 def conv_statistics_step(x, weight, bias, config: ConvConfig) -> JitStatisticsStep:
@@ -101,15 +109,11 @@ def conv_statistics_step(x, weight, bias, config: ConvConfig) -> JitStatisticsSt
     x, weight = jnp.asarray(x), jnp.asarray(weight)
     _check_rank("x", x, 4, "(N, C, H, W)")
     _check_rank("weight", weight, 4, "(Cout, C/groups, kh, kw)")
-    cout = weight.shape[0]
-    b, has_bias = _bias(bias, cout, weight.dtype)
+    b, has_bias = _bias(bias, weight)
     suffix, dtype = _suffix(x, weight, b)
     S, F = conv_statistics_plan(x.shape[1], config)
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = config.kernel_size, config.stride, config.padding, config.dilation
-    out = (jax.ShapeDtypeStruct(weight.shape, dtype), jax.ShapeDtypeStruct((cout,), dtype),
-           jax.ShapeDtypeStruct((S, F), dtype), jax.ShapeDtypeStruct((S, F, F), dtype),
-           jax.ShapeDtypeStruct((S,), jnp.int32))
-    call = _ffi.ffi_call(f"netdeconv_conv_step_{suffix}", out)
+    call = _ffi.ffi_call(f"netdeconv_conv_step_{suffix}", _step_results(weight, S, F, dtype))
     i = np.int64
     return JitStatisticsStep(*call(
         x, weight, b, kernel_h=i(kh), kernel_w=i(kw), stride_h=i(sh), stride_w=i(sw), pad_h=i(ph), pad_w=i(pw),
@@ -123,14 +127,10 @@ def linear_statistics_step(x, weight, bias, config: LinearConfig = LinearConfig(
     x, weight = jnp.asarray(x), jnp.asarray(weight)
     _check_rank("x", x, 2, "(n, Fin)")
     _check_rank("weight", weight, 2, "(Fout, Fin)")
-    cout = weight.shape[0]
-    b, has_bias = _bias(bias, cout, weight.dtype)
+    b, has_bias = _bias(bias, weight)
     suffix, dtype = _suffix(x, weight, b)
     S, F = linear_statistics_plan(x.shape[1], config)
-    out = (jax.ShapeDtypeStruct(weight.shape, dtype), jax.ShapeDtypeStruct((cout,), dtype),
-           jax.ShapeDtypeStruct((S, F), dtype), jax.ShapeDtypeStruct((S, F, F), dtype),
-           jax.ShapeDtypeStruct((S,), jnp.int32))
-    call = _ffi.ffi_call(f"netdeconv_linear_step_{suffix}", out)
+    call = _ffi.ffi_call(f"netdeconv_linear_step_{suffix}", _step_results(weight, S, F, dtype))
     return JitStatisticsStep(*call(
         x, weight, b, layout=np.int64(int(config.layout.value)), block=np.int64(config.block), has_bias=has_bias,
         eps=np.float64(config.eps), **_isqrt_attrs(config.isqrt)))

@@ -66,6 +66,12 @@ class _DeconvMixin:
         self.register_buffer("counters", torch.zeros(3, dtype=torch.int64))
         self._attached = None
 
+    def _dtype_name(self, dtype):
+        name = {torch.float32: "float32", torch.float64: "float64"}.get(dtype)
+        if name is None:
+            raise TypeError(f"{type(self).__name__}: dtype {dtype}, expected torch.float32 or torch.float64")
+        return name
+
     def _state(self, dtype):
         """The state object for dtype, attached to the buffers (again after .to() or .double(), which
         replace them: the buffers' values are the state)."""
@@ -116,10 +122,7 @@ class Deconv2d(_DeconvMixin, torch.nn.Conv2d):
         self._init_state(config, options)
 
     def _make_layer(self, dtype):
-        name = {torch.float32: "float32", torch.float64: "float64"}.get(dtype)
-        if name is None:
-            raise TypeError(f"Deconv2d: dtype {dtype}, expected torch.float32 or torch.float64")
-        return ConvDeconvLayer(self.in_channels, self._config, self._options, dtype=name)
+        return ConvDeconvLayer(self.in_channels, self._config, self._options, dtype=self._dtype_name(dtype))
 
     def forward(self, x):
         W, b = self._folded(x)
@@ -136,10 +139,7 @@ class DeconvLinear(_DeconvMixin, torch.nn.Linear):
         self._init_state(config, options if options is not None else LayerOptions(momentum=momentum))
 
     def _make_layer(self, dtype):
-        name = {torch.float32: "float32", torch.float64: "float64"}.get(dtype)
-        if name is None:
-            raise TypeError(f"DeconvLinear: dtype {dtype}, expected torch.float32 or torch.float64")
-        return LinearDeconvLayer(self.in_features, self._config, self._options, dtype=name)
+        return LinearDeconvLayer(self.in_features, self._config, self._options, dtype=self._dtype_name(dtype))
 
     def forward(self, x):
         rows = x.reshape(-1, self.in_features)

@@ -193,7 +193,8 @@ class folding_object : public layer_object<folding_kind<R>::template layer> {
       : base(is_float32(dtype), in, config, options.value_or(layer_options{})), config_(config) {}
 
   std::pair<index_t, index_t> plan() {
-    return this->locked([](auto& l) { return std::pair(l.plan().count(), l.plan().features()); });
+    const block_plan p = block_plan_copy();
+    return std::pair(p.count(), p.features());
   }
 
   nb::object train_step(nb::handle x_obj, nb::handle w_obj, nb::handle b_obj, nb::handle out) {
@@ -205,24 +206,13 @@ class folding_object : public layer_object<folding_kind<R>::template layer> {
       const tensor_view<const T, R> x = view_of<T, R>(fn, "x", xa, kind::x_axes);
       const tensor_view<const T, R> w = view_of<T, R>(fn, "weight", wa, kind::w_axes);
       const vector_view<const T> b = optional_view<T, 1>(fn, "bias", b_obj, "(Cout,)", ba);
-      const auto [S, F] = plan();
-      const auto item = [&](std::size_t i) -> nb::handle {
-        if (out.is_none()) return nb::none();
-        if (nb::len(out) != 4) type_error(fn, "out must be None or (weight, bias, mean, D)");
-        return out[i];
-      };
-      auto W = output<T, R>(fn, "out.weight", item(0), xa.fw, w.shape);
-      auto B = output<T, 1>(fn, "out.bias", item(1), xa.fw, {w.shape[0]});
-      auto mean = output<T, 2>(fn, "out.mean", item(2), xa.fw, {S, F});
-      auto D = output<T, 3>(fn, "out.D", item(3), xa.fw, {S, F, F});
-      std::vector<isqrt_report> reports(static_cast<std::size_t>(S));
+      step_out<T, R> o(fn, out, xa.fw, w.shape, block_plan_copy());
       index_t samples = 0;
       on_layer<T>(fn, *this, [&](auto& l) {
-        l.train_step(policy(), x, w, b, {mean.view(), D.view(), W.view(), B.view(), report_view(reports)});
+        l.train_step(policy(), x, w, b, o.view());
         samples = kind::samples(x, l, config_);
       });
-      return result_type("StatisticsStep")(W.result(), B.result(), mean.result(), D.result(), report_list(reports),
-                                           samples);
+      return o.result(samples);
     });
   }
 
@@ -234,13 +224,8 @@ class folding_object : public layer_object<folding_kind<R>::template layer> {
       using T = decltype(t);
       const tensor_view<const T, R> w = view_of<T, R>(fn, "weight", wa, kind::w_axes);
       const vector_view<const T> b = optional_view<T, 1>(fn, "bias", b_obj, "(Cout,)", ba);
-      const auto item = [&](std::size_t i) -> nb::handle {
-        if (out.is_none()) return nb::none();
-        if (nb::len(out) != 2) type_error(fn, "out must be None or (weight, bias)");
-        return out[i];
-      };
-      auto W = output<T, R>(fn, "out.weight", item(0), wa.fw, w.shape);
-      auto B = output<T, 1>(fn, "out.bias", item(1), wa.fw, {w.shape[0]});
+      auto W = output<T, R>(fn, "out.weight", out_item(fn, out, 0, 2), wa.fw, w.shape);
+      auto B = output<T, 1>(fn, "out.bias", out_item(fn, out, 1, 2), wa.fw, {w.shape[0]});
       on_layer<T>(fn, *this, [&](auto& l) { l.export_weights(policy(), w, b, W.view(), B.view()); });
       return nb::make_tuple(W.result(), B.result());
     });
@@ -262,17 +247,15 @@ class folding_object : public layer_object<folding_kind<R>::template layer> {
       const vector_view<const T> gb = optional_view<T, 1>(fn, "grad_bias", gb_obj, "(Cout,)", gba);
       const matrix_view<const T> mean = view_of<T, 2>(fn, "mean", ma, "(S, F)");
       const tensor_view<const T, 3> D = view_of<T, 3>(fn, "D", Da, "(S, F, F)");
-      array_out<T, R> dW(xa.fw, w.shape);
-      array_out<T, 1> db(xa.fw, {w.shape[0]});
-      array_out<T, R> dx(xa.fw, x.shape);
-      std::vector<isqrt_report> reports;
+      const block_plan plan = block_plan_copy();
+      gradients_out<T, R, R> g(xa.fw, w.shape, x.shape, plan.count());
       on_layer<T>(fn, *this, [&](auto& l) {
-        reports.resize(static_cast<std::size_t>(l.plan().count()));
-        l.backward(policy(), x, w, b, {l.plan(), mean, D}, step ? *step : l.diagnostic(), gw, gb,
-                   {dW.view(), b_obj.is_none() ? vector_view<T>{} : db.view(), dx.view(), report_view(reports)}, mode);
+        l.backward(policy(), x, w, b, {plan, mean, D}, step ? *step : l.diagnostic(), gw, gb,
+                   {g.weight.view(), b_obj.is_none() ? vector_view<T>{} : g.bias.view(), g.x.view(),
+                    report_view(g.reports)},
+                   mode);
       });
-      return result_type("StepGradients")(dW.result(), b_obj.is_none() ? nb::none() : db.result(), dx.result(),
-                                          report_list(reports));
+      return g.result(!b_obj.is_none());
     });
   }
 
@@ -290,6 +273,10 @@ class folding_object : public layer_object<folding_kind<R>::template layer> {
   }
 
  private:
+  block_plan block_plan_copy() {
+    return this->locked([](auto& l) { return l.plan(); });
+  }
+
   typename kind::config config_;
 };
 
