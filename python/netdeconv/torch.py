@@ -1,21 +1,24 @@
 # SPDX-License-Identifier: MIT
-"""PyTorch modules over the layers' state objects (first part of the PyTorch issue: CPU tensors,
-float32/float64, no process sync yet).
+"""PyTorch modules over the layers' state objects: CPU tensors, float32/float64.
 
-``Deconv2d`` and ``DeconvLinear`` take the reference layers' arguments and defaults. In training,
+``Deconv2d``, ``DeconvLinear`` and ``ChannelDeconv`` take the reference layers' arguments and defaults. In training,
 ``W', b'`` come from the library's statistics step of the batch (``ConvDeconvLayer.train_step``)
 and the framework's own conv or matmul runs with them; the backward goes through
 ``ConvDeconvLayer.backward`` (dL/dW, dL/db and dL/dx through mu and Cov), autograd adds the conv's
 own gradients. In evaluation, ``W', b'`` fold the running statistics (differentiable in W and b
 through ``fold_vjp``). The running statistics are buffers (``running_mean`` (S, F), ``running_D``
 (S, F, F), ``counters`` int64 (3,)), which the C++ layer reads and writes in place, so
-``state_dict`` holds them.
+``state_dict`` holds them. ``ChannelDeconv`` rewrites the data (it has no weights): its forward and
+backward are the channel layer's ``train_step``/``eval`` and ``backward``.
+
+``export()`` gives the plain ``nn.Conv2d`` or ``nn.Linear`` of the running statistics, for inference
+anywhere.
 """
 import torch
 import torch.nn.functional as Fn
 
-from . import (BlockLayout, ConvConfig, ConvDeconvLayer, IsqrtOptions, LayerOptions, LinearConfig, LinearDeconvLayer,
-               fold_vjp)
+from . import (BlockLayout, ChannelConfig, ChannelDeconvLayer, ConvConfig, ConvDeconvLayer, IsqrtOptions, LayerOptions,
+               LinearConfig, LinearDeconvLayer, StatisticsGradient, fold_vjp)
 
 
 class _TrainFold(torch.autograd.Function):
@@ -55,96 +58,244 @@ class _EvalFold(torch.autograd.Function):
         return dW, db, None, None
 
 
-class _DeconvMixin:
-    """The state object, its buffers, and the switch between training and evaluation."""
+class _ChannelStep(torch.autograd.Function):
+    """The channel layer's training output y of x, with the step backward."""
 
-    def _init_state(self, config, options):
-        self._config, self._options = config, options
-        S, F = self._make_layer(torch.float32).plan
+    @staticmethod
+    def forward(ctx, x, layer):
+        step = layer.train_step(x.detach())
+        ctx.layer, ctx.diagnostic = layer, layer.diagnostic
+        ctx.save_for_backward(x, step.mean, step.D, step.remaining)
+        return step.y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, mean, D, remaining = ctx.saved_tensors
+        dx, _ = ctx.layer.backward(x.detach(), mean, D, remaining, dy.contiguous(), step=ctx.diagnostic)
+        return dx, None
+
+
+class _ChannelEval(torch.autograd.Function):
+    """The channel layer's evaluation output (running statistics, constants in the backward)."""
+
+    @staticmethod
+    def forward(ctx, x, layer, remaining):
+        mean, D = layer.running()
+        ctx.layer = layer
+        ctx.save_for_backward(x, torch.as_tensor(mean), torch.as_tensor(D), remaining)
+        return layer.eval(x.detach())
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, mean, D, remaining = ctx.saved_tensors
+        dx, _ = ctx.layer.backward(x.detach(), mean, D, remaining, dy.contiguous(), mode=StatisticsGradient.constants)
+        return dx, None, None
+
+
+def _dtype_name(module, dtype):
+    name = {torch.float32: "float32", torch.float64: "float64"}.get(dtype)
+    if name is None:
+        raise TypeError(f"{type(module).__name__}: dtype {dtype}, expected torch.float32 or torch.float64")
+    return name
+
+
+def _check_cpu(module, x):
+    if x.device.type != "cpu":
+        raise TypeError(f"{type(module).__name__}: this build of netdeconv runs on the CPU, x is on {x.device}")
+
+
+class _StateMixin:
+    """The state object and its buffers: ``running_mean`` (S, F), ``running_D`` (S, F, F), ``counters``
+    int64 (3,), and ``running_cov`` (S, F, F) when the options average the covariance."""
+
+    def _init_state(self, S, F):
         self.register_buffer("running_mean", torch.zeros(S, F))
         self.register_buffer("running_D", torch.eye(F).repeat(S, 1, 1))
         self.register_buffer("counters", torch.zeros(3, dtype=torch.int64))
+        self.register_buffer("running_cov", torch.eye(F).repeat(S, 1, 1) if self._options.average_covariance else None)
         self._attached = None
 
-    def _dtype_name(self, dtype):
-        name = {torch.float32: "float32", torch.float64: "float64"}.get(dtype)
-        if name is None:
-            raise TypeError(f"{type(self).__name__}: dtype {dtype}, expected torch.float32 or torch.float64")
-        return name
+    def _attachments(self):
+        """The buffers in attach_state's order (mean, D, counters, cov[, remaining])."""
+        return self.running_mean, self.running_D, self.counters, self.running_cov
 
     def _state(self, dtype):
         """The state object for dtype, attached to the buffers (again after .to() or .double(), which
         replace them: the buffers' values are the state)."""
-        key = (self.running_mean.data_ptr(), self.running_D.data_ptr(), self.counters.data_ptr(), dtype)
+        buffers = self._attachments()
+        key = tuple(b.data_ptr() if b is not None else 0 for b in buffers) + (dtype,)
         if self._attached is None or self._attached[0] != key:
+            _dtype_name(self, dtype)
             if self.running_mean.dtype != dtype:
                 raise TypeError(f"{type(self).__name__}: the input is {dtype} but the running statistics are "
                                 f"{self.running_mean.dtype}; convert the module (.to({dtype}))")
-            saved = [b.clone() for b in (self.running_mean, self.running_D, self.counters)]
+            present = [b for b in buffers if b is not None]
+            saved = [b.clone() for b in present]
             layer = self._make_layer(dtype)
-            layer.attach_state(self.running_mean, self.running_D, self.counters)
+            layer.attach_state(*buffers)
             with torch.no_grad():  # attach wrote the fresh layer's state; the buffers' is the one
-                for b, s in zip((self.running_mean, self.running_D, self.counters), saved):
-                    b.copy_(s)
+                for b, v in zip(present, saved):
+                    b.copy_(v)
             self._attached = (key, layer)
         return self._attached[1]
 
+
+class _FoldingMixin(_StateMixin):
+    """Training folds the batch's statistics into (W', b'), evaluation the running ones."""
+
+    def _bias(self):
+        if self.bias is not None:
+            return self.bias
+        return torch.zeros(self.weight.shape[0], dtype=self.weight.dtype, device=self.weight.device)
+
     def _folded(self, x):
-        if x.device.type != "cpu":
-            raise TypeError(f"{type(self).__name__}: this build of netdeconv runs on the CPU, x is on {x.device}")
-        bias = self.bias if self.bias is not None else torch.zeros(self.weight.shape[0], dtype=self.weight.dtype)
+        _check_cpu(self, x)
         layer = self._state(x.dtype)
         if self.training:
-            return _TrainFold.apply(x, self.weight, bias, layer)
-        return _EvalFold.apply(self.weight, bias, layer, self._config)
+            return _TrainFold.apply(x, self.weight, self._bias(), layer)
+        return _EvalFold.apply(self.weight, self._bias(), layer, self._config)
+
+    @torch.no_grad()
+    def _exported_weights(self):
+        _check_cpu(self, self.weight)
+        return self._state(self.weight.dtype).eval(self.weight.detach(), self._bias().detach())
 
 
 def _pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-class Deconv2d(_DeconvMixin, torch.nn.Conv2d):
+class Deconv2d(_FoldingMixin, torch.nn.Conv2d):
     """Drop-in for the reference FastDeconv: a conv whose input patches are whitened with the batch's
     statistics in training (running statistics in evaluation), folded into its weights.
 
-    x (N, C, H, W) float32/float64 on the CPU, any memory format (channels_last included)."""
+    x (N, C, H, W) float32/float64 on the CPU, any memory format (channels_last included).
+    ``options`` (LayerOptions) replaces momentum, freeze and freeze_iter, e.g. LayerOptions.improved()."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=1, dilation=1, groups=1, bias=True,
                  eps=1e-5, n_iter=5, momentum=0.1, block=64, sampling_stride=3, freeze=False, freeze_iter=100,
                  options=None):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
-        config = ConvConfig(_pair(kernel_size), stride=_pair(stride), padding=_pair(padding), dilation=_pair(dilation),
-                            groups=groups, layout=BlockLayout.interleaved_shared if groups == 1 else BlockLayout.grouped,
-                            block=block, sampling_stride=sampling_stride, eps=eps,
-                            isqrt=IsqrtOptions.fixed(n_iter))
-        if options is None:
-            options = LayerOptions(momentum=momentum, freeze=freeze, freeze_iter=freeze_iter)
-        self._init_state(config, options)
+        self._config = ConvConfig(_pair(kernel_size), stride=_pair(stride), padding=_pair(padding),
+                                  dilation=_pair(dilation), groups=groups,
+                                  layout=BlockLayout.interleaved_shared if groups == 1 else BlockLayout.grouped,
+                                  block=block, sampling_stride=sampling_stride, eps=eps,
+                                  isqrt=IsqrtOptions.fixed(n_iter))
+        self._options = options if options is not None else LayerOptions(momentum=momentum, freeze=freeze,
+                                                                          freeze_iter=freeze_iter)
+        self._init_state(*self._make_layer(torch.float32).plan)
 
     def _make_layer(self, dtype):
-        return ConvDeconvLayer(self.in_channels, self._config, self._options, dtype=self._dtype_name(dtype))
+        return ConvDeconvLayer(self.in_channels, self._config, self._options, dtype=_dtype_name(self, dtype))
 
     def forward(self, x):
         W, b = self._folded(x)
         return Fn.conv2d(x, W, b, self.stride, self.padding, self.dilation, self.groups)
 
+    def export(self):
+        """A plain nn.Conv2d (with a bias) computing what this layer computes in evaluation."""
+        W, b = self._exported_weights()
+        conv = torch.nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                               self.dilation, self.groups, True, device=W.device, dtype=W.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(W)
+            conv.bias.copy_(b)
+        return conv
 
-class DeconvLinear(_DeconvMixin, torch.nn.Linear):
+
+class DeconvLinear(_FoldingMixin, torch.nn.Linear):
     """Drop-in for the reference Delinear: x (..., Fin) whitened in blocks of `block` features."""
 
     def __init__(self, in_features, out_features, bias=True, eps=1e-5, n_iter=5, momentum=0.1, block=512,
                  options=None):
         super().__init__(in_features, out_features, bias)
-        config = LinearConfig(block=block, eps=eps, isqrt=IsqrtOptions.fixed(n_iter))
-        self._init_state(config, options if options is not None else LayerOptions(momentum=momentum))
+        self._config = LinearConfig(block=block, eps=eps, isqrt=IsqrtOptions.fixed(n_iter))
+        self._options = options if options is not None else LayerOptions(momentum=momentum)
+        self._init_state(*self._make_layer(torch.float32).plan)
 
     def _make_layer(self, dtype):
-        return LinearDeconvLayer(self.in_features, self._config, self._options, dtype=self._dtype_name(dtype))
+        return LinearDeconvLayer(self.in_features, self._config, self._options, dtype=_dtype_name(self, dtype))
 
     def forward(self, x):
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"DeconvLinear: x must be (..., {self.in_features}), got shape {tuple(x.shape)}")
         rows = x.reshape(-1, self.in_features)
         W, b = self._folded(rows)
         return Fn.linear(rows, W, b).reshape(*x.shape[:-1], self.out_features)
 
+    def export(self):
+        """A plain nn.Linear (with a bias) computing what this layer computes in evaluation."""
+        W, b = self._exported_weights()
+        linear = torch.nn.Linear(self.in_features, self.out_features, True, device=W.device, dtype=W.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(W)
+            linear.bias.copy_(b)
+        return linear
 
-__all__ = ["Deconv2d", "DeconvLinear"]
+
+class ChannelDeconv(_StateMixin, torch.nn.Module):
+    """Drop-in for the reference ChannelDeconv: whitens the first C - C mod B channels of x (N, C, H, W)
+    in B groups with one (B, B) D, and standardises the other channels with one mean and variance.
+
+    The channel count is taken from the first input unless ``channels`` is given; the buffers
+    (``running_mean`` (1, B), ``running_D`` (1, B, B), ``counters``, ``running_remaining`` (mean,
+    variance)) do not depend on it. The first training step copies its statistics (the reference's
+    rule); ``options`` replaces that and the momentum."""
+
+    def __init__(self, block, eps=1e-2, n_iter=5, momentum=0.1, sampling_stride=3, *, channels=None, options=None):
+        super().__init__()
+        self._config = ChannelConfig(block=block, sampling_stride=sampling_stride, eps=eps,
+                                     isqrt=IsqrtOptions.fixed(n_iter))
+        self._options = options if options is not None else LayerOptions(momentum=momentum, first_step_copy=True)
+        self.block, self.eps, self.channels = block, eps, channels
+        if channels is not None:
+            self._make_layer(torch.float32)  # validates block against channels now
+        self._init_state(1, block)
+        self.register_buffer("running_remaining", torch.tensor([0.0, 1.0]))
+
+    def _make_layer(self, dtype):
+        return ChannelDeconvLayer(self.channels, self._config, self._options, dtype=_dtype_name(self, dtype))
+
+    def _attachments(self):
+        """As attach_state takes them: running_remaining only when some channels are not whitened."""
+        remaining = self.running_remaining if self.channels % self.block else None
+        return self.running_mean, self.running_D, self.counters, self.running_cov, remaining
+
+    def forward(self, x):
+        _check_cpu(self, x)
+        if x.dim() != 4:
+            raise ValueError(f"ChannelDeconv: x must be (N, C, H, W), got shape {tuple(x.shape)}")
+        if self.channels is None:
+            self.channels = x.shape[1]
+        elif x.shape[1] != self.channels:
+            raise ValueError(f"ChannelDeconv: x has {x.shape[1]} channels, the layer has {self.channels}")
+        layer = self._state(x.dtype)
+        if self.training:
+            return _ChannelStep.apply(x, layer)
+        return _ChannelEval.apply(x, layer, self._attachments()[4])
+
+    @torch.no_grad()
+    def export(self):
+        """A plain 1x1 nn.Conv2d (C to C channels) computing what this layer computes in evaluation."""
+        if self.channels is None:
+            raise ValueError("ChannelDeconv.export: the channel count is unknown before the first forward (or "
+                             "channels=)")
+        C, B = self.channels, self.block
+        c, per_row = C - C % B, C // B
+        mean, D = self.running_mean[0], self.running_D[0]
+        W = torch.zeros(C, C, dtype=D.dtype)
+        W[:c, :c] = torch.kron(D, torch.eye(per_row, dtype=D.dtype))  # channel f*per_row+cc mixes g*per_row+cc
+        b = torch.zeros(C, dtype=D.dtype)
+        b[:c] = -W[:c, :c] @ mean.repeat_interleave(per_row)
+        if c < C:
+            m, v = self.running_remaining
+            scale = 1 / torch.sqrt(v.double() + self.eps)
+            W[c:, c:] = torch.eye(C - c, dtype=D.dtype) * scale
+            b[c:] = -m * scale
+        conv = torch.nn.Conv2d(C, C, 1, device=D.device, dtype=D.dtype)
+        conv.weight.copy_(W.reshape(C, C, 1, 1))
+        conv.bias.copy_(b)
+        return conv
+
+
+__all__ = ["ChannelDeconv", "Deconv2d", "DeconvLinear"]

@@ -1,12 +1,15 @@
 # SPDX-License-Identifier: MIT
-"""netdeconv.torch: Deconv2d and DeconvLinear against the pure-PyTorch float64 model of the
-reference layers in tests/reference/generate_goldens.py (outputs and autograd gradients of x, W
-and b, 1e-10 relative), and their buffers in state_dict."""
+"""netdeconv.torch: Deconv2d, DeconvLinear and ChannelDeconv against the pure-PyTorch float64 models
+of the reference layers in tests/reference/generate_goldens.py and generate_sequence_goldens.py
+(outputs and autograd gradients of x, W and b, 1e-10 relative: float64 rounding of the same
+products in another order), gradcheck, their buffers in state_dict, export() and bad arguments."""
 import numpy as np
 import pytest
 import torch
+from torch.nn.utils.stateless import functional_call
 
 import generate_goldens as ref
+import generate_sequence_goldens as seq
 from conftest import rel
 
 ndt = pytest.importorskip("netdeconv.torch")
@@ -87,3 +90,119 @@ def test_dtype_and_device_errors():
         m(torch.zeros(2, 4, 6, 6, dtype=torch.float64))
     with pytest.raises(TypeError, match="x is on meta"):
         m(torch.zeros(2, 4, 6, 6, device="meta"))
+
+
+@pytest.mark.parametrize("C,block,H", [(8, 4, 4), (11, 4, 5), (6, 2, 2)], ids=["divisible", "remaining", "unsampled"])
+def test_channel_deconv_matches_the_reference(rng, C, block, H):
+    N = 3
+    m = ndt.ChannelDeconv(block).double()
+    case = seq.channel("t", 1, N, C, H, H, block)
+    x = torch.from_numpy(rng.standard_normal((N, C, H, H)) + 0.3).requires_grad_(True)
+    y = m(x)
+    g = torch.from_numpy(rng.standard_normal(tuple(y.shape)))
+    (y * g).sum().backward()
+    xr = x.detach().clone().requires_grad_(True)
+    stats = seq.channel_batch_statistics(case, xr)
+    yr = seq.channel_apply(case, xr, *stats)
+    (yr * g).sum().backward()
+    assert rel(y, yr) <= 1e-10
+    assert rel(x.grad, xr.grad) <= 1e-10
+    mu1, D, mean2, var = (s.detach() if s is not None else None for s in stats)
+    assert rel(m.running_mean[0], mu1) <= 1e-12 and rel(m.running_D[0], D) <= 1e-12  # the first step copies
+    if mean2 is not None:
+        assert rel(m.running_remaining, torch.stack([mean2, var])) <= 1e-12
+
+    m.eval()
+    x2 = torch.from_numpy(rng.standard_normal((N, C, H, H))).requires_grad_(True)
+    ye = m(x2)
+    x2r = x2.detach().clone().requires_grad_(True)
+    yer = seq.channel_apply(case, x2r, mu1, D, mean2, var)
+    assert rel(ye, yer) <= 1e-10
+    (ye * g).sum().backward()
+    (yer * g).sum().backward()
+    assert rel(x2.grad, x2r.grad) <= 1e-10
+    exported = m.export()
+    assert type(exported) is torch.nn.Conv2d and exported.kernel_size == (1, 1)
+    assert rel(exported(x2.detach()), ye) <= 1e-12
+
+
+def test_channel_deconv_channel_count_and_state():
+    m = ndt.ChannelDeconv(4)
+    with pytest.raises(ValueError, match="unknown before the first forward"):
+        m.export()
+    m(torch.randn(2, 10, 4, 4))
+    with pytest.raises(ValueError, match="x has 8 channels, the layer has 10"):
+        m(torch.randn(2, 8, 4, 4))
+    with pytest.raises(ValueError, match="block 16 is larger than C=8"):
+        ndt.ChannelDeconv(16, channels=8)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    x = torch.randn(2, 10, 4, 4)
+    y = m(x)
+    resumed = ndt.ChannelDeconv(4, channels=10)
+    resumed.load_state_dict(state)
+    assert torch.equal(resumed(x), y)
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+@pytest.mark.parametrize("kind", ["conv", "conv_nobias", "linear"])
+def test_export_gives_a_plain_layer_equal_to_evaluation(rng, kind):
+    if kind == "linear":
+        m, shape, plain = ndt.DeconvLinear(12, 5, block=4).double(), (16, 12), torch.nn.Linear
+    else:
+        m, shape, plain = ndt.Deconv2d(6, 4, 3, stride=2, block=3, bias=kind == "conv").double(), (2, 6, 9, 9), \
+            torch.nn.Conv2d
+    for _ in range(3):
+        m(torch.from_numpy(rng.standard_normal(shape) + 1.0))
+    m.eval()
+    x = torch.from_numpy(rng.standard_normal(shape))
+    exported = m.export()
+    assert type(exported) is plain and exported.weight.dtype == torch.float64
+    assert rel(exported(x), m(x)) <= 1e-12
+    assert not torch.equal(exported.weight, m.weight)  # the running statistics are folded in
+
+
+def _module_function(m):
+    names = [n for n, p in m.named_parameters()]
+    return lambda x, *params: functional_call(m, dict(zip(names, params)), (x,))
+
+
+@pytest.mark.parametrize("kind", ["conv", "conv_grouped", "linear", "channel"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_gradcheck(kind, training):
+    torch.manual_seed(1)
+    m, shape = {
+        "conv": lambda: (ndt.Deconv2d(3, 2, 3, block=3, sampling_stride=1), (2, 3, 5, 5)),
+        "conv_grouped": lambda: (ndt.Deconv2d(4, 4, 3, stride=2, groups=2, sampling_stride=2), (3, 4, 6, 6)),
+        "linear": lambda: (ndt.DeconvLinear(6, 3, block=3), (10, 6)),
+        "channel": lambda: (ndt.ChannelDeconv(2), (3, 5, 4, 4)),
+    }[kind]()
+    m = m.double()
+    x = (torch.rand(shape, dtype=torch.float64) + 0.5).requires_grad_(True)
+    m(x.detach())  # running statistics away from (0, I)
+    m.train(training)
+    params = [p.detach().clone().requires_grad_(True) for p in m.parameters()]
+    assert torch.autograd.gradcheck(_module_function(m), (x, *params), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_bad_arguments_raise_with_their_values():
+    with pytest.raises(ValueError, match="block must be >= 1, got 0"):
+        ndt.Deconv2d(8, 4, 3, block=0)
+    with pytest.raises(ValueError, match="eps must be >= 0, got -1"):
+        ndt.DeconvLinear(8, 4, eps=-1)
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\], got 2"):
+        ndt.ChannelDeconv(4, momentum=2, channels=8)
+    with pytest.raises(ValueError, match="sampling_stride must be >= 1, got 0"):
+        ndt.Deconv2d(8, 4, 3, sampling_stride=0)
+    with pytest.raises(ValueError, match="freeze_iter must be in .*got 0"):
+        ndt.Deconv2d(8, 4, 3, freeze=True, freeze_iter=0)
+    with pytest.raises(ValueError, match="x has C=7, the layer has 8"):
+        ndt.Deconv2d(8, 4, 3)(torch.randn(2, 7, 4, 4))
+    with pytest.raises(ValueError, match=r"x must be \(\.\.\., 8\), got shape \(2, 7\)"):
+        ndt.DeconvLinear(8, 4)(torch.randn(2, 7))
+    with pytest.raises(ValueError, match="x must have 4 dimensions"):
+        ndt.Deconv2d(8, 4, 3)(torch.randn(8, 4, 4))
+    with pytest.raises(ValueError, match="statistics need >= 2 samples, got 0"):
+        ndt.Deconv2d(8, 4, 3)(torch.randn(0, 8, 4, 4))
+    with pytest.raises(TypeError, match="dtype torch.int32, expected torch.float32 or torch.float64"):
+        ndt.Deconv2d(8, 4, 3)(torch.zeros(2, 8, 4, 4, dtype=torch.int32))
