@@ -12,13 +12,16 @@ through ``fold_vjp``). The running statistics are buffers (``running_mean`` (S, 
 backward are the channel layer's ``train_step``/``eval`` and ``backward``.
 
 ``export()`` gives the plain ``nn.Conv2d`` or ``nn.Linear`` of the running statistics, for inference
-anywhere.
+anywhere. ``convert(model)`` swaps a model's Conv2d + BatchNorm2d (and Linear + BatchNorm1d) pairs for
+deconvolution layers; ``init_whitening(conv, images)`` sets a conv to the whitening filters of its
+input patches.
 """
 import torch
+import torch.fx
 import torch.nn.functional as Fn
 
 from . import (BlockLayout, ChannelConfig, ChannelDeconvLayer, ConvConfig, ConvDeconvLayer, IsqrtOptions, LayerOptions,
-               LinearConfig, LinearDeconvLayer, StatisticsGradient, fold_vjp)
+               LinearConfig, LinearDeconvLayer, StatisticsGradient, conv_moments, covariance, fold_vjp, merge)
 
 
 class _TrainFold(torch.autograd.Function):
@@ -298,4 +301,107 @@ class ChannelDeconv(_StateMixin, torch.nn.Module):
         return conv
 
 
-__all__ = ["ChannelDeconv", "Deconv2d", "DeconvLinear"]
+def _replace(model, path, module):
+    parent, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent), name, module)
+
+
+def _deconv_of(layer, args):
+    """The Deconv2d or DeconvLinear taking over layer's weights (and bias, else a zero one)."""
+    w = layer.weight
+    if isinstance(layer, torch.nn.Conv2d):
+        if isinstance(layer.padding, str) or layer.padding_mode != "zeros":
+            raise ValueError(f"convert: {layer} has padding {layer.padding!r} ({layer.padding_mode}); Deconv2d takes "
+                             f"numeric zero padding")
+        new = Deconv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                       layer.dilation, layer.groups, True, **args)
+    else:
+        new = DeconvLinear(layer.in_features, layer.out_features, True, **args)
+    new = new.to(device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        new.weight.copy_(w)
+        new.bias.copy_(layer.bias if layer.bias is not None else torch.zeros_like(new.bias))
+    return new
+
+
+def convert(model, conv_args=None, linear_args=None):
+    """Replace every Conv2d followed only by a BatchNorm2d with a Deconv2d (and every Linear followed
+    only by a BatchNorm1d with a DeconvLinear), and that BatchNorm with nn.Identity, as the authors'
+    deconvolution architectures do. The new layers take the old weights and bias (zero when there was
+    none); conv_args and linear_args are Deconv2d's and DeconvLinear's keyword arguments. The pairs
+    are found with torch.fx, so model (changed in place and returned) must be traceable; convert its
+    traceable submodules otherwise."""
+    graph = torch.fx.symbolic_trace(model).graph
+    calls = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+            continue
+        source = node.args[0]
+        if not isinstance(source, torch.fx.Node) or source.op != "call_module" or len(source.users) != 1:
+            continue
+        norm, layer = model.get_submodule(node.target), model.get_submodule(source.target)
+        if calls[node.target] != 1 or calls[source.target] != 1:
+            continue
+        if (isinstance(norm, torch.nn.BatchNorm2d) and type(layer) is torch.nn.Conv2d) or \
+                (isinstance(norm, torch.nn.BatchNorm1d) and type(layer) is torch.nn.Linear):
+            pairs.append((source.target, node.target, layer))
+    for layer_path, norm_path, layer in pairs:
+        args = conv_args if isinstance(layer, torch.nn.Conv2d) else linear_args
+        _replace(model, layer_path, _deconv_of(layer, args or {}))
+        _replace(model, norm_path, torch.nn.Identity())
+    return model
+
+
+@torch.no_grad()
+def init_whitening(conv, images, eps=5e-4, form="zca", chunk=256):
+    """Set conv (a groups=1 nn.Conv2d) to the whitening filters of its input patches in images
+    (N, C, H, W): the patches conv sees (its kernel, stride, padding, dilation) give, through the
+    library's patch moments (no patch matrix; chunk images at a time, merged), the float64 covariance
+    Cov = V diag(lambda) V^T (F = C kh kw features, eigenvalues in descending order).
+
+    form "zca": out_channels = F, weight rows D = V diag(1/sqrt(lambda + eps)) V^T.
+    form "eigen": out_channels = 2F, weight rows V^T / sqrt(lambda + eps) and their negatives (the
+    hlb-CIFAR10 / airbench recipe).
+    A bias, when conv has one, is set to -W mu so that the outputs have mean 0. Returns conv."""
+    if not isinstance(conv, torch.nn.Conv2d) or conv.groups != 1 or isinstance(conv.padding, str):
+        raise ValueError(f"init_whitening: needs an nn.Conv2d with groups=1 and numeric padding, got {conv}")
+    C, (kh, kw) = conv.in_channels, conv.kernel_size
+    F = C * kh * kw
+    want = {"zca": F, "eigen": 2 * F}.get(form)
+    if want is None:
+        raise ValueError(f"init_whitening: form must be 'zca' or 'eigen', got {form!r}")
+    if conv.out_channels != want:
+        raise ValueError(f"init_whitening: form {form!r} needs out_channels = {want} for {C} channels and a "
+                         f"{kh}x{kw} kernel, the conv has {conv.out_channels}")
+    if eps < 0:
+        raise ValueError(f"init_whitening: eps must be >= 0, got {eps}")
+    config = ConvConfig((kh, kw), stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+                        layout=BlockLayout.independent, block=C, sampling_stride=1)
+    moments = None
+    for start in range(0, images.shape[0], chunk):
+        part = conv_moments(images[start:start + chunk], config)
+        moments = part if moments is None else merge(moments, part)
+    if moments is None:
+        raise ValueError(f"init_whitening: images must hold at least one image, got shape {tuple(images.shape)}")
+    cov, mean = (torch.as_tensor(a[0]) for a in covariance(moments))
+    if not torch.isfinite(cov).all():
+        raise ValueError("init_whitening: the patch covariance is not finite (NaN or Inf in images)")
+    values, vectors = torch.linalg.eigh(cov)
+    values, vectors = values.flip(0), vectors.flip(1)
+    zero = values <= F * torch.finfo(torch.float64).eps * values[0].clamp(min=0)  # rounding-level eigenvalues
+    if eps == 0 and zero.any():
+        raise ValueError(f"init_whitening: the patch covariance is singular (rank {int((~zero).sum())} of {F}) and "
+                         f"eps = 0; give eps > 0")
+    scaled = vectors.t() / torch.sqrt(torch.where(zero, 0.0, values) + eps)[:, None]
+    weight = vectors @ scaled if form == "zca" else torch.cat([scaled, -scaled])
+    conv.weight.copy_(weight.reshape(conv.weight.shape))
+    if conv.bias is not None:
+        conv.bias.copy_(-weight @ mean)
+    return conv
+
+
+__all__ = ["ChannelDeconv", "Deconv2d", "DeconvLinear", "convert", "init_whitening"]

@@ -206,3 +206,143 @@ def test_bad_arguments_raise_with_their_values():
         ndt.Deconv2d(8, 4, 3)(torch.randn(0, 8, 4, 4))
     with pytest.raises(TypeError, match="dtype torch.int32, expected torch.float32 or torch.float64"):
         ndt.Deconv2d(8, 4, 3)(torch.zeros(2, 8, 4, 4, dtype=torch.int32))
+
+
+class _VGG(torch.nn.Module):
+    """torchvision's VGG layout, small: features (conv, bn, relu, pool) and a classifier with BatchNorm1d."""
+
+    def __init__(self):
+        super().__init__()
+        layers, c = [], 3
+        for v in (8, "M", 16, 16, "M"):
+            if v == "M":
+                layers.append(torch.nn.MaxPool2d(2))
+            else:
+                layers += [torch.nn.Conv2d(c, v, 3, padding=1, bias=False), torch.nn.BatchNorm2d(v),
+                           torch.nn.ReLU(inplace=True)]
+                c = v
+        self.features = torch.nn.Sequential(*layers)
+        self.classifier = torch.nn.Sequential(torch.nn.Linear(16 * 2 * 2, 12), torch.nn.BatchNorm1d(12),
+                                              torch.nn.ReLU(), torch.nn.Linear(12, 10))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class _BasicBlock(torch.nn.Module):
+    """torchvision's ResNet BasicBlock: the pairs are attributes, the shortcut a Sequential."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(cout)
+        self.conv2 = torch.nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(cout)
+        self.downsample = None if stride == 1 and cin == cout else torch.nn.Sequential(
+            torch.nn.Conv2d(cin, cout, 1, stride, bias=False), torch.nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class _ResNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, 1, 1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(8)
+        self.layer1 = torch.nn.Sequential(_BasicBlock(8, 8, 1), _BasicBlock(8, 16, 2))
+        self.fc = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(self.layer1(y), 1), 1))
+
+
+def _without_batchnorm(model):
+    """model with its BatchNorms as identities: what the converted model computes before any step."""
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            ndt._replace(model, name, torch.nn.Identity())
+    return model
+
+
+@pytest.mark.parametrize("make,convs,linears", [(_VGG, 3, 1), (_ResNet, 6, 0)], ids=["vgg", "resnet"])
+def test_convert_replaces_the_conv_batchnorm_pairs(make, convs, linears):
+    import copy
+    torch.manual_seed(0)
+    model = make().double()
+    plain = _without_batchnorm(copy.deepcopy(model)).eval()
+    weights = {n: p.detach().clone() for n, p in model.named_parameters() if "bn" not in n}
+    converted = ndt.convert(model, conv_args=dict(block=4, n_iter=7))
+    kinds = [type(m) for m in converted.modules()]
+    assert not any(issubclass(k, torch.nn.modules.batchnorm._BatchNorm) for k in kinds)
+    assert kinds.count(ndt.Deconv2d) == convs and kinds.count(ndt.DeconvLinear) == linears
+    assert all(m._config.isqrt.iterations == 7 for m in converted.modules() if isinstance(m, ndt.Deconv2d))
+    for n, p in converted.named_parameters():
+        if n in weights:
+            assert torch.equal(p, weights[n]), n
+    x = torch.rand(4, 3, 8, 8, dtype=torch.float64)
+    converted.eval()  # running statistics (0, I): each layer is its conv, with the old weights and geometry
+    assert rel(converted(x), plain(x)) <= 1e-12
+    converted.train()
+    converted(x).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in converted.parameters())
+    assert int(next(m for m in converted.modules() if isinstance(m, ndt.Deconv2d)).counters[0]) == 1
+
+
+def test_convert_leaves_other_layers_alone():
+    class Shared(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y  # the conv's output is used twice: not a pair
+
+    model = ndt.convert(Shared())
+    assert type(model.conv) is torch.nn.Conv2d and type(model.bn) is torch.nn.BatchNorm2d
+    with pytest.raises(ValueError, match="padding 'same'"):
+        ndt.convert(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding="same"), torch.nn.BatchNorm2d(4)))
+
+
+@pytest.mark.parametrize("form,kernel,stride,padding", [("zca", 3, 1, 1), ("eigen", 2, 1, 0), ("zca", 2, 2, 0)])
+def test_init_whitening_against_an_eigendecomposition_of_unfolded_patches(form, kernel, stride, padding):
+    gen = torch.Generator().manual_seed(3)
+    base = torch.rand(40, 3, 10, 10, generator=gen, dtype=torch.float64)
+    images = base + 0.5 * torch.roll(base, 1, dims=3) + 0.3 * base.mean(1, keepdim=True)  # correlated
+    F = 3 * kernel * kernel
+    conv = torch.nn.Conv2d(3, F if form == "zca" else 2 * F, kernel, stride, padding).double()
+    eps = 1e-4
+    ndt.init_whitening(conv, images, eps=eps, form=form, chunk=16)
+    patches = torch.nn.functional.unfold(images, kernel, padding=padding, stride=stride)
+    patches = patches.transpose(1, 2).reshape(-1, F)
+    mu = patches.mean(0)
+    cov = (patches - mu).t() @ (patches - mu) / patches.shape[0]
+    values, vectors = torch.linalg.eigh(cov)
+    values, vectors = values.flip(0), vectors.flip(1)
+    rows = vectors.t() / torch.sqrt(values + eps)[:, None]
+    W = conv.weight.reshape(-1, F)
+    if form == "zca":
+        assert rel(W, vectors @ rows) <= 1e-10
+    else:  # eigenvectors have a sign each: compare up to it, and the second half is the negation
+        signs = torch.sign((W[:F] * rows).sum(1))
+        assert rel(W[:F] * signs[:, None], rows) <= 1e-10 and torch.equal(W[F:], -W[:F])
+    assert rel(conv.bias, -W @ mu) <= 1e-10
+    out = conv(images).permute(0, 2, 3, 1).reshape(-1, W.shape[0])[:, :F]
+    white = torch.cov(out.t(), correction=0)
+    assert rel(white, torch.diag(values / (values + eps)) if form == "eigen" else
+               vectors @ torch.diag(values / (values + eps)) @ vectors.t()) <= 1e-8
+
+
+def test_init_whitening_bad_arguments():
+    with pytest.raises(ValueError, match="needs out_channels = 27 for 3 channels and a 3x3 kernel, the conv has 8"):
+        ndt.init_whitening(torch.nn.Conv2d(3, 8, 3), torch.rand(2, 3, 6, 6))
+    with pytest.raises(ValueError, match="form must be 'zca' or 'eigen', got 'pca'"):
+        ndt.init_whitening(torch.nn.Conv2d(3, 27, 3), torch.rand(2, 3, 6, 6), form="pca")
+    with pytest.raises(ValueError, match=r"singular \(rank 1 of 12\) and eps = 0"):
+        ndt.init_whitening(torch.nn.Conv2d(3, 12, 2), torch.rand(4, 1, 1, 1).expand(4, 3, 6, 6), eps=0)
+    with pytest.raises(ValueError, match="not finite"):
+        ndt.init_whitening(torch.nn.Conv2d(3, 12, 2), torch.full((2, 3, 6, 6), float("nan")))
