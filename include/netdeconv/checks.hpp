@@ -39,10 +39,11 @@ patch_map check_col2im(const char* fn, const matrix_view<const T>& cols, const c
   return map;
 }
 
-/// block_moments: a valid plan, rows of width C*K (patch rows: the plan's C and K), and >= 2
-/// samples per statistic. Returns the samples per statistic.
+/// block_moments: a valid plan, rows of width C*K (patch rows: the plan's C and K), and at least
+/// min_samples (2: a covariance; 0: a shard of a reduced batch) samples per statistic. Returns the
+/// samples per statistic.
 template <class Source>
-index_t check_block_moments(const char* fn, const Source& source, const block_plan& plan) {
+index_t check_block_moments(const char* fn, const Source& source, const block_plan& plan, index_t min_samples = 2) {
   check_plan(fn, plan);
   const index_t width = checked_mul(fn, "C*K", plan.channels, plan.kernel_area);
   NETDECONV_REQUIRE(source.width() == width, fn, "rows have ", source.width(), " columns but the plan needs C*K = ",
@@ -53,7 +54,7 @@ index_t check_block_moments(const char* fn, const Source& source, const block_pl
                       ", the plan has C=", plan.channels, " and K=", plan.kernel_area);
   }
   const index_t samples = checked_mul(fn, "samples", source.rows(), plan.rows_per_patch());
-  NETDECONV_REQUIRE(samples >= 2, fn, "statistics need >= 2 samples, got ", samples, " (", source.rows(),
+  NETDECONV_REQUIRE(samples >= min_samples, fn, "statistics need >= 2 samples, got ", samples, " (", source.rows(),
                     " sampled rows x ", plan.rows_per_patch(), " per row)");
   return samples;
 }

@@ -122,6 +122,7 @@ template <class T>
 struct folded_weights;
 template <class T>
 struct layer_step;
+struct statistics_reduction;  // statistics_reduction.hpp (CPU policies)
 
 namespace detail {
 
@@ -175,7 +176,8 @@ class deconv_core {
   deconv_core(const deconv_core& o)
       : plan_(o.plan_), eps_(o.eps_), isqrt_(o.isqrt_), options_(o.options_), uncentred_(o.uncentred_),
         remaining_(o.remaining_), values_(o.values_), counters_(o.counters_), state_(o.state_), memory_(o.memory_),
-        attached_(o.attached_), diagnostic_(o.diagnostic_), backend_memory_(o.backend_memory_) {
+        attached_(o.attached_), diagnostic_(o.diagnostic_), backend_memory_(o.backend_memory_),
+        reduction_(o.reduction_) {
     if (!attached_) bind_owned();
   }
   deconv_core& operator=(const deconv_core& o) {
@@ -184,7 +186,7 @@ class deconv_core {
     std::swap(counters_, copy.counters_);
     plan_ = o.plan_, eps_ = o.eps_, isqrt_ = o.isqrt_, options_ = o.options_, uncentred_ = o.uncentred_;
     remaining_ = o.remaining_, state_ = o.state_, memory_ = o.memory_, attached_ = o.attached_;
-    diagnostic_ = o.diagnostic_, backend_memory_ = o.backend_memory_;
+    diagnostic_ = o.diagnostic_, backend_memory_ = o.backend_memory_, reduction_ = o.reduction_;
     if (!attached_) bind_owned();
     return *this;
   }
@@ -216,6 +218,10 @@ class deconv_core {
   /// decision, in device memory, which the backward reads); copies share it, as an attached state.
   void* backend_memory() const { return backend_memory_.get(); }
   void keep_backend_memory(std::shared_ptr<void> memory) { backend_memory_ = std::move(memory); }
+
+  /// The reduction across processes of the steps and backwards (statistics_reduction.hpp), or null.
+  const statistics_reduction* reduction() const { return reduction_.get(); }
+  void set_reduction(std::shared_ptr<const statistics_reduction> r) { reduction_ = std::move(r); }
 
   index_t steps() const { return host_state("steps").counters(0); }
   index_t counter() const { return host_state("freeze_counter").counters(1); }
@@ -446,6 +452,7 @@ class deconv_core {
   bool attached_ = false;
   mutable step_diagnostic diagnostic_;  ///< the last step's; failures read from the counters
   std::shared_ptr<void> backend_memory_;
+  std::shared_ptr<const statistics_reduction> reduction_;
 };
 
 /// The running statistics of a host state as block_statistics (CPU backend, layer_state.hpp).
@@ -475,6 +482,11 @@ class folding_layer {
   void attach_state(const Policy& policy, const running_state_view<T>& state) {
     layer_backend<Policy>::attach(policy, core_, state);
   }
+
+  /// Data-parallel training (statistics_reduction.hpp): from now on every step's moments and every
+  /// backward's statistic gradients go through `r` (null: local steps again). A step may then see
+  /// fewer than 2 samples, even none, as long as the whole batch has 2.
+  void set_reduction(std::shared_ptr<const statistics_reduction> r) { core_.set_reduction(std::move(r)); }
 
   /// Checkpoint bytes (see checkpoint.hpp); host state only.
   std::vector<std::uint8_t> state() const {

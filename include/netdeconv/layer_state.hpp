@@ -67,7 +67,7 @@ struct layer_backend {
       core.commit(diag);
       return stats;
     }
-    const batch_statistics<T> measured = measure_batch<T>(policy, source, plan, core.uncentred());
+    const batch_statistics<T> measured = measure_batch<T>(policy, source, plan, core.uncentred(), core.reduction());
     std::vector<double> eps(std::size_t(plan.count()), core.eps());
     if (o.relative_eps)
       for (index_t s = 0; s < plan.count(); ++s) eps[s] = core.eps() * measured.cov0[s].trace() / double(plan.features());
@@ -272,7 +272,7 @@ struct layer_backend {
                            step.outcome == step_outcome::kept_previous;
     const double eps = step.outcome == step_outcome::eps_raised ? core.eps() * std::pow(10.0, step.eps_raises) : core.eps();
     statistics_backward how{.eps = eps, .relative_eps = core.options().relative_eps, .isqrt = core.isqrt(),
-                            .constants = constants, .uncentred = core.uncentred()};
+                            .constants = constants, .uncentred = core.uncentred(), .reduction = core.reduction()};
     if (step.outcome == step_outcome::exact_fallback) how.exact_blocks = step.exact_blocks;
     return how;
   }

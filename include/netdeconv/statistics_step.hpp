@@ -28,6 +28,7 @@
 #include "fold.hpp"
 #include "im2col.hpp"
 #include "inverse_sqrt.hpp"
+#include "statistics_reduction.hpp"
 #include "statistics_step_config.hpp"
 #include "tensor_view.hpp"
 
@@ -67,12 +68,12 @@ struct batch_statistics {
   }
 };
 
-/// block_moments of `source` under `plan`, as batch_statistics.
+/// block_moments of `source` under `plan` (of the whole batch with a reduction), as batch_statistics.
 template <class T, class Policy, class Source>
 batch_statistics<T> measure_batch(const Policy& policy, const Source& source, const block_plan& plan,
-                                  bool uncentred = false) {
+                                  bool uncentred = false, const statistics_reduction* reduction = nullptr) {
   batch_statistics<T> out{plan, {}, {}, 0};
-  for (const auto& m : block_moments(policy, source, plan)) {
+  for (const auto& m : batch_moments("train_step", policy, source, plan, reduction)) {
     out.samples = m.count();
     out.mean.push_back(m.mean().template cast<T>());
     out.cov0.push_back(m.template covariance<double>(0.0));

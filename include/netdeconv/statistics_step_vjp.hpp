@@ -44,6 +44,7 @@
 #include "omp/statistics_step_vjp.hpp"
 #include "row_reader.hpp"
 #include "sequential/statistics_step_vjp.hpp"
+#include "statistics_reduction.hpp"
 #include "statistics_step_config.hpp"
 #include "statistics_view.hpp"
 #include "tensor_view.hpp"
@@ -65,6 +66,7 @@ struct statistics_backward {
   bool constants = false;
   bool uncentred = false;
   std::vector<index_t> exact_blocks{};
+  const statistics_reduction* reduction = nullptr;  ///< the layer's, for a data-parallel step
 };
 
 /// The scalar type of the weight side's products: double for seq (the oracle), T for the OpenMP policies.
@@ -169,7 +171,7 @@ patch_gradient covariance_vjp(const Policy& policy, const Source& source, const 
   std::vector<double> n(S);
   std::vector<square_matrix<T>> cov(S), grad(S), dcov;
   {
-    const std::vector<moments<double>> m = block_moments(policy, source, plan);
+    const std::vector<moments<double>> m = batch_moments("backward", policy, source, plan, how.reduction);
     for (std::size_t s = 0; s < S; ++s) {
       square_matrix<double> cov0 = m[s].template covariance<double>(0.0);
       if (how.uncentred) cov0 += m[s].mean() * m[s].mean().transpose();
@@ -186,12 +188,16 @@ patch_gradient covariance_vjp(const Policy& policy, const Source& source, const 
     r[std::size_t(s)] = inverse_sqrt_vjp_impl<T>(seq, cov[std::size_t(s)], grad[std::size_t(s)], dcov[std::size_t(s)],
                                                  isqrt_options::exact());
   cov = {}, grad = {};
+  std::vector<square_matrix<double>> d(S);
   for (std::size_t s = 0; s < S; ++s) {
     reports(index_t(s)) = r[s];
-    square_matrix<double> d = dcov[s].template cast<double>();
+    d[s] = dcov[s].template cast<double>();
     dcov[s] = {};
-    if (how.relative_eps) d.diagonal().array() += how.eps / F * d.trace();
-    out.sym[s] = (d + d.transpose()) / n[s];
+    if (how.relative_eps) d[s].diagonal().array() += how.eps / F * d[s].trace();
+  }
+  if (how.reduction) how.reduction->gradients(d, out.dmu);
+  for (std::size_t s = 0; s < S; ++s) {
+    out.sym[s] = (d[s] + d[s].transpose()) / n[s];
     out.dmu[s] /= n[s];
   }
   return out;
@@ -297,7 +303,7 @@ void conv_step_vjp(const Policy& policy, const image_view<const T>& x, const ima
                    const statistics_step_gradients<T, 4>& out) {
   constexpr const char* fn = "conv_statistics_step_vjp";
   const patch_sampler<T> source(x, geometry, sampling_stride);
-  check_block_moments(fn, source, plan);
+  check_block_moments(fn, source, plan, how.reduction ? 0 : 2);
   fill_zero(policy_threads(policy), out.x);
   statistics_step_vjp_impl(policy, source, plan, weight, load_statistics(stats), how, grad_weight, grad_bias, out.weight,
                            out.bias, out.reports,
@@ -311,7 +317,7 @@ void linear_step_vjp(const Policy& policy, const matrix_view<const T>& x, const 
                      const matrix_view<const T>& grad_weight, const vector_view<const T>& grad_bias,
                      const statistics_step_gradients<T, 2>& out) {
   const matrix_rows<T> source(x);
-  check_block_moments("linear_statistics_step_vjp", source, plan);
+  check_block_moments("linear_statistics_step_vjp", source, plan, how.reduction ? 0 : 2);
   fill_zero(policy_threads(policy), out.x);
   statistics_step_vjp_impl(policy, source, plan, as_conv_weight(weight), load_statistics(stats), how,
                            as_conv_weight(grad_weight), grad_bias, as_conv_weight(out.weight), out.bias, out.reports,

@@ -223,7 +223,7 @@ struct layer_scratch {
   }
 };
 
-/// The layer's device state, with the options CUDA supports.
+/// The layer's device state, with the options CUDA supports (no statistics_reduction).
 template <class T>
 const running_state_view<T>& check_layer(const char* fn, const ::netdeconv::detail::deconv_core<T>& core) {
   const running_state_view<T>& st = core.device_state(fn);
@@ -231,6 +231,8 @@ const running_state_view<T>& check_layer(const char* fn, const ::netdeconv::deta
   NETDECONV_REQUIRE(f == failure_policy::throw_error || f == failure_policy::keep_previous, fn,
                     "on_failure exact_fallback and raise_eps need the host; a cuda_policy layer takes throw_error or "
                     "keep_previous");
+  NETDECONV_REQUIRE(core.reduction() == nullptr, fn,
+                    "a layer with a statistics_reduction (data-parallel sync) steps with the CPU policies only");
   return st;
 }
 
