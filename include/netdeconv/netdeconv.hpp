@@ -27,6 +27,7 @@
 #include "matrix_rows.hpp"
 #include "moments.hpp"
 #include "row_reader.hpp"
+#include "statistics_reduction.hpp"
 #include "statistics_step.hpp"
 #include "statistics_step_config.hpp"
 #include "statistics_step_vjp.hpp"

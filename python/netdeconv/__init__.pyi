@@ -489,6 +489,11 @@ class ConvDeconvLayer:
     def running(self) -> tuple[Array, Array]:
         """(mean (S, F), D (S, F, F)): the running statistics, copied"""
 
+    def set_reduction(self, moments: Array | None, gradients: Array | None) -> None:
+        """
+        Data-parallel steps (docs/method.md section 7): every later train_step passes its shard's moments to moments(count int64 (S,), mean (S, F), scatter (S, F, F)), which returns the whole batch's, and every backward its statistic gradients to gradients(dcov (S, F, F), dmean (S, F)), which returns their sums over the shards (float64 NumPy arguments; both called with the GIL, inside the step). A shard may then hold fewer than 2 samples. None, None: local steps again.
+        """
+
     def attach_state(self, mean: Array, D: Array, counters: Array, cov: Array | None = None) -> None:
         """
         Keeps the running state in caller arrays from now on: mean (S, F), D (S, F, F), counters int64 (3,) (steps, freeze counter, failed steps) and, with options.average_covariance, cov (S, F, F). The current state is written there first; whatever the caller loads into them later is the state.
@@ -541,6 +546,11 @@ class LinearDeconvLayer:
 
     def running(self) -> tuple[Array, Array]:
         """(mean (S, F), D (S, F, F)): the running statistics, copied"""
+
+    def set_reduction(self, moments: Array | None, gradients: Array | None) -> None:
+        """
+        Data-parallel steps (docs/method.md section 7): every later train_step passes its shard's moments to moments(count int64 (S,), mean (S, F), scatter (S, F, F)), which returns the whole batch's, and every backward its statistic gradients to gradients(dcov (S, F, F), dmean (S, F)), which returns their sums over the shards (float64 NumPy arguments; both called with the GIL, inside the step). A shard may then hold fewer than 2 samples. None, None: local steps again.
+        """
 
     def attach_state(self, mean: Array, D: Array, counters: Array, cov: Array | None = None) -> None:
         """

@@ -24,22 +24,99 @@ from . import (BlockLayout, ChannelConfig, ChannelDeconvLayer, ConvConfig, ConvD
                LinearConfig, LinearDeconvLayer, StatisticsGradient, conv_moments, covariance, fold_vjp, merge)
 
 
+class _Sync:
+    """A layer's statistics across the processes of a torch.distributed group (the layer's
+    set_reduction; docs/method.md section 7).
+
+    moments: one all_reduce (sum, float64) of, per statistic, [n_r, n_r d_r, upper triangle of
+    M_r + n_r d_r d_r^T] with d_r = mu_r - c, c the layer's running mean (the same on every process:
+    DDP broadcasts the buffers, and every process applies the same updates), which gives the whole
+    batch's n, mu = c + d and M = sum - n d d^T with d = sum(n_r d_r) / n; the shift keeps a large
+    mean from cancelling. gradients: one all_reduce of [dmu, upper triangle of (dCov + dCov^T)/2].
+    The moments of a training step are kept for its backward (``replay``), which so adds only the
+    gradients' call."""
+
+    def __init__(self, module, group):
+        self.module, self.group = module, group
+        self.recorded = self.replay = None
+        self.triu = {}
+
+    def _upper(self, F):
+        if F not in self.triu:
+            self.triu[F] = torch.triu_indices(F, F)
+        return self.triu[F]
+
+    def _unpack(self, packed, F):
+        i, j = self._upper(F)
+        full = torch.zeros(packed.shape[0], F, F, dtype=torch.float64)
+        full[:, i, j] = packed
+        full[:, j, i] = packed
+        return full
+
+    def _all_reduce(self, t):
+        import torch.distributed as dist
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError(f"{type(self.module).__name__}(sync=True) trains with torch.distributed: call "
+                               f"torch.distributed.init_process_group first")
+        dist.all_reduce(t, group=self.group)
+        return t
+
+    def message_elements(self, S, F):
+        """float64 elements per step: (forward, backward)."""
+        tri = F * (F + 1) // 2
+        return S * (1 + F + tri), S * (F + tri)
+
+    def moments(self, count, mean, scatter):
+        if self.replay is not None:
+            return self.replay
+        count, mean, scatter = (torch.from_numpy(a) for a in (count, mean, scatter))
+        S, F = mean.shape
+        n = count.to(torch.float64)[:, None]
+        d = mean - self.module.running_mean.detach().to(torch.float64)
+        i, j = self._upper(F)
+        local = scatter + n[:, :, None] * d[:, :, None] * d[:, None, :]
+        total = self._all_reduce(torch.cat([n, n * d, local[:, i, j]], dim=1))
+        n, nd, second = total[:, :1], total[:, 1:1 + F], total[:, 1 + F:]
+        d = nd / n
+        result = (n[:, 0].round().to(torch.int64), self.module.running_mean.detach().to(torch.float64) + d,
+                  self._unpack(second, F) - n[:, :, None] * d[:, :, None] * d[:, None, :])
+        self.recorded = result
+        return result
+
+    def gradients(self, dcov, dmean):
+        dcov, dmean = torch.from_numpy(dcov), torch.from_numpy(dmean)
+        S, F = dmean.shape
+        i, j = self._upper(F)
+        sym = (dcov + dcov.transpose(1, 2)) / 2
+        total = self._all_reduce(torch.cat([dmean, sym[:, i, j]], dim=1))
+        return self._unpack(total[:, F:], F), total[:, :F]
+
+
 class _TrainFold(torch.autograd.Function):
     """(W', b') of the batch x, with the step backward."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, layer):
+    def forward(ctx, x, weight, bias, layer, sync):
         step = layer.train_step(x.detach(), weight.detach(), bias.detach())
-        ctx.layer, ctx.diagnostic = layer, layer.diagnostic
+        ctx.layer, ctx.diagnostic, ctx.sync = layer, layer.diagnostic, sync
+        if sync is not None:
+            ctx.moments, sync.recorded = sync.recorded, None
         ctx.save_for_backward(x, weight, bias, step.mean, step.D)
         return step.weight, step.bias
 
     @staticmethod
     def backward(ctx, grad_weight, grad_bias):
         x, weight, bias, mean, D = ctx.saved_tensors
-        g = ctx.layer.backward(x.detach(), weight.detach(), bias.detach(), mean, D, grad_weight.contiguous(),
-                               grad_bias.contiguous(), step=ctx.diagnostic)
-        return g.x, g.weight, g.bias, None
+        sync = ctx.sync
+        if sync is not None:
+            sync.replay = ctx.moments
+        try:
+            g = ctx.layer.backward(x.detach(), weight.detach(), bias.detach(), mean, D, grad_weight.contiguous(),
+                                   grad_bias.contiguous(), step=ctx.diagnostic)
+        finally:
+            if sync is not None:
+                sync.replay = None
+        return g.x, g.weight, g.bias, None, None
 
 
 class _EvalFold(torch.autograd.Function):
@@ -122,6 +199,12 @@ class _StateMixin:
         """The buffers in attach_state's order (mean, D, counters, cov[, remaining])."""
         return self.running_mean, self.running_D, self.counters, self.running_cov
 
+    def _init_sync(self, sync, group):
+        """sync: the statistics of every training step are those of the whole batch across the
+        processes of group (default: the world group of torch.distributed)."""
+        self.sync = sync
+        self._sync = _Sync(self, group) if sync else None
+
     def _state(self, dtype):
         """The state object for dtype, attached to the buffers (again after .to() or .double(), which
         replace them: the buffers' values are the state)."""
@@ -136,6 +219,8 @@ class _StateMixin:
             saved = [b.clone() for b in present]
             layer = self._make_layer(dtype)
             layer.attach_state(*buffers)
+            if getattr(self, "_sync", None) is not None:
+                layer.set_reduction(self._sync.moments, self._sync.gradients)
             with torch.no_grad():  # attach wrote the fresh layer's state; the buffers' is the one
                 for b, v in zip(present, saved):
                     b.copy_(v)
@@ -155,7 +240,7 @@ class _FoldingMixin(_StateMixin):
         _check_cpu(self, x)
         layer = self._state(x.dtype)
         if self.training:
-            return _TrainFold.apply(x, self.weight, self._bias(), layer)
+            return _TrainFold.apply(x, self.weight, self._bias(), layer, self._sync)
         return _EvalFold.apply(self.weight, self._bias(), layer, self._config)
 
     @torch.no_grad()
@@ -173,11 +258,14 @@ class Deconv2d(_FoldingMixin, torch.nn.Conv2d):
     statistics in training (running statistics in evaluation), folded into its weights.
 
     x (N, C, H, W) float32/float64 on the CPU, any memory format (channels_last included).
-    ``options`` (LayerOptions) replaces momentum, freeze and freeze_iter, e.g. LayerOptions.improved()."""
+    ``options`` (LayerOptions) replaces momentum, freeze and freeze_iter, e.g. LayerOptions.improved().
+    ``sync=True``: data-parallel training (with DistributedDataParallel): each step's statistics are
+    the whole batch's across the processes of ``sync_group``, so that outputs and gradients equal one
+    process's on the whole batch; a process may hold fewer than 2 patches, even none."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=1, dilation=1, groups=1, bias=True,
                  eps=1e-5, n_iter=5, momentum=0.1, block=64, sampling_stride=3, freeze=False, freeze_iter=100,
-                 options=None):
+                 options=None, sync=False, sync_group=None):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
         self._config = ConvConfig(_pair(kernel_size), stride=_pair(stride), padding=_pair(padding),
                                   dilation=_pair(dilation), groups=groups,
@@ -187,6 +275,7 @@ class Deconv2d(_FoldingMixin, torch.nn.Conv2d):
         self._options = options if options is not None else LayerOptions(momentum=momentum, freeze=freeze,
                                                                           freeze_iter=freeze_iter)
         self._init_state(*self._make_layer(torch.float32).plan)
+        self._init_sync(sync, sync_group)
 
     def _make_layer(self, dtype):
         return ConvDeconvLayer(self.in_channels, self._config, self._options, dtype=_dtype_name(self, dtype))
@@ -207,14 +296,16 @@ class Deconv2d(_FoldingMixin, torch.nn.Conv2d):
 
 
 class DeconvLinear(_FoldingMixin, torch.nn.Linear):
-    """Drop-in for the reference Delinear: x (..., Fin) whitened in blocks of `block` features."""
+    """Drop-in for the reference Delinear: x (..., Fin) whitened in blocks of `block` features.
+    ``options`` and ``sync`` as Deconv2d's."""
 
     def __init__(self, in_features, out_features, bias=True, eps=1e-5, n_iter=5, momentum=0.1, block=512,
-                 options=None):
+                 options=None, sync=False, sync_group=None):
         super().__init__(in_features, out_features, bias)
         self._config = LinearConfig(block=block, eps=eps, isqrt=IsqrtOptions.fixed(n_iter))
         self._options = options if options is not None else LayerOptions(momentum=momentum)
         self._init_state(*self._make_layer(torch.float32).plan)
+        self._init_sync(sync, sync_group)
 
     def _make_layer(self, dtype):
         return LinearDeconvLayer(self.in_features, self._config, self._options, dtype=_dtype_name(self, dtype))

@@ -44,6 +44,88 @@ std::vector<std::uint8_t> from_bytes(nb::bytes b) {
   return {p, p + b.size()};
 }
 
+/// A Python callable kept by C++: released with the GIL held, whichever thread drops it last.
+std::shared_ptr<nb::object> keep_callable(nb::handle f) {
+  return {new nb::object(nb::borrow(f)), [](nb::object* o) {
+            nb::gil_scoped_acquire gil;
+            delete o;
+          }};
+}
+
+/// shape[i] == want[i] for an array a reduction callback returned.
+void check_returned(const char* what, const array_in& a, std::initializer_list<index_t> want) {
+  bool same = a.array.ndim() == want.size();
+  std::size_t i = 0;
+  for (const index_t w : want) same = same && index_t(a.array.shape(i++)) == w;
+  if (!same) value_error("reduction", "the ", what, " returned has shape ", a.shape(), ", expected that of the argument");
+}
+
+/// The statistics reduction (statistics_reduction.hpp) of Python callables, run with the GIL taken:
+///   moments(count int64 (S,), mean (S, F), scatter (S, F, F)) -> (count, mean, scatter) of the whole batch
+///   gradients(dcov (S, F, F), dmean (S, F)) -> (dcov, dmean) summed over the processes
+/// The arguments are new float64 NumPy arrays; the results may be any arrays of the same shapes.
+std::shared_ptr<statistics_reduction> python_reduction(nb::handle moments_fn, nb::handle gradients_fn) {
+  auto r = std::make_shared<statistics_reduction>();
+  r->moments = [f = keep_callable(moments_fn)](std::vector<moments<double>>& m) {
+    nb::gil_scoped_acquire gil;
+    const index_t S = index_t(m.size()), F = m.front().features();
+    array_out<index_t, 1> count(framework::numpy, {S});
+    array_out<double, 2> mean(framework::numpy, {S, F});
+    array_out<double, 3> scatter(framework::numpy, {S, F, F});
+    for (index_t s = 0; s < S; ++s) {
+      const moments<double>& ms = m[std::size_t(s)];
+      count.view()(s) = ms.count();
+      for (index_t i = 0; i < F; ++i) {
+        mean.view()(s, i) = ms.mean()[i];
+        for (index_t j = 0; j < F; ++j) scatter.view()(s, i, j) = i >= j ? ms.scatter()(i, j) : ms.scatter()(j, i);
+      }
+    }
+    const nb::tuple out = nb::cast<nb::tuple>((*f)(count.result(), mean.result(), scatter.result()));
+    if (out.size() != 3) value_error("reduction", "moments must return (count, mean, scatter), got ", out.size(), " items");
+    const array_in ca = input("reduction", "count", out[0], true), ma = input("reduction", "mean", out[1]),
+                   sa = input("reduction", "scatter", out[2]);
+    check_returned("count", ca, {S});
+    check_returned("mean", ma, {S, F});
+    check_returned("scatter", sa, {S, F, F});
+    const auto c = view_of<index_t, 1>("reduction", "count", ca, "(S,)");
+    const auto mv = view_of<double, 2>("reduction", "mean", ma, "(S, F)");
+    const auto sv = view_of<double, 3>("reduction", "scatter", sa, "(S, F, F)");
+    for (index_t s = 0; s < S; ++s) {
+      Eigen::VectorXd mu(F);
+      Eigen::MatrixXd sc(F, F);
+      for (index_t i = 0; i < F; ++i) {
+        mu[i] = mv(s, i);
+        for (index_t j = 0; j < F; ++j) sc(i, j) = sv(s, i, j);
+      }
+      m[std::size_t(s)] = moments<double>(c(s), std::move(mu), std::move(sc));
+    }
+  };
+  r->gradients = [f = keep_callable(gradients_fn)](std::vector<Eigen::MatrixXd>& dcov, std::vector<Eigen::VectorXd>& dmu) {
+    nb::gil_scoped_acquire gil;
+    const index_t S = index_t(dcov.size()), F = index_t(dmu.front().size());
+    array_out<double, 3> dc(framework::numpy, {S, F, F});
+    array_out<double, 2> dm(framework::numpy, {S, F});
+    for (index_t s = 0; s < S; ++s)
+      for (index_t i = 0; i < F; ++i) {
+        dm.view()(s, i) = dmu[std::size_t(s)][i];
+        for (index_t j = 0; j < F; ++j) dc.view()(s, i, j) = dcov[std::size_t(s)](i, j);
+      }
+    const nb::tuple out = nb::cast<nb::tuple>((*f)(dc.result(), dm.result()));
+    if (out.size() != 2) value_error("reduction", "gradients must return (dcov, dmean), got ", out.size(), " items");
+    const array_in ca = input("reduction", "dcov", out[0]), ma = input("reduction", "dmean", out[1]);
+    check_returned("dcov", ca, {S, F, F});
+    check_returned("dmean", ma, {S, F});
+    const auto cv = view_of<double, 3>("reduction", "dcov", ca, "(S, F, F)");
+    const auto mv = view_of<double, 2>("reduction", "dmean", ma, "(S, F)");
+    for (index_t s = 0; s < S; ++s)
+      for (index_t i = 0; i < F; ++i) {
+        dmu[std::size_t(s)][i] = mv(s, i);
+        for (index_t j = 0; j < F; ++j) dcov[std::size_t(s)](i, j) = cv(s, i, j);
+      }
+  };
+  return r;
+}
+
 /// What every layer object shares: the C++ layer of float or double, its lock and the caller arrays
 /// its state is attached to.
 template <template <class> class Layer>
@@ -259,6 +341,14 @@ class folding_object : public layer_object<folding_kind<R>::template layer> {
     });
   }
 
+  void set_reduction(nb::handle moments_fn, nb::handle gradients_fn) {
+    if (moments_fn.is_none() != gradients_fn.is_none())
+      value_error("set_reduction", "give both moments and gradients, or neither (local steps)");
+    std::shared_ptr<const statistics_reduction> r;
+    if (!moments_fn.is_none()) r = python_reduction(moments_fn, gradients_fn);
+    this->locked([&](auto& l) { l.set_reduction(r); });
+  }
+
   void attach_state(nb::handle mean, nb::handle D, nb::handle counters, nb::handle cov) {
     constexpr const char* fn = "attach_state";
     const auto [S, F] = plan();
@@ -301,6 +391,12 @@ void bind_folding(nb::module_& m, const char* name, const char* doc, const char*
            "diagnostic (default: the latest step's); grad_weight = dL/dW', grad_bias = dL/db'. Returns "
            "StepGradients(weight = dL/dW, bias = dL/db, x = dL/dx through mu and Cov, reports).")
       .def("running", [](O& o) { return running(o); }, "(mean (S, F), D (S, F, F)): the running statistics, copied")
+      .def("set_reduction", &O::set_reduction, arg("moments").none(), arg("gradients").none(),
+           "Data-parallel steps (docs/method.md section 7): every later train_step passes its shard's moments to "
+           "moments(count int64 (S,), mean (S, F), scatter (S, F, F)), which returns the whole batch's, and every "
+           "backward its statistic gradients to gradients(dcov (S, F, F), dmean (S, F)), which returns their sums "
+           "over the shards (float64 NumPy arguments; both called with the GIL, inside the step). A shard may then "
+           "hold fewer than 2 samples. None, None: local steps again.")
       .def("attach_state", &O::attach_state, arg("mean"), arg("D"), arg("counters"), arg("cov") = nb::none(),
            "Keeps the running state in caller arrays from now on: mean (S, F), D (S, F, F), counters int64 (3,) "
            "(steps, freeze counter, failed steps) and, with options.average_covariance, cov (S, F, F). The current "
