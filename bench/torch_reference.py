@@ -30,6 +30,41 @@ def blas_libraries():
         return sorted({line.split()[-1] for line in maps if "blas" in line or "lapack" in line})
 
 
+def isqrt_newton_schulz(A, n_iter):
+    """Coupled Newton-Schulz, Frobenius scaling, exactly n_iter steps (docs/method.md §5)."""
+    import torch
+    norm = A.norm()
+    Y = A / norm
+    I = torch.eye(A.shape[0], dtype=A.dtype)
+    Z = torch.eye(A.shape[0], dtype=A.dtype)
+    for _ in range(n_iter):
+        T = 0.5 * (3.0 * I - Z @ Y)
+        Y = Y @ T
+        Z = T @ Z
+    return Z / torch.sqrt(norm)
+
+
+def reference_statistics(x, weight, bias, k, S, blocks, eps, n_iter):
+    """(W', b', mu, D) of the reference conv layer's training step on x (N, C, H, W), stride 1,
+    padding k // 2, `blocks` interleaved-shared blocks, every S-th patch (docs/method.md §2-6)."""
+    import torch
+    import torch.nn.functional as Fn
+    C, Cout = x.shape[1], weight.shape[0]
+    G = blocks
+    F = k * k * (C // blocks)
+    X = Fn.unfold(x, k, dilation=1, padding=k // 2, stride=S).transpose(1, 2).contiguous()
+    X = X.view(-1, C * k * k)
+    X = X.view(-1, F, G).transpose(1, 2).contiguous().view(-1, F)
+    mu = X.mean(0)
+    Xc = X - mu.unsqueeze(0)
+    cov = torch.addmm(torch.eye(F, dtype=x.dtype), Xc.t(), Xc, beta=eps, alpha=1.0 / Xc.shape[0])
+    D = isqrt_newton_schulz(cov, n_iter)
+    w = weight.view(Cout, F, G).transpose(1, 2).contiguous().view(-1, F) @ D
+    b = bias - (w @ mu.unsqueeze(1)).view(Cout, -1).sum(1)
+    w = w.view(Cout, G, F).transpose(1, 2).contiguous().view(weight.shape)
+    return w, b, mu, D
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", type=int, nargs=7, required=True, metavar=("H", "W", "Cin", "Cout", "blocks", "k", "S"))
@@ -42,7 +77,6 @@ def main():
     os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
 
     import torch
-    import torch.nn.functional as Fn
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -54,9 +88,6 @@ def main():
         print("torch_reference.py: PyTorch's BLAS is not OpenBLAS: %s" % libs, file=sys.stderr)
         sys.exit(3)
 
-    B = C // blocks
-    G = C // B
-    F = k * k * B
     eps = 1e-5
     x = torch.randn(args.batch, C, H, W) + 0.5
     weight = torch.randn(Cout, C, k, k) / (C * k * k) ** 0.5
@@ -66,29 +97,8 @@ def main():
     for t in (x, weight, bias):
         t.requires_grad_(args.backward)
 
-    def isqrt_newton_schulz(A, n_iter):
-        norm = A.norm()
-        Y = A / norm
-        I = torch.eye(A.shape[0])
-        Z = torch.eye(A.shape[0])
-        for _ in range(n_iter):
-            T = 0.5 * (3.0 * I - Z @ Y)
-            Y = Y @ T
-            Z = T @ Z
-        return Z / torch.sqrt(norm)
-
     def statistics_path():
-        X = Fn.unfold(x, k, dilation=1, padding=k // 2, stride=S).transpose(1, 2).contiguous()
-        X = X.view(-1, C * k * k)
-        X = X.view(-1, F, G).transpose(1, 2).contiguous().view(-1, F)
-        mu = X.mean(0)
-        Xc = X - mu.unsqueeze(0)
-        cov = torch.addmm(torch.eye(F), Xc.t(), Xc, beta=eps, alpha=1.0 / Xc.shape[0])
-        D = isqrt_newton_schulz(cov, args.n_iter)
-        w = weight.view(Cout, F, G).transpose(1, 2).contiguous().view(-1, F) @ D
-        b = bias - (w @ mu.unsqueeze(1)).view(Cout, -1).sum(1)
-        w = w.view(Cout, G, F).transpose(1, 2).contiguous().view(weight.shape)
-        return w, b
+        return reference_statistics(x, weight, bias, k, S, blocks, eps, args.n_iter)[:2]
 
     def forward_backward():
         for t in (x, weight, bias):
