@@ -11,6 +11,7 @@ The library is compiled once per instruction set (``_core_avx512``, ``_core_avx2
 one this CPU runs (and the build has) is imported, as xsimd's run-time detection reports.
 The environment variable ``NETDECONV_ISA`` picks another (one this CPU runs).
 """
+import copyreg
 import importlib
 import importlib.util
 import os
@@ -75,6 +76,49 @@ set_num_threads = _core.set_num_threads
 get_num_threads = _core.get_num_threads
 
 __version__ = "0.1.0"
+
+# Pickling (copy.deepcopy and torch.save of modules that hold them) of the configuration types: by
+# their fields, enums by name, so that a pickle does not name the instruction-set module it came from.
+_PICKLED = {
+    "ConvConfig": ("kernel_size", "stride", "padding", "dilation", "groups", "layout", "block", "sampling_stride",
+                   "eps", "isqrt"),
+    "LinearConfig": ("layout", "block", "eps", "isqrt"),
+    "ChannelConfig": ("block", "sampling_stride", "eps", "isqrt", "uncentred_covariance"),
+    "LayerOptions": ("momentum", "freeze", "freeze_iter", "first_step_copy", "average_covariance", "relative_eps",
+                     "on_failure", "max_eps_raises"),
+    "IsqrtOptions": ("method", "iterations", "tolerance", "scaling", "final_residual"),
+}
+_ENUMS = ("BlockLayout", "FailurePolicy", "IsqrtMethod", "IsqrtScaling")
+
+
+def _plain(value):
+    name = type(value).__name__
+    if name in _PICKLED:
+        return ("netdeconv", name, tuple((f, _plain(getattr(value, f))) for f in _PICKLED[name]))
+    if name in _ENUMS:
+        return ("netdeconv", name, value.name)
+    return value
+
+
+def _restored(value):
+    if not (isinstance(value, tuple) and len(value) == 3 and value[0] == "netdeconv"):
+        return value
+    _, name, body = value
+    if name in _ENUMS:
+        return getattr(globals()[name], body)
+    fields = {field: _restored(v) for field, v in body}
+    if name == "ConvConfig":  # the geometry is read-only
+        obj = ConvConfig(fields.pop("kernel_size"), stride=fields.pop("stride"), padding=fields.pop("padding"),
+                         dilation=fields.pop("dilation"))
+    else:
+        obj = globals()[name]()
+    for field, v in fields.items():
+        setattr(obj, field, v)
+    return obj
+
+
+for _name in _PICKLED:
+    copyreg.pickle(globals()[_name], lambda obj: (_restored, (_plain(obj),)))
 
 
 def build_info():

@@ -21,14 +21,20 @@ import torch.fx
 import torch.nn.functional as Fn
 
 from . import (BlockLayout, ChannelConfig, ChannelDeconvLayer, ConvConfig, ConvDeconvLayer, IsqrtOptions, LayerOptions,
-               LinearConfig, LinearDeconvLayer, StatisticsGradient, conv_moments, covariance, fold_vjp, merge)
+               LinearConfig, LinearDeconvLayer, StatisticsGradient, conv_covariance_vjp, conv_moments, covariance,
+               fold_vjp, linear_covariance_vjp, linear_moments, merge)
+
+_CHUNK_ELEMENTS = 1 << 22  # half-precision inputs are read in float32 pieces of at most this many values
 
 
-class _Sync:
-    """A layer's statistics across the processes of a torch.distributed group (the layer's
-    set_reduction; docs/method.md section 7).
+class _Hook:
+    """What a layer's steps and backwards see of their statistics (the layer's set_reduction,
+    docs/method.md section 7): moments ``provided`` by the caller instead of the step's own (a
+    half-precision x, whose moments are taken in float32 pieces), the whole batch's across the
+    processes of a torch.distributed group with ``sync``, and the statistic gradients ``seen`` by
+    the latest backward.
 
-    moments: one all_reduce (sum, float64) of, per statistic, [n_r, n_r d_r, upper triangle of
+    sync moments: one all_reduce (sum, float64) of, per statistic, [n_r, n_r d_r, upper triangle of
     M_r + n_r d_r d_r^T] with d_r = mu_r - c, c the layer's running mean (the same on every process:
     DDP broadcasts the buffers, and every process applies the same updates), which gives the whole
     batch's n, mu = c + d and M = sum - n d d^T with d = sum(n_r d_r) / n; the shift keeps a large
@@ -36,9 +42,9 @@ class _Sync:
     The moments of a training step are kept for its backward (``replay``), which so adds only the
     gradients' call."""
 
-    def __init__(self, module, group):
-        self.module, self.group = module, group
-        self.recorded = self.replay = None
+    def __init__(self, module, sync, group):
+        self.module, self.sync, self.group = module, sync, group
+        self.provided = self.recorded = self.replay = self.seen = None
         self.triu = {}
 
     def _upper(self, F):
@@ -69,7 +75,13 @@ class _Sync:
     def moments(self, count, mean, scatter):
         if self.replay is not None:
             return self.replay
-        count, mean, scatter = (torch.from_numpy(a) for a in (count, mean, scatter))
+        if self.provided is not None:
+            count, mean, scatter = self.provided
+        else:
+            count, mean, scatter = (torch.from_numpy(a) for a in (count, mean, scatter))
+        if not self.sync:
+            self.recorded = (count, mean, scatter)
+            return self.recorded
         S, F = mean.shape
         n = count.to(torch.float64)[:, None]
         d = mean - self.module.running_mean.detach().to(torch.float64)
@@ -85,11 +97,61 @@ class _Sync:
 
     def gradients(self, dcov, dmean):
         dcov, dmean = torch.from_numpy(dcov), torch.from_numpy(dmean)
-        S, F = dmean.shape
-        i, j = self._upper(F)
-        sym = (dcov + dcov.transpose(1, 2)) / 2
-        total = self._all_reduce(torch.cat([dmean, sym[:, i, j]], dim=1))
-        return self._unpack(total[:, F:], F), total[:, :F]
+        if self.sync:
+            S, F = dmean.shape
+            i, j = self._upper(F)
+            sym = (dcov + dcov.transpose(1, 2)) / 2
+            total = self._all_reduce(torch.cat([dmean, sym[:, i, j]], dim=1))
+            dcov, dmean = self._unpack(total[:, F:], F), total[:, :F]
+        self.seen = (dcov, dmean)
+        return dcov, dmean
+
+
+def _pieces(x):
+    """x in float32 pieces of whole images (rows), at most _CHUNK_ELEMENTS values each."""
+    per = max(1, _CHUNK_ELEMENTS // max(1, x[0].numel() if x.shape[0] else 1))
+    return [x[i:i + per].float() for i in range(0, x.shape[0], per)]
+
+
+class _HalfFold(torch.autograd.Function):
+    """(W', b') of a bfloat16/float16 batch x: its moments in float32 pieces (no float32 copy of x),
+    the layer's float32 step on them (hook.provided, with an empty x), and in backward dL/dx piece
+    by piece from the statistic gradients the layer's backward passes to the hook."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, layer, hook, module):
+        moments = None
+        for piece in _pieces(x.detach()):
+            m = module._moments(piece)
+            moments = m if moments is None else merge(moments, m)
+        empty = x.new_empty((0,) + tuple(x.shape[1:]), dtype=torch.float32)
+        hook.provided = moments
+        try:
+            step = layer.train_step(empty, weight.detach(), bias.detach())
+        finally:
+            hook.provided = None
+        ctx.layer, ctx.diagnostic, ctx.hook, ctx.module = layer, layer.diagnostic, hook, module
+        ctx.moments, hook.recorded = hook.recorded, None
+        ctx.save_for_backward(x, weight, bias, step.mean, step.D)
+        return step.weight, step.bias
+
+    @staticmethod
+    def backward(ctx, grad_weight, grad_bias):
+        x, weight, bias, mean, D = ctx.saved_tensors
+        hook = ctx.hook
+        hook.replay, hook.seen = ctx.moments, None
+        empty = x.new_empty((0,) + tuple(x.shape[1:]), dtype=torch.float32)
+        try:
+            g = ctx.layer.backward(empty, weight.detach(), bias.detach(), mean, D, grad_weight.contiguous(),
+                                   grad_bias.contiguous(), step=ctx.diagnostic)
+            seen = hook.seen
+        finally:
+            hook.replay = hook.seen = None
+        if seen is None:  # a frozen or kept step: mu and D are constants
+            return torch.zeros_like(x), g.weight, g.bias, None, None, None
+        dcov, dmean = (t.float() for t in seen)
+        dx = torch.cat([ctx.module._covariance_vjp(piece, ctx.moments, dcov, dmean) for piece in _pieces(x.detach())])
+        return dx.to(x.dtype), g.weight, g.bias, None, None, None
 
 
 class _TrainFold(torch.autograd.Function):
@@ -195,6 +257,12 @@ class _StateMixin:
         self.register_buffer("running_cov", torch.eye(F).repeat(S, 1, 1) if self._options.average_covariance else None)
         self._attached = None
 
+    def __getstate__(self):
+        """Pickling and deepcopy: the state object is made again, for the copy's own buffers."""
+        state = self.__dict__.copy()
+        state["_attached"] = None
+        return state
+
     def _attachments(self):
         """The buffers in attach_state's order (mean, D, counters, cov[, remaining])."""
         return self.running_mean, self.running_D, self.counters, self.running_cov
@@ -203,15 +271,24 @@ class _StateMixin:
         """sync: the statistics of every training step are those of the whole batch across the
         processes of group (default: the world group of torch.distributed)."""
         self.sync = sync
-        self._sync = _Sync(self, group) if sync else None
+        self._hook = _Hook(self, sync, group)
 
     def _state(self, dtype):
-        """The state object for dtype, attached to the buffers (again after .to() or .double(), which
-        replace them: the buffers' values are the state)."""
+        """The state object for dtype (float32 for bfloat16 and float16, through the hook), attached
+        to the buffers (again after .to() or .double(), which replace them: the buffers' values are
+        the state)."""
+        half = dtype in (torch.bfloat16, torch.float16)
+        if half and getattr(self, "_hook", None) is None:
+            raise TypeError(f"{type(self).__name__}: dtype {dtype}, expected torch.float32 or torch.float64")
+        if half:
+            dtype = torch.float32
         buffers = self._attachments()
-        key = tuple(b.data_ptr() if b is not None else 0 for b in buffers) + (dtype,)
+        key = tuple(b.data_ptr() if b is not None else 0 for b in buffers) + (dtype, half)
         if self._attached is None or self._attached[0] != key:
             _dtype_name(self, dtype)
+            if half and self.running_mean.dtype != dtype:
+                raise TypeError(f"{type(self).__name__}: a half-precision input needs the module in float32 (its "
+                                f"running statistics are {self.running_mean.dtype})")
             if self.running_mean.dtype != dtype:
                 raise TypeError(f"{type(self).__name__}: the input is {dtype} but the running statistics are "
                                 f"{self.running_mean.dtype}; convert the module (.to({dtype}))")
@@ -219,8 +296,8 @@ class _StateMixin:
             saved = [b.clone() for b in present]
             layer = self._make_layer(dtype)
             layer.attach_state(*buffers)
-            if getattr(self, "_sync", None) is not None:
-                layer.set_reduction(self._sync.moments, self._sync.gradients)
+            if half or getattr(self, "sync", False):
+                layer.set_reduction(self._hook.moments, self._hook.gradients)
             with torch.no_grad():  # attach wrote the fresh layer's state; the buffers' is the one
                 for b, v in zip(present, saved):
                     b.copy_(v)
@@ -239,9 +316,13 @@ class _FoldingMixin(_StateMixin):
     def _folded(self, x):
         _check_cpu(self, x)
         layer = self._state(x.dtype)
-        if self.training:
-            return _TrainFold.apply(x, self.weight, self._bias(), layer, self._sync)
-        return _EvalFold.apply(self.weight, self._bias(), layer, self._config)
+        if self.training and x.dtype in (torch.bfloat16, torch.float16):
+            W, b = _HalfFold.apply(x, self.weight, self._bias(), layer, self._hook, self)
+        elif self.training:
+            W, b = _TrainFold.apply(x, self.weight, self._bias(), layer, self._hook if self.sync else None)
+        else:
+            W, b = _EvalFold.apply(self.weight, self._bias(), layer, self._config)
+        return (W.to(x.dtype), b.to(x.dtype)) if W.dtype != x.dtype else (W, b)
 
     @torch.no_grad()
     def _exported_weights(self):
@@ -280,6 +361,12 @@ class Deconv2d(_FoldingMixin, torch.nn.Conv2d):
     def _make_layer(self, dtype):
         return ConvDeconvLayer(self.in_channels, self._config, self._options, dtype=_dtype_name(self, dtype))
 
+    def _moments(self, x):
+        return conv_moments(x, self._config)
+
+    def _covariance_vjp(self, x, moments, dcov, dmean):
+        return conv_covariance_vjp(x, self._config, moments, dcov, dmean)
+
     def forward(self, x):
         W, b = self._folded(x)
         return Fn.conv2d(x, W, b, self.stride, self.padding, self.dilation, self.groups)
@@ -309,6 +396,12 @@ class DeconvLinear(_FoldingMixin, torch.nn.Linear):
 
     def _make_layer(self, dtype):
         return LinearDeconvLayer(self.in_features, self._config, self._options, dtype=_dtype_name(self, dtype))
+
+    def _moments(self, x):
+        return linear_moments(x, self._config)
+
+    def _covariance_vjp(self, x, moments, dcov, dmean):
+        return linear_covariance_vjp(x, self._config, moments, dcov, dmean)
 
     def forward(self, x):
         if x.dim() == 0 or x.shape[-1] != self.in_features:

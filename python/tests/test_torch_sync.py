@@ -94,5 +94,5 @@ def test_sync_needs_an_initialised_process_group():
 def test_message_sizes():
     m = ndt.Deconv2d(64, 64, 3, sync=True)  # S = 1 statistic of F = 576 features
     S, F = m.running_mean.shape
-    forward, backward = m._sync.message_elements(S, F)
+    forward, backward = m._hook.message_elements(S, F)
     assert (forward, backward) == (1 + 576 + 576 * 577 // 2, 576 + 576 * 577 // 2)
