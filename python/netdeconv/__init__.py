@@ -135,4 +135,4 @@ def build_info():
     }
 
 
-__all__ = [n for n in dir() if not n.startswith("_") and n not in ("importlib", "os")]
+__all__ = [n for n in dir() if not n.startswith("_") and n not in ("copyreg", "importlib", "os")]
