@@ -34,7 +34,7 @@ namespace netdeconv {
 
 struct statistics_reduction {
   /// In place: the shard's moments (one per statistic) become the whole batch's.
-  std::function<void(std::vector<moments<double>>& m)> moments;
+  std::function<void(std::vector<netdeconv::moments<double>>& m)> moments;
   /// In place: the shard's dL/dCov_s (F x F, symmetric) and dL/dmu_s (F) become their sums over the shards.
   std::function<void(std::vector<Eigen::MatrixXd>& dcov, std::vector<Eigen::VectorXd>& dmu)> gradients;
 };

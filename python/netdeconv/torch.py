@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: MIT
-"""PyTorch modules over the layers' state objects: CPU tensors, float32/float64.
+"""PyTorch modules over the layers' state objects: CPU tensors, float32/float64 (bfloat16/float16
+inputs of a float32 module, as under torch.autocast).
 
 ``Deconv2d``, ``DeconvLinear`` and ``ChannelDeconv`` take the reference layers' arguments and defaults. In training,
 ``W', b'`` come from the library's statistics step of the batch (``ConvDeconvLayer.train_step``)
