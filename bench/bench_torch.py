@@ -11,8 +11,8 @@ on the layer shapes of docs/method.md §9 (H, W, Cin, Cout, blocks, k, S), float
 padding k // 2. A step is y = layer(x), then autograd's backward of sum(y * g) into x, W and b (x
 requires grad, as in a middle layer). Each repetition runs the three in a rotating order; the
 table gives medians, and the ratios reference / netdeconv and netdeconv / bn. Peak memory: a fresh
-subprocess per (shape, batch, method) runs one warm-up step and one measured step, and reports how
-far the peak resident set rises during the measured step (VmHWM, reset before it).
+subprocess per (shape, batch, method) builds the layer and the data and reports how far the peak
+resident set rises above that during one step (VmHWM, reset before it).
 
 Threads: torch.set_num_threads and netdeconv.set_num_threads (--threads, default 2); PyTorch's
 BLAS is whatever it links (printed). Prints a table per batch and `RESULT {json}` per case.
@@ -97,14 +97,14 @@ def _status_kib(field):
 
 
 def peak_mode(args):
-    """One case in this fresh process: how far the measured step's peak resident set (VmHWM, reset
-    through /proc/self/clear_refs) rises above the resident set before it, printed in MiB."""
+    """One case in this fresh process: how far the first step's peak resident set (VmHWM, reset
+    through /proc/self/clear_refs) rises above the resident set of the layer, x and g, in MiB. (A
+    second step would reuse memory the allocator kept from the first and show less.)"""
     shape, method = SHAPES[args.peak_shape], args.peak_method
     torch.set_num_threads(args.threads)
     netdeconv.set_num_threads(args.threads)
     layer = make(method, shape)
     x, g = inputs(shape, args.peak_batch)
-    step(layer, x, g)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM to the current resident set
     before = _status_kib("VmRSS")
