@@ -6,6 +6,7 @@
   reference  the reference deconvolution layer in pure PyTorch (ReferenceDeconv2d below: the
              statistics of bench/torch_reference.py, the running averages, conv2d with W', b')
   netdeconv  netdeconv.torch.Deconv2d (native statistics step and backward)
+  conv       nn.Conv2d alone (--floor): the conv that all three run, a floor under each
 
 on the layer shapes of docs/method.md §9 (H, W, Cin, Cout, blocks, k, S), float32, stride 1,
 padding k // 2. A step is y = layer(x), then autograd's backward of sum(y * g) into x, W and b (x
@@ -17,7 +18,7 @@ resident set rises above that during one step (VmHWM, reset before it).
 Threads: torch.set_num_threads and netdeconv.set_num_threads (--threads, default 2); PyTorch's
 BLAS is whatever it links (printed). Prints a table per batch and `RESULT {json}` per case.
 
-  .venv/bin/python bench/bench_torch.py [--batches 16 128] [--shapes all|I,J,..] [--reps 3]
+  .venv/bin/python bench/bench_torch.py [--batches 16 128] [--shapes all|I,J,..] [--reps 3] [--no-peak] [--floor]
 """
 import argparse
 import json
@@ -44,6 +45,7 @@ SHAPES = [(256, 256, 3, 64, 1, 3, 3), (128, 128, 64, 128, 1, 3, 3), (64, 64, 128
           (128, 128, 64, 128, 32, 3, 3), (256, 256, 3, 64, 1, 3, 5), (128, 128, 64, 128, 1, 3, 5),
           (256, 256, 3, 64, 1, 7, 3), (256, 256, 3, 64, 1, 7, 5), (256, 256, 3, 64, 1, 11, 3)]
 METHODS = ["bn", "reference", "netdeconv"]
+FLOOR = "conv"
 
 
 class ReferenceDeconv2d(torch.nn.Conv2d):
@@ -71,6 +73,8 @@ def make(method, shape):
     torch.manual_seed(0)
     if method == "bn":
         return torch.nn.Sequential(torch.nn.Conv2d(cin, cout, k, padding=k // 2), torch.nn.BatchNorm2d(cout))
+    if method == FLOOR:
+        return torch.nn.Conv2d(cin, cout, k, padding=k // 2)
     if method == "reference":
         return ReferenceDeconv2d(cin, cout, k, blocks, S)
     return ndt.Deconv2d(cin, cout, k, padding=k // 2, block=cin // blocks, sampling_stride=S)
@@ -131,6 +135,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-peak", action="store_true")
+    ap.add_argument("--floor", action="store_true", help="also time nn.Conv2d alone (RESULT median_s.conv)")
     ap.add_argument("--peak-shape", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--peak-batch", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--peak-method", help=argparse.SUPPRESS)
@@ -141,6 +146,7 @@ def main():
     netdeconv.set_num_threads(args.threads)
     torch.ones(64, 64) @ torch.ones(64, 64)  # loads the BLAS library, for blas_libraries()
     indices = range(len(SHAPES)) if args.shapes == "all" else [int(i) for i in args.shapes.split(",")]
+    methods = METHODS + [FLOOR] if args.floor else METHODS
     print(f"CPU: {cpu_model()} ({platform.machine()}); torch {torch.__version__} with {torch.get_num_threads()} threads; "
           f"netdeconv {netdeconv.build_info()['version']} ({netdeconv.build_info()['isa']}) with "
           f"{netdeconv.get_num_threads()} threads; BLAS: {', '.join(blas_libraries())}")
@@ -150,13 +156,13 @@ def main():
               f"  {'peak bn/ref/nd':>18}")
         for index in indices:
             shape = SHAPES[index]
-            layers = {m: make(m, shape) for m in METHODS}
+            layers = {m: make(m, shape) for m in methods}
             x, g = inputs(shape, batch)
-            times = {m: [] for m in METHODS}
-            for m in METHODS:
+            times = {m: [] for m in methods}
+            for m in methods:
                 step(layers[m], x, g)  # warm-up
             for rep in range(args.reps):
-                for m in METHODS[rep % 3:] + METHODS[:rep % 3]:
+                for m in methods[rep % len(methods):] + methods[:rep % len(methods)]:
                     t0 = time.perf_counter()
                     step(layers[m], x, g)
                     times[m].append(time.perf_counter() - t0)
@@ -165,8 +171,9 @@ def main():
             mem = {m: None for m in METHODS} if args.no_peak else {m: peak(args, index, batch, m) for m in METHODS}
             ratio_ref, ratio_bn = med["reference"] / med["netdeconv"], med["netdeconv"] / med["bn"]
             mems = "/".join("-" if v is None else f"{v:.0f}" for v in mem.values())
+            floor = f"  conv {med[FLOOR]:.3f}" if FLOOR in med else ""
             print(f"{' '.join(map(str, shape)):<30} {med['bn']:8.3f} {med['reference']:10.3f} {med['netdeconv']:10.3f} "
-                  f"{ratio_ref:7.2f} {ratio_bn:6.2f}  {mems:>18}", flush=True)
+                  f"{ratio_ref:7.2f} {ratio_bn:6.2f}  {mems:>18}{floor}", flush=True)
             print("RESULT " + json.dumps({"shape": shape, "batch": batch, "median_s": med, "times": times,
                                           "reference_over_netdeconv": ratio_ref, "netdeconv_over_bn": ratio_bn,
                                           "peak_mib": mem, "threads": args.threads}), flush=True)

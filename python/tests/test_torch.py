@@ -382,3 +382,33 @@ def test_bfloat16_under_autocast_takes_float32_statistics_of_the_same_values(kin
     assert rel(y.float(), yr.float()) <= 1e-3
     assert rel(xh.grad.float(), xr.grad) <= 4e-3
     assert rel(m.weight.grad, ref.weight.grad) <= 1e-5 and rel(m.bias.grad, ref.bias.grad) <= 1e-5
+
+
+def test_float32_layers_match_the_float64_reference(rng):
+    """float32 modules against the float64 reference models at 1e-4: float32 rounding through the
+    covariance, 5 Newton-Schulz steps and the fold (the C++ suite's float32 tolerance)."""
+    torch.manual_seed(4)
+    conv = ndt.Deconv2d(8, 6, 3, stride=2, block=4, sampling_stride=2)
+    x = torch.from_numpy(rng.standard_normal((3, 8, 9, 9)) + 0.5).float()
+    case = ref.conv_case("t", 3, 8, 9, 9, 6, 3, stride=2, padding=1, block=4, sampling_stride=2)
+    lin = ndt.DeconvLinear(12, 5, block=4)
+    xl = torch.from_numpy(rng.standard_normal((30, 12))).float()
+    chan = ndt.ChannelDeconv(4)
+    xc = torch.from_numpy(rng.standard_normal((3, 11, 5, 5)) + 0.3).float()
+    ccase = seq.channel("t", 1, 3, 11, 5, 5, 4)
+    runs = [(conv, x, lambda xr, w, b: ref.conv_forward(case, xr, w, b)[-1]),
+            (lin, xl, lambda xr, w, b: ref.linear_forward(ref.linear_case("t", 30, 12, 5, block=4), xr, w, b)[-1]),
+            (chan, xc, lambda xr: seq.channel_apply(ccase, xr, *seq.channel_batch_statistics(ccase, xr)))]
+    for m, x32, model in runs:
+        x32 = x32.clone().requires_grad_(True)
+        y = m(x32)
+        g = torch.from_numpy(rng.standard_normal(tuple(y.shape)))
+        (y.double() * g).sum().backward()
+        xr = x32.detach().double().requires_grad_(True)
+        params = [p.detach().double().requires_grad_(True) for p in m.parameters()]
+        yr = model(xr, *params)
+        (yr * g).sum().backward()
+        assert y.dtype == torch.float32 and rel(y.double(), yr) <= 1e-4, type(m).__name__
+        assert rel(x32.grad.double(), xr.grad) <= 1e-4, type(m).__name__
+        for p, pr in zip(m.parameters(), params):
+            assert rel(p.grad.double(), pr.grad) <= 1e-4, type(m).__name__
