@@ -19,6 +19,7 @@ Threads: torch.set_num_threads and netdeconv.set_num_threads (--threads, default
 BLAS is whatever it links (printed). Prints a table per batch and `RESULT {json}` per case.
 
   .venv/bin/python bench/bench_torch.py [--batches 16 128] [--shapes all|I,J,..] [--reps 3] [--no-peak] [--floor]
+  .venv/bin/python bench/bench_torch.py --plot OUT.png RESULTS.txt   # step times and peak memory of a run
 """
 import argparse
 import json
@@ -123,6 +124,30 @@ def peak(args, index, batch, method):
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
 
 
+def plot(results, out):
+    """Bars of the step times (left) and peak memory (right) per shape of a run's RESULT lines."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [json.loads(line[len("RESULT "):]) for line in open(results) if line.startswith("RESULT ")]
+    labels = [f"{r['shape'][0]}x{r['shape'][2]}-{r['shape'][3]} b{r['shape'][4]} k{r['shape'][5]} S{r['shape'][6]}"
+              for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 0.45 * len(rows) + 1.5), sharey=True)
+    y = range(len(rows))
+    for k, m in enumerate(METHODS):
+        off = [v + (k - 1) * 0.27 for v in y]
+        axes[0].barh(off, [r["median_s"][m] for r in rows], height=0.27, label=m)
+        axes[1].barh(off, [r["peak_mib"][m] or 0 for r in rows], height=0.27, label=m)
+    axes[0].set_yticks(list(y), labels)
+    axes[0].invert_yaxis()
+    axes[0].set_xlabel("forward + backward step (s, median)")
+    axes[1].set_xlabel("peak memory of a step (MiB)")
+    axes[0].legend()
+    fig.suptitle(f"one training step, batch {rows[0]['batch']}, float32, {rows[0]['threads']} threads")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
 def cpu_model():
     out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
@@ -136,12 +161,15 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-peak", action="store_true")
     ap.add_argument("--floor", action="store_true", help="also time nn.Conv2d alone (RESULT median_s.conv)")
+    ap.add_argument("--plot", nargs=2, metavar=("OUT", "RESULTS"), help="plot a run's RESULT lines and exit")
     ap.add_argument("--peak-shape", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--peak-batch", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--peak-method", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.peak_method:
         return peak_mode(args)
+    if args.plot:
+        return plot(args.plot[1], args.plot[0])
     torch.set_num_threads(args.threads)
     netdeconv.set_num_threads(args.threads)
     torch.ones(64, 64) @ torch.ones(64, 64)  # loads the BLAS library, for blas_libraries()
