@@ -151,8 +151,9 @@ class _HalfFold(torch.autograd.Function):
         if seen is None:  # a frozen or kept step: mu and D are constants
             return torch.zeros_like(x), g.weight, g.bias, None, None, None
         dcov, dmean = (t.float() for t in seen)
-        dx = torch.cat([ctx.module._covariance_vjp(piece, ctx.moments, dcov, dmean) for piece in _pieces(x.detach())])
-        return dx.to(x.dtype), g.weight, g.bias, None, None, None
+        pieces = [ctx.module._covariance_vjp(piece, ctx.moments, dcov, dmean) for piece in _pieces(x.detach())]
+        dx = torch.cat(pieces).to(x.dtype) if pieces else torch.zeros_like(x)  # a process's empty shard
+        return dx, g.weight, g.bias, None, None, None
 
 
 class _TrainFold(torch.autograd.Function):
@@ -348,6 +349,8 @@ class Deconv2d(_FoldingMixin, torch.nn.Conv2d):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=1, dilation=1, groups=1, bias=True,
                  eps=1e-5, n_iter=5, momentum=0.1, block=64, sampling_stride=3, freeze=False, freeze_iter=100,
                  options=None, sync=False, sync_group=None):
+        if isinstance(padding, str):
+            raise ValueError(f"Deconv2d: padding must be an int or a pair, got {padding!r}")
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
         self._config = ConvConfig(_pair(kernel_size), stride=_pair(stride), padding=_pair(padding),
                                   dilation=_pair(dilation), groups=groups,

@@ -204,6 +204,8 @@ def test_bad_arguments_raise_with_their_values():
         ndt.DeconvLinear(8, 4)(torch.randn(2, 7))
     with pytest.raises(ValueError, match="x must have 4 dimensions"):
         ndt.Deconv2d(8, 4, 3)(torch.randn(8, 4, 4))
+    with pytest.raises(ValueError, match="padding must be an int or a pair, got 'same'"):
+        ndt.Deconv2d(8, 4, 3, padding="same")
     with pytest.raises(ValueError, match="statistics need >= 2 samples, got 0"):
         ndt.Deconv2d(8, 4, 3)(torch.randn(0, 8, 4, 4))
     with pytest.raises(TypeError, match="dtype torch.int32, expected torch.float32 or torch.float64"):
