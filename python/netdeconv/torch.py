@@ -157,29 +157,29 @@ class _HalfFold(torch.autograd.Function):
 
 
 class _TrainFold(torch.autograd.Function):
-    """(W', b') of the batch x, with the step backward."""
+    """(W', b') of the batch x, with the step backward; hook: the layer's _Hook when it syncs."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, layer, sync):
+    def forward(ctx, x, weight, bias, layer, hook):
         step = layer.train_step(x.detach(), weight.detach(), bias.detach())
-        ctx.layer, ctx.diagnostic, ctx.sync = layer, layer.diagnostic, sync
-        if sync is not None:
-            ctx.moments, sync.recorded = sync.recorded, None
+        ctx.layer, ctx.diagnostic, ctx.hook = layer, layer.diagnostic, hook
+        if hook is not None:
+            ctx.moments, hook.recorded = hook.recorded, None
         ctx.save_for_backward(x, weight, bias, step.mean, step.D)
         return step.weight, step.bias
 
     @staticmethod
     def backward(ctx, grad_weight, grad_bias):
         x, weight, bias, mean, D = ctx.saved_tensors
-        sync = ctx.sync
-        if sync is not None:
-            sync.replay = ctx.moments
+        hook = ctx.hook
+        if hook is not None:
+            hook.replay = ctx.moments
         try:
             g = ctx.layer.backward(x.detach(), weight.detach(), bias.detach(), mean, D, grad_weight.contiguous(),
                                    grad_bias.contiguous(), step=ctx.diagnostic)
         finally:
-            if sync is not None:
-                sync.replay = None
+            if hook is not None:
+                hook.replay = None
         return g.x, g.weight, g.bias, None, None
 
 
