@@ -308,7 +308,17 @@ class _StateMixin:
 
 
 class _FoldingMixin(_StateMixin):
-    """Training folds the batch's statistics into (W', b'), evaluation the running ones."""
+    """Training folds the batch's statistics into (W', b'), evaluation the running ones. A subclass
+    names its state object (_Layer), its input width (_width) and its moments and covariance VJP."""
+
+    def _make_layer(self, dtype):
+        return self._Layer(self._width(), self._config, self._options, dtype=_dtype_name(self, dtype))
+
+    def _moments(self, x):
+        return self._moments_of(x, self._config)
+
+    def _covariance_vjp(self, x, moments, dcov, dmean):
+        return self._covariance_vjp_of(x, self._config, moments, dcov, dmean)
 
     def _bias(self):
         if self.bias is not None:
@@ -330,6 +340,14 @@ class _FoldingMixin(_StateMixin):
     def _exported_weights(self):
         _check_cpu(self, self.weight)
         return self._state(self.weight.dtype).eval(self.weight.detach(), self._bias().detach())
+
+
+def _with_weights(module, weight, bias):
+    """module (a new nn.Conv2d or nn.Linear) holding weight and bias."""
+    with torch.no_grad():
+        module.weight.copy_(weight)
+        module.bias.copy_(bias)
+    return module
 
 
 def _pair(v):
@@ -362,14 +380,11 @@ class Deconv2d(_FoldingMixin, torch.nn.Conv2d):
         self._init_state(*self._make_layer(torch.float32).plan)
         self._init_sync(sync, sync_group)
 
-    def _make_layer(self, dtype):
-        return ConvDeconvLayer(self.in_channels, self._config, self._options, dtype=_dtype_name(self, dtype))
+    _Layer, _moments_of, _covariance_vjp_of = ConvDeconvLayer, staticmethod(conv_moments), \
+        staticmethod(conv_covariance_vjp)
 
-    def _moments(self, x):
-        return conv_moments(x, self._config)
-
-    def _covariance_vjp(self, x, moments, dcov, dmean):
-        return conv_covariance_vjp(x, self._config, moments, dcov, dmean)
+    def _width(self):
+        return self.in_channels
 
     def forward(self, x):
         W, b = self._folded(x)
@@ -378,12 +393,9 @@ class Deconv2d(_FoldingMixin, torch.nn.Conv2d):
     def export(self):
         """A plain nn.Conv2d (with a bias) computing what this layer computes in evaluation."""
         W, b = self._exported_weights()
-        conv = torch.nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                               self.dilation, self.groups, True, device=W.device, dtype=W.dtype)
-        with torch.no_grad():
-            conv.weight.copy_(W)
-            conv.bias.copy_(b)
-        return conv
+        return _with_weights(torch.nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
+                                             self.padding, self.dilation, self.groups, True, device=W.device,
+                                             dtype=W.dtype), W, b)
 
 
 class DeconvLinear(_FoldingMixin, torch.nn.Linear):
@@ -398,14 +410,11 @@ class DeconvLinear(_FoldingMixin, torch.nn.Linear):
         self._init_state(*self._make_layer(torch.float32).plan)
         self._init_sync(sync, sync_group)
 
-    def _make_layer(self, dtype):
-        return LinearDeconvLayer(self.in_features, self._config, self._options, dtype=_dtype_name(self, dtype))
+    _Layer, _moments_of, _covariance_vjp_of = LinearDeconvLayer, staticmethod(linear_moments), \
+        staticmethod(linear_covariance_vjp)
 
-    def _moments(self, x):
-        return linear_moments(x, self._config)
-
-    def _covariance_vjp(self, x, moments, dcov, dmean):
-        return linear_covariance_vjp(x, self._config, moments, dcov, dmean)
+    def _width(self):
+        return self.in_features
 
     def forward(self, x):
         if x.dim() == 0 or x.shape[-1] != self.in_features:
@@ -417,11 +426,8 @@ class DeconvLinear(_FoldingMixin, torch.nn.Linear):
     def export(self):
         """A plain nn.Linear (with a bias) computing what this layer computes in evaluation."""
         W, b = self._exported_weights()
-        linear = torch.nn.Linear(self.in_features, self.out_features, True, device=W.device, dtype=W.dtype)
-        with torch.no_grad():
-            linear.weight.copy_(W)
-            linear.bias.copy_(b)
-        return linear
+        return _with_weights(torch.nn.Linear(self.in_features, self.out_features, True, device=W.device,
+                                             dtype=W.dtype), W, b)
 
 
 class ChannelDeconv(_StateMixin, torch.nn.Module):
@@ -483,10 +489,7 @@ class ChannelDeconv(_StateMixin, torch.nn.Module):
             scale = 1 / torch.sqrt(v.double() + self.eps)
             W[c:, c:] = torch.eye(C - c, dtype=D.dtype) * scale
             b[c:] = -m * scale
-        conv = torch.nn.Conv2d(C, C, 1, device=D.device, dtype=D.dtype)
-        conv.weight.copy_(W.reshape(C, C, 1, 1))
-        conv.bias.copy_(b)
-        return conv
+        return _with_weights(torch.nn.Conv2d(C, C, 1, device=D.device, dtype=D.dtype), W.reshape(C, C, 1, 1), b)
 
 
 def _replace(model, path, module):
@@ -506,10 +509,7 @@ def _deconv_of(layer, args):
     else:
         new = DeconvLinear(layer.in_features, layer.out_features, True, **args)
     new = new.to(device=w.device, dtype=w.dtype)
-    with torch.no_grad():
-        new.weight.copy_(w)
-        new.bias.copy_(layer.bias if layer.bias is not None else torch.zeros_like(new.bias))
-    return new
+    return _with_weights(new, w, layer.bias if layer.bias is not None else torch.zeros_like(new.bias))
 
 
 def convert(model, conv_args=None, linear_args=None):
