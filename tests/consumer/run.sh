@@ -15,7 +15,7 @@ fail() { echo "consumer: FAIL: $*" >&2; exit 1; }
 step() { echo "== $*"; }
 
 step "install the library into $tmp/prefix"
-meson setup "$tmp/build" "$src" --prefix="$tmp/prefix" -Dtests=false -Dexamples=false >"$tmp/setup.log" 2>&1 ||
+meson setup "$tmp/build" "$src" --prefix="$tmp/prefix" -Dtests=false -Dexamples=false -Dbench=disabled >"$tmp/setup.log" 2>&1 ||
   { cat "$tmp/setup.log"; fail "meson setup of $src"; }
 meson install -C "$tmp/build" >"$tmp/install.log" 2>&1 || { cat "$tmp/install.log"; fail "meson install"; }
 pc=$(find "$tmp/prefix" -name netdeconv.pc)
