@@ -84,6 +84,8 @@ def generate():
             line = line.replace("config: object", "config: ConvConfig | LinearConfig")
             line = line.replace("dtype: object | None", "dtype: str | None")
             line = re.sub(r": object\b", ": Array", line)
+        # The build's facts (isa, simd_arch, compiler, ...) differ between machines and builds: types only.
+        line = re.sub(r"^(\w+): (str|bool) = .*$", r"\1: \2", line)
         lines.append(line)
     return HEADER + "\n".join(lines).rstrip() + "\n"
 

@@ -820,7 +820,10 @@ void check_statistics_steps(rng_t& rng) {
     }
   };
   for (int trial = 0; trial < 9; ++trial) {
-    auto [cfg, plan, C] = random_conv_case(rng, trial);
+    conv_case drawn = random_conv_case(rng, trial);
+    conv_deconv_config& cfg = drawn.cfg;
+    const block_plan& plan = drawn.plan;
+    const index_t C = drawn.C;
     cfg.isqrt = trial % 3 == 2 ? isqrt_options::converged(std::is_same_v<T, float> ? 1e-3 : 1e-9, 60) : isqrt_options::fixed(5);
     if (trial % 2) cfg.isqrt.scaling = isqrt_scaling::trace;
     const auto x = random_image<T>(rng, uniform(rng, 1, 3), C, uniform(rng, 6, 14), uniform(rng, 6, 12), 1.0);
@@ -890,7 +893,10 @@ void check_statistics_step_vjps(rng_t& rng) {
     return o;
   };
   for (int trial = 0; trial < 9; ++trial) {
-    auto [cfg, plan, C] = random_conv_case(rng, trial);
+    conv_case drawn = random_conv_case(rng, trial);
+    conv_deconv_config& cfg = drawn.cfg;
+    const block_plan& plan = drawn.plan;
+    const index_t C = drawn.C;
     cfg.isqrt = isqrt(trial);
     const auto x = random_image<T>(rng, uniform(rng, 1, 3), C, uniform(rng, 6, 14), uniform(rng, 6, 12), 1.0);
     if (patch_sampler<T>(x.cpu(), cfg.geometry, cfg.sampling_stride).rows() * plan.rows_per_patch() < 2) continue;
@@ -936,7 +942,10 @@ template <class B, class T>
 void check_sharded_vjp(rng_t& rng) {
   using oracle_backend = cpu_backend<sequential_policy>;
   for (int trial = 1; trial <= 3; ++trial) {  // random_conv_case gives 1x1 kernels at trial 0 mod 4
-    auto [cfg, plan, C] = random_conv_case(rng, trial);
+    conv_case drawn = random_conv_case(rng, trial);
+    conv_deconv_config& cfg = drawn.cfg;
+    const block_plan& plan = drawn.plan;
+    const index_t C = drawn.C;
     cfg.isqrt = isqrt_options::fixed(5);
     const auto x = random_image<T>(rng, 5, C, uniform(rng, 6, 10), uniform(rng, 6, 10), 1.0);
     const index_t S = plan.count(), F = plan.features(), cout = plan.groups * uniform(rng, 1, 2);

@@ -34,9 +34,9 @@ using golden_file::golden;
 using golden_file::parse;
 
 /// Number of cases generate_goldens.py writes; update both together.
-constexpr std::size_t expected_cases = 16;
+constexpr std::size_t expected_golden_count = 16;
 
-std::vector<golden> load_goldens() {
+std::vector<golden> load_reference_goldens() {
   const std::filesystem::path dir(NETDECONV_GOLDEN_DIR);
   REQUIRE_MESSAGE(std::filesystem::is_directory(dir), "goldens directory ", dir.string(),
                   " is missing: run tests/reference/generate_goldens.py");
@@ -49,13 +49,13 @@ std::vector<golden> load_goldens() {
   return out;
 }
 
-const std::vector<golden>& goldens() {
-  static const std::vector<golden> all = load_goldens();
+const std::vector<golden>& reference_goldens() {
+  static const std::vector<golden> all = load_reference_goldens();
   return all;
 }
 
 template <class T, class U>
-std::vector<T> cast(const std::vector<U>& v) {
+std::vector<T> converted(const std::vector<U>& v) {
   return std::vector<T>(v.begin(), v.end());
 }
 
@@ -66,7 +66,7 @@ bool float32_exact(const std::vector<double>& v) {
 
 /// Largest relative error seen per (type, quantity), reported at the end of each type's run.
 template <class T>
-std::map<std::string, double>& worst() {
+std::map<std::string, double>& worst_error() {
   static std::map<std::string, double> m;
   return m;
 }
@@ -77,7 +77,7 @@ void compare(const golden& g, const std::string& quantity, const std::vector<dou
   CAPTURE(quantity);
   REQUIRE(out.size() == ref.size());
   const double err = oracle::rel_err(out, ref);
-  auto& w = worst<T>()[quantity];
+  auto& w = worst_error<T>()[quantity];
   w = std::max(w, err);
   CHECK_MESSAGE(err <= tol, g.name(), ": ", quantity, " relative error ", err, " > ", tol);
 }
@@ -101,8 +101,8 @@ void compare_step(const golden& g, const statistics_step_result<T>& step, double
       for (index_t j = 0; j < d.cols(); ++j) D.push_back(double(d(i, j)));
   compare<T>(g, "mean", mean, tol);
   compare<T>(g, "D", D, tol);
-  compare<T>(g, "weight_folded", cast<double>(step.weight), tol);
-  compare<T>(g, "bias_folded", cast<double>(step.bias), tol);
+  compare<T>(g, "weight_folded", converted<double>(step.weight), tol);
+  compare<T>(g, "bias_folded", converted<double>(step.bias), tol);
 }
 
 template <class T>
@@ -123,8 +123,8 @@ void compare_backward(const golden& g, const std::vector<double>& dx, const std:
                       const std::vector<isqrt_report>& reports, double tol) {
   for (const auto& r : reports) CHECK(r.status == isqrt_status::ok);
   compare<T>(g, "grad_x", dx, tol);
-  compare<T>(g, "grad_weight", cast<double>(dw), tol);
-  if (g.get("bias") != 0) compare<T>(g, "grad_bias", cast<double>(db), tol);
+  compare<T>(g, "grad_weight", converted<double>(dw), tol);
+  if (g.get("bias") != 0) compare<T>(g, "grad_bias", converted<double>(db), tol);
 }
 
 template <class T, class Policy>
@@ -147,19 +147,19 @@ void run_conv(const golden& g, const Policy& policy, int layout, double tol) {
     for (index_t c = 0; c < C; ++c)
       for (index_t y = 0; y < H; ++y)
         for (index_t xx = 0; xx < W; ++xx, ++i) x(n, c, y, xx) = T(xr[i]);
-  const auto weight = cast<T>(g.array("weight"));
+  const auto weight = converted<T>(g.array("weight"));
   REQUIRE(index_t(weight.size()) == cout * (C / groups) * k * k);
-  const auto bias = (g.get("bias") != 0) ? cast<T>(g.array("bias")) : std::vector<T>{};
+  const auto bias = (g.get("bias") != 0) ? converted<T>(g.array("bias")) : std::vector<T>{};
   const vector_view<const T> bias_view = bias.empty() ? vector_view<const T>{} : contiguous(bias.data(), cout);
 
   const auto step = conv_statistics_step(policy, x.cview(), nchw(weight.data(), cout, C / groups, k, k), bias_view, cfg);
   compare_step(g, step, tol);
   // The layer output: the host framework's conv with (W', b'), here the float64 oracle conv.
-  const auto y = oracle::conv2d(x, cast<double>(step.weight), cast<double>(step.bias), cout, cfg.geometry, groups);
+  const auto y = oracle::conv2d(x, converted<double>(step.weight), converted<double>(step.bias), cout, cfg.geometry, groups);
   compare<T>(g, "y", y, tol);
 
   // The backward for the goldens' upstream gradients, dL/dx_stats in x's layout.
-  const auto gw = cast<T>(g.array("grad_weight_folded")), gb = cast<T>(g.array("grad_bias_folded"));
+  const auto gw = converted<T>(g.array("grad_weight_folded")), gb = converted<T>(g.array("grad_bias_folded"));
   const checks::flat_statistics<T> stats(step.statistics);
   oracle::image<T> dx(N, C, H, W, layout);
   std::vector<T> dw(weight.size()), db(bias.size());
@@ -184,11 +184,11 @@ void run_linear(const golden& g, const Policy& policy, double tol) {
   cfg.block = g.get("block");
   cfg.eps = g.get_double("eps");
   cfg.isqrt = isqrt_options::fixed(int(g.get("n_iter")));
-  const auto x = cast<T>(g.array("x"));
-  const auto weight = cast<T>(g.array("weight"));
+  const auto x = converted<T>(g.array("x"));
+  const auto weight = converted<T>(g.array("weight"));
   REQUIRE(index_t(x.size()) == rows * fin);
   REQUIRE(index_t(weight.size()) == cout * fin);
-  const auto bias = (g.get("bias") != 0) ? cast<T>(g.array("bias")) : std::vector<T>{};
+  const auto bias = (g.get("bias") != 0) ? converted<T>(g.array("bias")) : std::vector<T>{};
   const vector_view<const T> bias_view = bias.empty() ? vector_view<const T>{} : contiguous(bias.data(), cout);
 
   const auto step = linear_statistics_step(policy, row_major(x.data(), rows, fin),
@@ -203,7 +203,7 @@ void run_linear(const golden& g, const Policy& policy, double tol) {
     }
   compare<T>(g, "y", y, tol);
 
-  const auto gw = cast<T>(g.array("grad_weight_folded")), gb = cast<T>(g.array("grad_bias_folded"));
+  const auto gw = converted<T>(g.array("grad_weight_folded")), gb = converted<T>(g.array("grad_bias_folded"));
   const checks::flat_statistics<T> stats(step.statistics);
   std::vector<T> dx(x.size()), dw(weight.size()), db(bias.size());
   std::vector<isqrt_report> reports(static_cast<std::size_t>(stats.view.plan.count()));
@@ -211,7 +211,7 @@ void run_linear(const golden& g, const Policy& policy, double tol) {
                              stats.view, row_major(gw.data(), cout, fin), contiguous(gb.data(), cout),
                              {row_major(dw.data(), cout, fin), bias.empty() ? vector_view<T>{} : contiguous(db.data(), cout),
                               row_major(dx.data(), rows, fin), contiguous(reports.data(), index_t(reports.size()))});
-  compare_backward<T>(g, cast<double>(dx), dw, db, reports, backward_tolerance<T>());
+  compare_backward<T>(g, converted<double>(dx), dw, db, reports, backward_tolerance<T>());
 }
 
 
@@ -219,9 +219,9 @@ void run_linear(const golden& g, const Policy& policy, double tol) {
 }  // namespace
 
 TEST_CASE("the golden files are all there and well formed") {
-  const auto& all = goldens();
-  CHECK_MESSAGE(all.size() == expected_cases, "found ", all.size(), " golden files in " NETDECONV_GOLDEN_DIR
-                ", expected ", expected_cases, " (regenerate with tests/reference/generate_goldens.py)");
+  const auto& all = reference_goldens();
+  CHECK_MESSAGE(all.size() == expected_golden_count, "found ", all.size(), " golden files in " NETDECONV_GOLDEN_DIR
+                ", expected ", expected_golden_count, " (regenerate with tests/reference/generate_goldens.py)");
   for (const auto& g : all) {
     CAPTURE(g.file);
     CHECK(g.file == g.name() + ".txt");
@@ -239,9 +239,9 @@ TEST_CASE("the golden files are all there and well formed") {
 }
 
 TEST_CASE_TEMPLATE("the statistics step reproduces the reference layers' training forward", T, float, double) {
-  const auto& all = goldens();
+  const auto& all = reference_goldens();
   REQUIRE_MESSAGE(!all.empty(), "no golden files in " NETDECONV_GOLDEN_DIR);
-  worst<T>().clear();
+  worst_error<T>().clear();
   for (const auto& g : all) {
     const std::string name = g.name();
     CAPTURE(name);
@@ -263,7 +263,7 @@ TEST_CASE_TEMPLATE("the statistics step reproduces the reference layers' trainin
     }
   }
   std::string summary;
-  for (const auto& [quantity, err] : worst<T>()) {
+  for (const auto& [quantity, err] : worst_error<T>()) {
     char buf[64];
     std::snprintf(buf, sizeof buf, "%.3g", err);
     summary += " " + quantity + "=" + buf;

@@ -43,7 +43,7 @@ void check_result(const statistics_step_result<T>& got, const expected& e, doubl
 }
 
 template <class T>
-std::vector<T> random_vector(index_t n, std::mt19937_64& rng) {
+std::vector<T> random_values(index_t n, std::mt19937_64& rng) {
   std::normal_distribution<double> normal;
   std::vector<T> v(n);
   for (auto& e : v) e = T(normal(rng));
@@ -81,8 +81,8 @@ TEST_CASE_TEMPLATE("conv statistics step equals the float64 pipeline of docs/met
         const index_t cout = 2 * sc.groups, cg = sc.C / sc.groups;
         oracle::image<T> x(3, sc.C, 10, 9, memory);
         oracle::fill_normal(x, rng, 0.3);
-        const auto W = random_vector<T>(cout * cg * sc.k * sc.k, rng);
-        const auto b = random_vector<T>(with_bias ? cout : 0, rng);
+        const auto W = random_values<T>(cout * cg * sc.k * sc.k, rng);
+        const auto b = random_values<T>(with_bias ? cout : 0, rng);
         const auto got = conv_statistics_step(omp_policy{}, x.cview(), nchw<const T>(W.data(), cout, cg, sc.k, sc.k),
                                               with_bias ? contiguous<const T>(b.data(), cout) : vector_view<const T>{},
                                               config);
@@ -105,7 +105,7 @@ TEST_CASE_TEMPLATE("linear statistics step equals the float64 pipeline", T, floa
       linear_deconv_config config;
       config.layout = layout;
       config.block = block;
-      const auto x = random_vector<T>(rows * fin, rng), W = random_vector<T>(cout * fin, rng), b = random_vector<T>(cout, rng);
+      const auto x = random_values<T>(rows * fin, rng), W = random_values<T>(cout * fin, rng), b = random_values<T>(cout, rng);
       const auto got = linear_statistics_step(seq, row_major<const T>(x.data(), rows, fin),
                                               row_major<const T>(W.data(), cout, fin), contiguous<const T>(b.data(), cout),
                                               config);
@@ -219,7 +219,7 @@ TEST_CASE("float32 statistics of post-ReLU activations: dead channels and fewer 
         for (index_t n = 0; n < rc.N; ++n)
           for (index_t y = 0; y < H; ++y)
             for (index_t xx = 0; xx < H; ++xx) x(n, 1, y, xx) = 0.0f;
-      const auto W = random_vector<float>(cout * cg * 9, rng), b = random_vector<float>(cout, rng);
+      const auto W = random_values<float>(cout * cg * 9, rng), b = random_values<float>(cout, rng);
       const block_plan plan = make_block_plan(layout, rc.C, 9, config.block, config.groups);
       const auto e = pipeline(oracle::sampled_rows(x, config.geometry, 3), plan, config.eps, 5,
                               std::vector<double>(W.begin(), W.end()), std::vector<double>(b.begin(), b.end()), cout);

@@ -151,7 +151,7 @@ class channel_deconv_layer {
   void attach_state(const Policy& policy, const running_state_view<T>& state) {
     detail::layer_backend<Policy>::attach(policy, core_, state);
   }
-  const step_diagnostic& diagnostic() const { return core_.diagnostic(); }
+  step_diagnostic diagnostic() const { return core_.diagnostic(); }
   index_t steps() const { return core_.steps(); }
 
   std::vector<std::uint8_t> state() const {

@@ -225,9 +225,11 @@ class deconv_core {
 
   index_t steps() const { return host_state("steps").counters(0); }
   index_t counter() const { return host_state("freeze_counter").counters(1); }
-  const step_diagnostic& diagnostic() const {
-    diagnostic_.failures = host_state("diagnostic").counters(2);
-    return diagnostic_;
+  /// A copy, so that const calls from several threads never write (docs/hardening.md, "Threads").
+  step_diagnostic diagnostic() const {
+    step_diagnostic d = diagnostic_;
+    d.failures = host_state("diagnostic").counters(2);
+    return d;
   }
 
   /// Checks `state` for this layer (shapes, writable, disjoint): what attach and its CUDA form need.
@@ -431,7 +433,8 @@ class deconv_core {
       if (!finite) fail("holds non-finite running statistics for block ", s);
       if (std::sqrt(asymmetry) > double(F) * double(std::numeric_limits<T>::epsilon()) * std::sqrt(norm))
         fail("holds a non-symmetric running covariance for block ", s);
-    }    if (remaining_ > 0) {
+    }
+    if (remaining_ > 0) {
       const T mean = st.remaining(0), var = st.remaining(1);
       if (!(std::isfinite(mean) && std::isfinite(var) && var >= T(0) && double(var) + eps_ > 0))
         fail("holds remaining-channel mean ", mean, " and variance ", var,
@@ -450,7 +453,7 @@ class deconv_core {
   running_state_view<T> state_;  ///< views of values_/counters_, or the caller's (attached_)
   state_memory memory_ = state_memory::host;
   bool attached_ = false;
-  mutable step_diagnostic diagnostic_;  ///< the last step's; failures read from the counters
+  step_diagnostic diagnostic_;  ///< the last step's; failures read from the counters
   std::shared_ptr<void> backend_memory_;
   std::shared_ptr<const statistics_reduction> reduction_;
 };
@@ -468,7 +471,7 @@ class folding_layer {
   /// Running statistics (mean and D per statistic of plan()); host state only.
   block_statistics<T> running() const { return running_statistics(core_); }
   const block_plan& plan() const { return core_.plan(); }
-  const step_diagnostic& diagnostic() const { return core_.diagnostic(); }
+  step_diagnostic diagnostic() const { return core_.diagnostic(); }
   /// Training steps seen, and the reference freeze counter (steps mod 10 * freeze_iter).
   index_t steps() const { return core_.steps(); }
   index_t freeze_counter() const { return core_.counter(); }

@@ -156,7 +156,7 @@ struct layer_backend {
                    const vector_view<const T>& bias, const statistics_step_outputs<T, 4>& out) {
     const block_statistics<T> stats = train(policy, core, source);
     store_statistics(stats, out.mean, out.D);
-    const std::vector<isqrt_report>& reports = core.diagnostic().reports;
+    const std::vector<isqrt_report> reports = core.diagnostic().reports;
     for (index_t s = 0; s < out.reports.shape[0]; ++s)
       out.reports(s) = reports.empty() ? isqrt_report{0, std::numeric_limits<double>::quiet_NaN(), isqrt_status::ok}
                                        : reports[std::size_t(s)];
@@ -212,7 +212,7 @@ struct layer_backend {
     const channel_used<T> u = channel_step(policy, core, spec, x, y);
     store_statistics(u.stats, used.mean, used.D);
     if (!used.remaining.empty()) used.remaining(0) = u.remaining.mean, used.remaining(1) = u.remaining.var;
-    const std::vector<isqrt_report>& r = core.diagnostic().reports;
+    const std::vector<isqrt_report> r = core.diagnostic().reports;
     reports(0) = r.empty() ? isqrt_report{0, std::numeric_limits<double>::quiet_NaN(), isqrt_status::ok} : r[0];
   }
 

@@ -123,7 +123,8 @@ for _name in _PICKLED:
 
 def build_info():
     """What was chosen and how it was built: the kernels' instruction set (``isa``), the ones this
-    CPU runs (``supported``), xsimd's architecture in that module, OpenMP, the compiler."""
+    CPU runs (``supported``), xsimd's architecture in that module, OpenMP, the compiler, and
+    whether the module is built with AddressSanitizer (scripts/sanitize)."""
     return {
         "isa": _isa,
         "supported": list(_supported),
@@ -131,6 +132,7 @@ def build_info():
         "simd_arch": _core.simd_arch,
         "openmp": _core.openmp,
         "compiler": _core.compiler,
+        "address_sanitizer": _core.address_sanitizer,
         "version": __version__,
     }
 

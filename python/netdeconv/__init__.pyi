@@ -337,13 +337,15 @@ def set_num_threads(threads: int) -> None:
 
 def get_num_threads() -> int: ...
 
-isa: str = 'avx2'
+isa: str
 
-openmp: bool = True
+openmp: bool
 
-simd_arch: str = 'fma3+avx2'
+simd_arch: str
 
-compiler: str = '12.2.0'
+compiler: str
+
+address_sanitizer: bool
 
 def whiten(x: Array, *, eps: float = 1e-05, isqrt: IsqrtOptions = ..., block: int = 0, columns_are_samples: bool = False, out: Array | None = None, check: bool = True) -> Whitening:
     """
@@ -632,4 +634,4 @@ class ChannelDeconvLayer:
     @property
     def diagnostic(self) -> StepDiagnostic: ...
 
-jax_ffi: bool = True
+jax_ffi: bool

@@ -291,6 +291,11 @@ void bind_types(nb::module_& m) {
 #endif
   m.attr("simd_arch") = xsimd::default_arch::name();
   m.attr("compiler") = __VERSION__;
+#if defined(__SANITIZE_ADDRESS__)
+  m.attr("address_sanitizer") = true;  // scripts/sanitize's build
+#else
+  m.attr("address_sanitizer") = false;
+#endif
 }
 
 }  // namespace netdeconv::python

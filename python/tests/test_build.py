@@ -31,6 +31,8 @@ def test_build_info_names_the_chosen_kernels():
     assert info["isa"] in info["supported"] and info["isa"] == nd._core.isa
     assert info["supported"][0] == info["isa"] or info["requested"]
     assert info["openmp"] is True
+    # scripts/sanitize runs this suite on its AddressSanitizer build, and says so.
+    assert info["address_sanitizer"] is (os.environ.get("NETDECONV_EXPECT_SANITIZED") == "1")
 
 
 def test_every_supported_module_gives_the_same_results():
