@@ -163,7 +163,11 @@ class deconv_core {
     NETDECONV_REQUIRE(options.max_eps_raises >= 0 && options.max_eps_raises <= 30, fn,
                       "max_eps_raises must be in [0, 30] (eps x 10^30 at most), got ", options.max_eps_raises);
     const index_t S = plan.count(), F = plan.features();
-    values_.assign(std::size_t(S * F + S * F * F * (options.average_covariance ? 2 : 1) + remaining), T(0));
+    // S*F + S*F*F (twice with a running Cov) + remaining entries, each product checked.
+    const char* what = "running state entries";
+    const index_t squares = checked_mul(fn, what, checked_mul(fn, what, F, F), options.average_covariance ? 2 : 1);
+    const index_t entries = checked_add(fn, what, checked_mul(fn, what, S, checked_add(fn, what, F, squares)), remaining);
+    values_.assign(std::size_t(entries), T(0));
     counters_.assign(3, 0);
     bind_owned();
     for (index_t s = 0; s < S; ++s)

@@ -273,7 +273,12 @@ struct layer_backend {
     const double eps = step.outcome == step_outcome::eps_raised ? core.eps() * std::pow(10.0, step.eps_raises) : core.eps();
     statistics_backward how{.eps = eps, .relative_eps = core.options().relative_eps, .isqrt = core.isqrt(),
                             .constants = constants, .uncentred = core.uncentred(), .reduction = core.reduction()};
-    if (step.outcome == step_outcome::exact_fallback) how.exact_blocks = step.exact_blocks;
+    if (step.outcome == step_outcome::exact_fallback) {
+      for (const index_t s : step.exact_blocks)  // a diagnostic of another layer would index out of range
+        NETDECONV_REQUIRE(s >= 0 && s < core.plan().count(), "backward", "the step's diagnostic names statistic ", s,
+                          " (exact_fallback), this layer has ", core.plan().count(), ": pass this layer's own diagnostic()");
+      how.exact_blocks = step.exact_blocks;
+    }
     return how;
   }
 

@@ -37,7 +37,7 @@ struct moments_view {
   NETDECONV_HOST_DEVICE index_t features() const { return mean.shape[1]; }
 
   template <class U = D, class = std::enable_if_t<!std::is_const_v<U>>>
-  NETDECONV_HOST_DEVICE operator moments_view<const double>() const {
+  NETDECONV_HOST_DEVICE operator moments_view<const U>() const {
     return {count, mean, scatter};
   }
 };

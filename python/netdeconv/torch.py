@@ -244,6 +244,8 @@ def _dtype_name(module, dtype):
 
 
 def _check_cpu(module, x):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{type(module).__name__}: x must be a torch.Tensor, got {type(x).__module__}.{type(x).__name__}")
     if x.device.type != "cpu":
         raise TypeError(f"{type(module).__name__}: this build of netdeconv runs on the CPU, x is on {x.device}")
 
@@ -417,6 +419,7 @@ class DeconvLinear(_FoldingMixin, torch.nn.Linear):
         return self.in_features
 
     def forward(self, x):
+        _check_cpu(self, x)
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"DeconvLinear: x must be (..., {self.in_features}), got shape {tuple(x.shape)}")
         rows = x.reshape(-1, self.in_features)

@@ -93,9 +93,11 @@ class array_out {
  public:
   /// New contiguous (row-major) memory of `shape`, handed to `fw` by result().
   array_out(framework fw, const index_array<R>& shape) : fw_(fw) {
-    index_t n = 1;
-    for (int i = 0; i < R; ++i) n *= shape[i];
-    const std::size_t bytes = (std::size_t(n) * sizeof(T) + 63) / 64 * 64;
+    index_t n = 1;  // the bytes, checked: shapes come from the caller's arrays and arguments
+    for (int i = 0; i < R; ++i) n = detail::checked_mul("array_out", "output elements", n, shape[i]);
+    const index_t padded = detail::checked_add("array_out", "output bytes",
+                                               detail::checked_mul("array_out", "output bytes", n, index_t(sizeof(T))), 63);
+    const std::size_t bytes = std::size_t(padded) / 64 * 64;
     memory_.reset(static_cast<T*>(std::aligned_alloc(64, bytes == 0 ? 64 : bytes)));
     if (!memory_) throw std::bad_alloc();
     view_.data = memory_.get();

@@ -457,7 +457,15 @@ nb::object covariance_vjp(const char* fn, nb::handle x_obj, const Config& config
     using T = decltype(t);
     const tensor_view<const T, R> x = view_of<T, R>(fn, "x", xa, R == 4 ? "(N, C, H, W)" : "(n, F)");
     const tensor_view<const T, 3> dcov = view_of<T, 3>(fn, "dcov", ca, "(S, F, F)");
-    const matrix_view<const T> dmean = optional_view<T, 2>(fn, "dmean", dmean_obj, "(S, F)", da);
+    // No dmean: the loss does not depend on the mean (zeros of the moments' (S, F)).
+    std::vector<T> zeros;
+    matrix_view<const T> dmean;
+    if (dmean_obj.is_none()) {
+      zeros.assign(std::size_t(m.view.mean.size()), T(0));
+      dmean = row_major<const T>(zeros.data(), m.view.mean.shape[0], m.view.mean.shape[1]);
+    } else {
+      dmean = optional_view<T, 2>(fn, "dmean", dmean_obj, "(S, F)", da);
+    }
     array_out<T, R> dx(xa.fw, x.shape);
     {
       nb::gil_scoped_release release;

@@ -80,7 +80,10 @@ std::shared_ptr<statistics_reduction> python_reduction(nb::handle moments_fn, nb
         for (index_t j = 0; j < F; ++j) scatter.view()(s, i, j) = i >= j ? ms.scatter()(i, j) : ms.scatter()(j, i);
       }
     }
-    const nb::tuple out = nb::cast<nb::tuple>((*f)(count.result(), mean.result(), scatter.result()));
+    const nb::object returned = (*f)(count.result(), mean.result(), scatter.result());
+    nb::tuple out;
+    if (!nb::try_cast(returned, out))
+      type_error("reduction", "moments must return a tuple (count, mean, scatter), got ", python_type_name(returned));
     if (out.size() != 3) value_error("reduction", "moments must return (count, mean, scatter), got ", out.size(), " items");
     const array_in ca = input("reduction", "count", out[0], true), ma = input("reduction", "mean", out[1]),
                    sa = input("reduction", "scatter", out[2]);
@@ -110,7 +113,10 @@ std::shared_ptr<statistics_reduction> python_reduction(nb::handle moments_fn, nb
         dm.view()(s, i) = dmu[std::size_t(s)][i];
         for (index_t j = 0; j < F; ++j) dc.view()(s, i, j) = dcov[std::size_t(s)](i, j);
       }
-    const nb::tuple out = nb::cast<nb::tuple>((*f)(dc.result(), dm.result()));
+    const nb::object returned = (*f)(dc.result(), dm.result());
+    nb::tuple out;
+    if (!nb::try_cast(returned, out))
+      type_error("reduction", "gradients must return a tuple (dcov, dmean), got ", python_type_name(returned));
     if (out.size() != 2) value_error("reduction", "gradients must return (dcov, dmean), got ", out.size(), " items");
     const array_in ca = input("reduction", "dcov", out[0]), ma = input("reduction", "dmean", out[1]);
     check_returned("dcov", ca, {S, F, F});

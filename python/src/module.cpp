@@ -37,10 +37,12 @@ std::string python_type_name(nb::handle obj) {
 }
 
 framework framework_of(nb::handle obj) {
-  const std::string module = nb::cast<std::string>(obj.type().attr("__module__"));
+  std::string module;
+  if (!nb::try_cast(nb::getattr(obj.type(), "__module__", nb::none()), module)) return framework::other;
   const auto starts = [&](const char* p) { return module.rfind(p, 0) == 0; };
   if (starts("numpy")) return framework::numpy;
-  if (starts("torch")) return framework::torch;
+  // torch.Size, torch.dtype and torch.device are not tensors: only what DLPack exports is.
+  if (starts("torch")) return nb::hasattr(obj, "__dlpack__") ? framework::torch : framework::other;
   if (starts("jax")) return framework::jax;  // jaxlib.xla_extension.ArrayImpl, jax.Array
   if (starts("cupy")) return framework::cupy;
   return framework::other;
@@ -80,6 +82,9 @@ array_in input(const char* fn, const char* name, nb::handle obj, bool integer) {
     if (a.fw == framework::jax)
       type_error(fn, name, " is a JAX tracer or an array that cannot be exported (", python_type_name(obj),
                  "); inside jax.jit use netdeconv.jax");
+    if (nb::hasattr(source, "__dlpack__"))
+      type_error(fn, name, " (", python_type_name(obj), ") cannot be read in place: netdeconv takes arrays in native "
+                 "byte order whose strides are whole elements");
     type_error(fn, name, " must be an array (NumPy, PyTorch, JAX, CuPy, or any object with __dlpack__ or the buffer "
                "protocol), got ", python_type_name(obj));
   }
@@ -121,14 +126,18 @@ namespace {
 
 conv_geometry geometry(nb::handle kernel, nb::handle stride, nb::handle padding, nb::handle dilation) {
   const auto pair = [](const char* name, nb::handle v) -> std::pair<index_t, index_t> {
-    if (nb::isinstance<nb::int_>(v)) {
-      const index_t x = nb::cast<index_t>(v);
-      return {x, x};
-    }
+    const auto integer = [&](nb::handle e) {
+      index_t x = 0;
+      if (!nb::isinstance<nb::int_>(e) || !nb::try_cast(e, x))
+        type_error("conv_config", name, " must be an int or a pair of ints of 64 bits, got ",
+                   nb::cast<std::string>(nb::repr(v)));
+      return x;
+    };
+    if (nb::isinstance<nb::int_>(v)) return {integer(v), integer(v)};
     nb::tuple t;
     if (!nb::try_cast(v, t) || t.size() != 2)
       type_error("conv_config", name, " must be an int or a pair of ints, got ", python_type_name(v));
-    return {nb::cast<index_t>(t[0]), nb::cast<index_t>(t[1])};
+    return {integer(t[0]), integer(t[1])};
   };
   const auto [kh, kw] = pair("kernel_size", kernel);
   const auto [sh, sw] = pair("stride", stride);
