@@ -126,3 +126,12 @@ TEST_CASE("hand-built plans are checked by every function that takes one (issue 
                          invalid_argument);
   }
 }
+
+TEST_CASE("check_plan of a hand-built grouped plan does not overflow (fuzz regression)") {
+  // tests/fuzz/corpus/geometry/regression_grouped_plan_overflow: block * groups = 2^124 was once
+  // computed to compare with C.
+  const index_t big = index_t(1) << 62;
+  const block_plan plan{block_layout::grouped, big, 1, big, big};
+  CHECK_THROWS_WITH_AS(detail::check_plan("test", plan), doctest::Contains("needs block = C/groups = 1"),
+                       invalid_argument);
+}

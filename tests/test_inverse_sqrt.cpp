@@ -438,3 +438,17 @@ TEST_CASE("statuses print their names, and out-of-range values their number") {
   os << isqrt_status::not_positive_definite << ' ' << static_cast<isqrt_status>(9);
   CHECK(os.str() == "not_positive_definite isqrt_status(9)");
 }
+
+TEST_CASE("an indefinite matrix whose entries span the double range is not_positive_definite (fuzz regression)") {
+  // [[3.9e-304, 5e299], [5e299, 0]]: unscaled, its Cholesky factor overflows to a NaN pivot, which
+  // Eigen's LLT does not see (tests/fuzz/corpus/inverse_sqrt/regression_llt_overflow).
+  Eigen::MatrixXd A = Eigen::MatrixXd::Zero(3, 3);
+  A(0, 0) = 3.9e-304;
+  A(0, 1) = A(1, 0) = 5e299;
+  A(2, 2) = 1.0;
+  for (const isqrt_options& o : {isqrt_options::fixed(0), isqrt_options::fixed(5), isqrt_options::converged(1e-6)}) {
+    Eigen::MatrixXd D;
+    CHECK(inverse_sqrt(seq, A, D, o).status == isqrt_status::not_positive_definite);
+    CHECK(inverse_sqrt(par, A, D, o).status == isqrt_status::not_positive_definite);
+  }
+}

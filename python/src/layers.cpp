@@ -357,7 +357,8 @@ class folding_object : public layer_object<folding_kind<R>::template layer> {
 
   void attach_state(nb::handle mean, nb::handle D, nb::handle counters, nb::handle cov) {
     constexpr const char* fn = "attach_state";
-    const auto [S, F] = plan();
+    const std::pair<index_t, index_t> shape = plan();  // (no structured binding: clang 14 cannot capture one)
+    const index_t S = shape.first, F = shape.second;
     std::visit(
         [&](auto& l) {
           using T = element_t<std::decay_t<decltype(l)>>;

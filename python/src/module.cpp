@@ -11,6 +11,19 @@
 
 #include "bindings.hpp"
 
+// GCC defines __SANITIZE_ADDRESS__ under -fsanitize=address; clang 14 has __has_feature.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool address_sanitizer = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool address_sanitizer = true;
+#else
+constexpr bool address_sanitizer = false;
+#endif
+#else
+constexpr bool address_sanitizer = false;
+#endif
+
 namespace netdeconv::python {
 
 namespace {
@@ -95,6 +108,10 @@ array_in input(const char* fn, const char* name, nb::handle obj, bool integer) {
   if (integer ? d != nb::dtype<index_t>() : d != nb::dtype<float>() && d != nb::dtype<double>())
     type_error(fn, name, " has dtype ", dtype_name(d), " (", python_type_name(obj), "), expected ",
                integer ? "int64" : "float32 or float64");
+  // A pointer off its element's alignment is undefined behaviour in C++ (and may meet aligned loads).
+  if (a.array.size() > 0 && reinterpret_cast<std::uintptr_t>(a.array.data()) % (d.bits / 8) != 0)
+    type_error(fn, name, " (", python_type_name(obj), ") is not aligned to its ", d.bits / 8,
+               "-byte elements: pass an aligned copy (NumPy: np.require(a, requirements='A'))");
   return a;
 }
 
@@ -300,11 +317,7 @@ void bind_types(nb::module_& m) {
 #endif
   m.attr("simd_arch") = xsimd::default_arch::name();
   m.attr("compiler") = __VERSION__;
-#if defined(__SANITIZE_ADDRESS__)
-  m.attr("address_sanitizer") = true;  // scripts/sanitize's build
-#else
-  m.attr("address_sanitizer") = false;
-#endif
+  m.attr("address_sanitizer") = address_sanitizer;  // scripts/sanitize's build
 }
 
 }  // namespace netdeconv::python

@@ -7,7 +7,7 @@ How a draw is made. Each test builds a valid call first (small random arrays: at
 hundred values), then changes it:
 
 - value-preserving layouts of its arrays (strided slices, transposes, negative strides, Fortran
-  order, unaligned data, read-only arrays, memoryviews, array.array, PyTorch tensors (strided,
+  order, read-only arrays, memoryviews, array.array, PyTorch tensors (strided,
   transposed, channels_last, requiring grad), JAX arrays) and outputs in caller arrays (out=, in
   writable layouts of both frameworks, first filled with NaN);
 - and then, in most draws, up to two arguments replaced by junk: other dtypes (float16, integers,
@@ -188,7 +188,7 @@ def nan_fill(a):
     return a
 
 
-IN_LAYOUTS = ("copy", "strided", "negative", "unaligned", "readonly", "torch", "torch_strided", "torch_grad",
+IN_LAYOUTS = ("copy", "strided", "negative", "readonly", "torch", "torch_strided", "torch_grad",
               "memoryview", "jax")
 
 
@@ -205,7 +205,7 @@ def in_layouts(a):
     return k
 
 
-OUT_LAYOUTS = ("copy", "strided", "negative", "unaligned", "torch", "torch_strided", "memoryview")
+OUT_LAYOUTS = ("copy", "strided", "negative", "torch", "torch_strided", "memoryview")
 
 
 def out_layouts(ndim):
@@ -232,11 +232,6 @@ def relayout(a, kind):
         return v
     if kind == "negative":
         return np.ascontiguousarray(a[every(a.ndim, slice(None, None, -1))])[every(a.ndim, slice(None, None, -1))]
-    if kind == "unaligned":
-        raw = np.zeros(a.nbytes + 1, np.uint8)
-        v = raw[1:].view(a.dtype).reshape(a.shape)
-        v[...] = a
-        return v
     if kind == "readonly":
         c = a.copy()
         c.flags.writeable = False

@@ -33,10 +33,15 @@ namespace netdeconv::detail {
 template <class T>
 isqrt_status classify_spd(square_matrix<double> a) {
   if (!a.allFinite()) return isqrt_status::non_finite;
+  // Scaled to max |a_ij| = 1 first (definiteness and tau's test are scale-free) so that the factor
+  // cannot overflow where A's entries span the double range; a factor that still is not finite
+  // (NaN pivots pass Eigen's x <= 0 test) proves nothing, and is refused.
+  if (const double scale = a.cwiseAbs().maxCoeff(); scale > 0) a /= scale;
   const double tau = double(a.rows()) * double(std::numeric_limits<T>::epsilon()) * a.diagonal().cwiseAbs().maxCoeff();
   a.diagonal().array() += tau;
   const Eigen::LLT<square_matrix<double>, Eigen::Lower> llt(a);
-  return llt.info() == Eigen::Success ? isqrt_status::ok : isqrt_status::not_positive_definite;
+  return llt.info() == Eigen::Success && llt.matrixLLT().allFinite() ? isqrt_status::ok
+                                                                     : isqrt_status::not_positive_definite;
 }
 
 /// The start of every Newton-Schulz path: the screen's report (D filled with NaN unless ok) and
