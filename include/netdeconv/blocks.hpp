@@ -108,7 +108,8 @@ inline void check_plan(const char* fn, const block_plan& plan) {
                         plan.channels, " (make_block_plan adjusts it)");
       break;
     case block_layout::grouped:
-      NETDECONV_REQUIRE(plan.block == plan.channels / plan.groups, fn,  // (groups | C above; no product to overflow) "block_plan: layout grouped needs block = C/groups = ",
+      // (groups | C is checked above; a product block * groups could overflow)
+      NETDECONV_REQUIRE(plan.block == plan.channels / plan.groups, fn, "block_plan: layout grouped needs block = C/groups = ",
                         plan.channels / plan.groups, ", got ", plan.block);
       break;
     case block_layout::independent:

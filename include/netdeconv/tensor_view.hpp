@@ -170,7 +170,7 @@ std::pair<std::uintptr_t, std::uintptr_t> address_range(const tensor_view<T, R>&
   index_t lo = 0, hi = 0;
   for (int a = 0; a < R; ++a) (v.stride[a] < 0 ? lo : hi) += (v.shape[a] - 1) * v.stride[a];
   const auto base = reinterpret_cast<std::uintptr_t>(v.data);
-  return {base + std::uintptr_t(lo) * sizeof(T), base + std::uintptr_t(hi + 1) * sizeof(T)};
+  return {base + std::uintptr_t(lo) * sizeof(T), base + (std::uintptr_t(hi) + 1) * sizeof(T)};  // hi may be 2^63 - 1
 }
 
 /// Throws unless output `out` and input `in` (both checked views) touch disjoint memory, or, with
