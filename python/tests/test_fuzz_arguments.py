@@ -47,8 +47,10 @@ NETDECONV_FUZZ_SCALE=10 multiplies the counts for a longer local run; NETDECONV_
 draws fresh random examples instead (to explore, not for CI). `--hypothesis-show-statistics`
 lists, per test, how the draws ended (changes -> result or exception type).
 
-Inputs that hit library defects reported in issue 14 are not drawn until those are fixed: see
-KNOWN_DEFECTS below (each entry True draws them again). Exact in-place calls (out= the input
+The defects this file found in issue 14 are fixed, and their inputs are drawn (regression tests:
+python/tests/test_bad_input.py). Zero-size arrays keep extents of at most 4096: with a huge extent
+the output is allocated before the sample-count check (a MemoryError, not the documented
+ValueError). Exact in-place calls (out= the input
 itself) are not drawn for fold, apply_whitening and the layers' eval, which accept them (see
 RANK_PICKS_CONFIG's comment).
 """
@@ -86,34 +88,8 @@ def fuzz(examples):
     return settings(PROFILE, max_examples=max(1, int(examples * SCALE)))
 
 
-# Inputs that hit known library defects (issue 14); True draws them again.
-KNOWN_DEFECTS = {
-    # A StepDiagnostic of another layer, with outcome exact_fallback and exact_blocks beyond this
-    # layer's statistics, as backward(step=...): exact_blocks is not checked against the plan (the
-    # call reads and writes out of bounds: a hang or a crash).
-    "foreign_exact_fallback_step": True,
-    # Zero-size arrays with an extent of 2**31 or 2**40: the bindings allocate the outputs before
-    # the C++ checks run, so a call that the docs make a ValueError (zero-size input) is a
-    # MemoryError (std::bad_alloc). Off: the huge extent is 4096 (still cheap).
-    "huge_empty_extents": False,
-    # torch.Size, torch.dtype, torch.device (their type's module is "torch") as an array or out=:
-    # AttributeError ('... has no attribute device / requires_grad') instead of TypeError.
-    "torch_non_tensors": True,
-    # A float, a string or an int beyond int64 inside ConvConfig's kernel_size/stride/padding/
-    # dilation (or such an int alone): RuntimeError "std::bad_cast" instead of TypeError.
-    "geometry_bad_cast": True,
-    # A set_reduction callback that returns a list or None instead of a tuple: RuntimeError
-    # "std::bad_cast" instead of TypeError.
-    "reduction_bad_cast": True,
-    # conv_covariance_vjp / linear_covariance_vjp with dmean=None (the documented default): always
-    # ValueError "dcov must be (S, F, F) and dmean (S, F)". Off: the valid calls pass a dmean.
-    "covariance_vjp_without_dmean": True,
-}
-# Not drawn at all (a layer of that size cannot be fuzzed safely): LinearDeconvLayer(F,
-# LinearConfig(block=F)), ConvDeconvLayer(F, ConvConfig(1, block=F)) or ChannelDeconvLayer(F,
-# ChannelConfig(block=F)) with F = 1608798664583477108 (F*F + F = 1028 mod 2**64) crash with a
-# segfault: deconv_core sizes its state with unchecked S*F + S*F*F. Layer constructors here take
-# sizes of at most 8 (and ints that do not fit int64).
+# Layer sizes stay small here (at most 8): sizes whose state overflows index arithmetic are a
+# regression test of their own (test_bad_input.py::test_layer_state_sizes_that_overflow_are_value_errors).
 
 DOCUMENTED = (TypeError, ValueError, OverflowError, nd.NumericalError, nd.CheckpointError)
 
@@ -288,8 +264,7 @@ def retyped(a, dtype):
 
 NOT_ARRAYS = ("none", "list", "nested", "str", "float", "int", "huge", "nan", "object", "dict", "meta", "sparse",
               "numpy_type", "bytes", "bool_tensor", "bf16_tensor", "conj")
-if KNOWN_DEFECTS["torch_non_tensors"]:
-    NOT_ARRAYS += ("torch_size", "torch_dtype", "torch_device")
+NOT_ARRAYS += ("torch_size", "torch_dtype", "torch_device")
 
 
 def not_arrays():
@@ -436,7 +411,7 @@ def junk_array(data, spec, name, value, rng, args, optional):
         if ndim > 1:
             huge = data.draw(st.integers(0, ndim - 2))
             shape[huge + (huge >= zero)] = data.draw(st.sampled_from(
-                [2**31, 2**40] if KNOWN_DEFECTS["huge_empty_extents"] else [4096]))
+                [4096]))
         return "shape", np.empty(tuple(shape), a.dtype)
     if choice == "numpy_scalar":
         return "shape", (np.float64(1.5) if a.dtype == np.float64 else np.float32(1.5)) if a.dtype.kind == "f" \
@@ -481,8 +456,7 @@ def bad_out(data, shape, dtype, args, current=None):
         return "badout", memoryview(np.zeros(shape, dtype).tobytes()).cast("B").cast(
             "f" if np.dtype(dtype) == np.float32 else "d", shape) if all(s > 0 for s in shape) and shape else \
             relayout(np.zeros(shape, dtype), "readonly")
-    return "notarray", data.draw(st.sampled_from([[1.0], "out", 3, object()] + (
-        [torch.Size(shape)] if KNOWN_DEFECTS["torch_non_tensors"] else [])))
+    return "notarray", data.draw(st.sampled_from([[1.0], "out", 3, object(), torch.Size(shape)]))
 
 
 @st.composite
@@ -1153,7 +1127,7 @@ def build_covariance_vjp(data, rng, dtype, conv):
     S, F = m.mean.shape
     dcov = rng.standard_normal((S, F, F)).astype(dtype)
     dmean = rng.standard_normal((S, F)).astype(dtype)
-    if KNOWN_DEFECTS["covariance_vjp_without_dmean"] and data.draw(st.booleans()):
+    if data.draw(st.booleans()):
         dmean = None
     args = dict(x=x, config=cfg, moments=m, dcov=dcov, dmean=dmean)
 
@@ -1274,8 +1248,7 @@ def test_fuzz_linear_covariance_vjp(data):
 
 GEOMETRY_VALUES = (1, 2, 3, (1, 2), (2, 1), 0, -1, 2**31, 2**62, (1,), (1, 2, 3), [2, 2], None, 1.5, "3",
                    np.int64(2), True, (np.int64(2), 1), (2**62, -2**63))
-if KNOWN_DEFECTS["geometry_bad_cast"]:
-    GEOMETRY_VALUES += (2**63, -2**63 - 1, (1.5, 2), ("a", 1), (2**63, 1), (1, None))
+GEOMETRY_VALUES += (2**63, -2**63 - 1, (1.5, 2), ("a", 1), (2**63, 1), (1, None))
 ANY_INT = (0, 1, 2, 3, 4, 64, -1, 2**31, 2**62, 2**63 - 1, 2**63, -2**63 - 1, 1.5, "2", None, True, math.nan)
 ANY_FLOAT = (0.0, 1e-5, 0.1, -1.0, math.nan, math.inf, 1e308, "0.1", None, 2**1100, 3)
 LAYOUTS = tuple(nd.BlockLayout.__members__.values()) + (0, "grouped", None, nd.FailurePolicy.throw_error)
@@ -1527,9 +1500,7 @@ def build_layer_call(data, rng, case):
     if method == "backward":
         other = nd.LinearDeconvLayer(2, nd.LinearConfig(block=2), dtype=np.dtype(dt).name)
         other.train_step(rng.standard_normal((8, 2)).astype(dt), rng.standard_normal((1, 2)).astype(dt))
-        foreign = (other.diagnostic, lay.diagnostic)
-        if KNOWN_DEFECTS["foreign_exact_fallback_step"]:
-            foreign += (exact_fallback_diagnostic(dt),)
+        foreign = (other.diagnostic, lay.diagnostic, exact_fallback_diagnostic(dt))
     fn, rfn = getattr(lay, method), getattr(ref, method)
     if case.kind == "channel":
         x, has_rem = case.x, lay.has_remaining
@@ -1689,8 +1660,7 @@ def test_fuzz_backward_step_argument(data):
     other = nd.LinearDeconvLayer(2, nd.LinearConfig(block=2), dtype=np.dtype(dtype).name)
     other.train_step(rng.standard_normal((8, 2)).astype(dtype), rng.standard_normal((1, 2)).astype(dtype))
     steps = [None, case.layer.diagnostic, other.diagnostic, "step", 0, nd.IsqrtOptions(), object()]
-    if KNOWN_DEFECTS["foreign_exact_fallback_step"]:
-        steps += [exact_fallback_diagnostic(dtype)] * 4
+    steps += [exact_fallback_diagnostic(dtype)] * 4
     step = data.draw(st.sampled_from(steps))
     mode = data.draw(st.sampled_from(list(nd.StatisticsGradient.__members__.values())))
     w = case.warm
@@ -1864,8 +1834,7 @@ class Sentinel(Exception):
 
 REDUCTION_JUNK = ("identity", "short", "wrong_shape", "wrong_dtype", "negative_count", "zero_count", "nan_mean",
                   "raise", "not_arrays", "torch", "long")
-if KNOWN_DEFECTS["reduction_bad_cast"]:
-    REDUCTION_JUNK += ("list", "none")
+REDUCTION_JUNK += ("list", "none")
 
 
 def reduction(how, moments_side):
