@@ -120,14 +120,12 @@ bool bit_equal(const std::vector<T>& a, const std::vector<T>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
 }
 
+/// oracle::rel_err of two outputs.
 template <class T>
 double rel_err(const std::vector<T>& a, const std::vector<T>& b) {
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < b.size(); ++i) {
-    num += (double(a[i]) - double(b[i])) * (double(a[i]) - double(b[i]));
-    den += double(b[i]) * double(b[i]);
-  }
-  return std::sqrt(num / den);
+  using vector = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+  return oracle::rel_err(Eigen::Map<const vector>(a.data(), Eigen::Index(a.size())),
+                         Eigen::Map<const vector>(b.data(), Eigen::Index(b.size())));
 }
 
 template <class T, class MakePolicy>
